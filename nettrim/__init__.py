@@ -1,0 +1,3 @@
+"""Net-Trim: prune trained PyTorch models by convex optimization."""
+
+__all__ = []

@@ -1,0 +1,22 @@
+"""Numerical core of Net-Trim: the per-layer convex program and its solvers.
+
+Arrays only (numpy or torch tensors); nothing here knows about models.
+
+    from solvers import NetTrimProblem, solve_admm, solve_cvxpy
+    problem = NetTrimProblem(X, Y, epsilon)      # X (P, N), Y (P, M), epsilon absolute
+    result = solve_admm(problem)                 # result.W (M, N), result.status, ...
+"""
+
+from .admm import ADMMSettings, project_ball, project_constraints, soft_threshold, solve_admm
+from .problem import NetTrimProblem
+from .reference import MAX_REFERENCE_SIZE, solve_cvxpy
+from .result import NetTrimResult
+from .status import (INFEASIBLE, MAX_ITER, OPTIMAL, OPTIMAL_INACCURATE, SOLVER_ERROR, STATUSES,
+                     SUCCESS)
+
+__all__ = [
+    "NetTrimProblem", "NetTrimResult", "solve_admm", "solve_cvxpy", "ADMMSettings",
+    "soft_threshold", "project_ball", "project_constraints", "MAX_REFERENCE_SIZE",
+    "OPTIMAL", "OPTIMAL_INACCURATE", "INFEASIBLE", "MAX_ITER", "SOLVER_ERROR", "STATUSES",
+    "SUCCESS",
+]

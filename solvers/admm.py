@@ -1,0 +1,336 @@
+"""ADMM for the Net-Trim program, all M neurons at once (Fast Convex Pruning, Algorithm 1).
+
+Symbols (see :mod:`solvers.problem`): ``X (P, N)``, ``Y (P, M)``, ``V (P, M)``, ``epsilon``.
+Internally the weight is kept transposed, ``W3 (N, M)``, so that ``X W3`` is ``(P, M)``.
+
+Splitting::
+
+    minimize  ||W2||_1 + indicator_C(W1)    subject to  W1 = X W3,  W2 = W3
+
+with ``C = {Z : ||(Z - Y) on Omega||_F <= epsilon,  Z <= V off Omega}``. Scaled-form ADMM with
+penalty ``rho`` and scaled duals ``U1 (P, M)``, ``U2 (N, M)``::
+
+    W1 = Proj_C(X W3 - U1)                              # ball on Omega, min(., V) off it
+    W2 = S_{1/rho}(W3 - U2)                             # soft threshold
+    W3 = (X^T X + I)^{-1} (X^T (W1 + U1) + W2 + U2)     # one Cholesky per layer
+    U1 = U1 + W1 - X W3 ;   U2 = U2 + W2 - W3
+
+The W3 system does not depend on rho, so rho adapts freely (residual balancing) with no
+refactorization. When P < N the system is solved through the matrix-inversion lemma,
+``(X^T X + I)^{-1} R = R - X^T (I + X X^T)^{-1} X R``, factoring the P x P matrix instead, and
+``X W3`` then comes for free as ``(I + X X^T)^{-1} X R``.
+
+Residuals (Boyd et al. 2011, section 3.3, with x = (W1, W2), z = W3)::
+
+    primal  r = || (W1 - X W3, W2 - W3) ||_F
+    dual    s = rho || (X (W3 - W3_prev), W3 - W3_prev) ||_F
+
+Stop when ``r <= eps_pri`` and ``s <= eps_dual`` AND the returned sparse copy W2 is feasible
+for the original program within ``feas_tol`` (residual <= epsilon (1 + feas_tol), violation <=
+feas_tol max|Y|; the residual bound has an absolute floor of feas_tol^2 ||Y||_F so that
+epsilon = 0 is reachable in floating point); hitting ``max_iter`` first returns ``MAX_ITER``.
+
+Data scaling: X, Y, V and epsilon are divided by ``s = 0.3 sqrt(max diag(X^T X))`` (the
+authors' rule), which leaves W unchanged and keeps ``X^T X + I`` well conditioned.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from .problem import NetTrimProblem, as_tensor
+from .result import NetTrimResult
+from .status import MAX_ITER, OPTIMAL
+
+__all__ = ["solve_admm", "soft_threshold", "project_ball", "project_constraints",
+           "ADMMSettings", "data_scale"]
+
+#: Residual balancing: rho is rescaled by sqrt(r'/s') (normalized primal over dual residual)
+#: when that factor leaves [1/RHO_ADAPT, RHO_ADAPT].
+RHO_ADAPT = 5.0
+TINY = 1e-30
+#: Initial rho times the mean magnitude of the reference weights (see solve_admm).
+RHO_START = 1.0
+#: The authors' data-scaling factor: divide the data by SCALE_FACTOR * max column norm of X.
+SCALE_FACTOR = 0.3
+
+
+@dataclass(frozen=True)
+class ADMMSettings:
+    """Options of :func:`solve_admm` (documented there)."""
+
+    rho: float = 1.0
+    eps_abs: float = 1e-5
+    eps_rel: float = 1e-3
+    feas_tol: float = 1e-3
+    max_iter: int = 5000
+    adapt_every: int = 5
+    check_every: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("rho", "eps_rel", "feas_tol"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                msg = f"{name} must be a positive finite number, got {value!r}"
+                raise ValueError(msg)
+        if not (isinstance(self.eps_abs, (int, float)) and self.eps_abs >= 0):
+            msg = f"eps_abs must be >= 0, got {self.eps_abs!r}"
+            raise ValueError(msg)
+        for name in ("max_iter", "adapt_every", "check_every"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                msg = f"{name} must be an integer >= 1, got {value!r}"
+                raise ValueError(msg)
+
+
+# ---- closed forms ---------------------------------------------------------------------------
+def soft_threshold(V: torch.Tensor, threshold: Any) -> torch.Tensor:
+    """Proximal operator of ``threshold * |.|``: ``sign(V) max(|V| - threshold, 0)``.
+
+    ``threshold`` is a scalar or a tensor broadcastable to V (weighted l1). Entries with
+    ``|V| <= threshold`` come out as exact zeros.
+    """
+    if isinstance(threshold, torch.Tensor):
+        return V - torch.maximum(torch.minimum(V, threshold), -threshold)
+    return V - V.clamp(-threshold, threshold)
+
+
+def project_ball(Z: torch.Tensor, center: torch.Tensor, radius: float) -> torch.Tensor:
+    """Euclidean projection of Z onto the Frobenius ball ``||. - center||_F <= radius``."""
+    D = Z - center
+    norm = float(torch.linalg.vector_norm(D))
+    if norm <= radius:
+        return Z.clone()
+    return center + D * (radius / norm)
+
+
+def project_constraints(Z: torch.Tensor, Y: torch.Tensor, active: torch.Tensor,
+                        bound: torch.Tensor, radius: float) -> torch.Tensor:
+    """Projection onto C: the ball of ``radius`` around Y on ``active``, ``min(Z, bound)`` off it.
+
+    ``bound`` must be +inf on the active set (then ``min(Z, bound)`` leaves Z there); since the
+    ball part is ``Y + c (Z - Y) = Z - (1 - c)(Z - Y)``, the projection is
+    ``min(Z, bound) - (1 - c) D`` with ``D = (Z - Y)`` on active, 0 off it,
+    ``c = min(1, radius / ||D||)``.
+    """
+    D = (Z - Y).masked_fill_(~active, 0.0)
+    return _project_with(Z, D, bound, radius)
+
+
+def _project_with(Z: torch.Tensor, D: torch.Tensor, bound: Optional[torch.Tensor],
+                  radius: float) -> torch.Tensor:
+    norm = float(torch.linalg.vector_norm(D))
+    shrink = 0.0 if norm <= radius else 1.0 - radius / norm
+    W1 = Z.clone() if bound is None else torch.minimum(Z, bound)
+    if shrink:
+        W1.sub_(D, alpha=shrink)
+    return W1
+
+
+def data_scale(X: torch.Tensor) -> float:
+    """The authors' scaling ``0.3 sqrt(max diag(X^T X))`` (1 for an all-zero X)."""
+    s = SCALE_FACTOR * float(torch.linalg.vector_norm(X, dim=0).max())
+    return s if s > 0 else 1.0
+
+
+# ---- the solver -----------------------------------------------------------------------------
+class _Factor:
+    """Solves ``(X^T X + I) W = R`` for matrix right-hand sides; one factorization."""
+
+    def __init__(self, X: torch.Tensor):
+        P, N = X.shape
+        self.X = X
+        self.lemma = P < N
+        if self.lemma:  # factor I + X X^T (P x P)
+            K = X @ X.T
+        else:           # factor X^T X + I (N x N)
+            K = X.T @ X
+        K.diagonal().add_(1.0)
+        self.L = torch.linalg.cholesky(K)
+
+    def solve(self, R: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Return ``(W, X W)`` when the lemma gives ``X W`` for free, else ``(W, None)``."""
+        if self.lemma:
+            S = torch.cholesky_solve(self.X @ R, self.L)   # (I + X X^T)^{-1} X R  = X W
+            return R - self.X.T @ S, S
+        return torch.cholesky_solve(R, self.L), None
+
+
+def _norm(*ts: torch.Tensor) -> float:
+    return math.sqrt(sum(float(torch.linalg.vector_norm(t)) ** 2 for t in ts))
+
+
+def solve_admm(problem: NetTrimProblem, *, W0: Any = None, penalty: Any = None,
+               rho: Optional[float] = None, eps_abs: float = ADMMSettings.eps_abs,
+               eps_rel: float = ADMMSettings.eps_rel, feas_tol: float = ADMMSettings.feas_tol,
+               max_iter: int = ADMMSettings.max_iter,
+               callback: Optional[Callable[[int, float, float, float], None]] = None,
+               ) -> NetTrimResult:
+    """Solve the Net-Trim program by ADMM (see the module docstring for the recursion).
+
+    Parameters
+    ----------
+    problem : NetTrimProblem
+        The program. numpy data runs on the CPU through torch and returns numpy; torch data
+        runs on its device (CPU or CUDA) and returns a tensor there, in the same dtype.
+    W0 : ndarray or Tensor of shape (M, N), optional
+        Warm start (e.g. the original weights, or a neighbouring epsilon's solution).
+    penalty : ndarray or Tensor of shape (M, N), optional
+        Nonnegative weights of a weighted l1 objective ``sum penalty * |W|``; 0 leaves an entry
+        unpenalized (a bias column). Default: all ones.
+    rho : float, optional
+        Initial ADMM penalty (default 1.0 on the scaled data); adapted by residual balancing,
+        so it rarely needs setting. Pass a previous result's ``rho`` with its ``W`` as ``W0``
+        to warm-start a related solve.
+    eps_abs, eps_rel : float
+        Absolute and relative tolerances of the primal/dual residual test.
+    feas_tol : float
+        The returned W must also satisfy residual <= epsilon (1 + feas_tol) and violation <=
+        feas_tol max|Y| before the solver reports OPTIMAL.
+    max_iter : int
+        Iteration cap; reaching it returns status ``MAX_ITER`` with the last iterate.
+    callback : callable, optional
+        Called after every iteration as ``callback(iteration, primal_residual, dual_residual,
+        rho)`` (progress bars, logging).
+
+    Returns
+    -------
+    NetTrimResult
+        ``status`` is ``OPTIMAL`` or ``MAX_ITER``; ``W`` has exact zeros.
+    """
+    settings = ADMMSettings(rho=1.0 if rho is None else rho, eps_abs=eps_abs, eps_rel=eps_rel,
+                            feas_tol=feas_tol, max_iter=max_iter)
+    if not isinstance(problem, NetTrimProblem):
+        msg = f"problem must be a NetTrimProblem, got {type(problem).__name__}"
+        raise TypeError(msg)
+    t0 = time.perf_counter()
+    X, Y, V = problem.tensors()
+    P, N, M = problem.shape
+    dev, dt = X.device, X.dtype
+
+    # ---- scaling and constant data --------------------------------------------------------
+    s = data_scale(X)
+    X = X / s
+    Y = Y / s
+    eps = problem.epsilon / s
+    active = problem.active_mask()
+    if problem.relu:
+        bound = torch.full_like(Y, math.inf).masked_fill_(~active, 0.0)
+        if V is not None:
+            bound = torch.where(active, bound, V / s)
+    else:
+        bound = None
+    y_scale = float(Y.abs().max())
+    # residual allowed to the returned W: epsilon (1 + feas_tol), with an absolute floor of
+    # feas_tol^2 ||Y||_F so that epsilon = 0 (exact fit) is reachable in floating point
+    res_tol = eps * (1 + feas_tol) + feas_tol ** 2 * float(torch.linalg.vector_norm(Y))
+    thr_weight = None
+    if penalty is not None:
+        thr_weight = as_tensor(penalty, name="penalty").to(device=dev, dtype=dt)
+        if tuple(thr_weight.shape) != (M, N):
+            msg = f"penalty must have shape (M, N) = ({M}, {N}), got {tuple(thr_weight.shape)}"
+            raise ValueError(msg)
+        if bool((thr_weight < 0).any()) or not bool(torch.isfinite(thr_weight).all()):
+            msg = "penalty must be finite and nonnegative"
+            raise ValueError(msg)
+        thr_weight = thr_weight.T.contiguous()
+    factor = _Factor(X)
+
+    # ---- initial point --------------------------------------------------------------------
+    if W0 is not None:
+        W3 = problem._weight(W0).T.contiguous()
+    else:
+        W3 = torch.zeros(N, M, device=dev, dtype=dt)
+    W2 = W3.clone()
+    XW = X @ W3
+    U1 = torch.zeros_like(Y)
+    U2 = torch.zeros_like(W3)
+    if rho is None:
+        # scale-aware start: the l1 duals are O(1), the weights O(mean|W|), so rho ~ 1/mean|W|,
+        # with W the warm start or the ridge solution (X^T X + I)^{-1} X^T Y.
+        W_ref = W3 if W0 is not None else factor.solve(X.T @ Y)[0]
+        w_mean = float(W_ref.abs().mean())
+        rho_k = RHO_START / w_mean if w_mean > 0 else 1.0
+    else:
+        rho_k = settings.rho
+    sqrt_dim = math.sqrt(P * M + N * M)
+
+    status, it = MAX_ITER, 0
+    r_norm = s_norm = math.inf
+    for it in range(1, settings.max_iter + 1):
+        # W1 = Proj_C(X W3 - U1)
+        Z = XW - U1
+        D = Z - Y
+        if problem.relu:
+            D.masked_fill_(~active, 0.0)
+        W1 = _project_with(Z, D, bound, eps)
+        del Z, D
+        # W2 = S_{1/rho}(W3 - U2)
+        thr = (1.0 / rho_k) if thr_weight is None else thr_weight / rho_k
+        W2 = soft_threshold(W3 - U2, thr)
+        # W3 = (X^T X + I)^{-1} (X^T (W1 + U1) + W2 + U2)
+        R = X.T @ (W1 + U1)
+        R.add_(W2).add_(U2)
+        W3_new, XW_new = factor.solve(R)
+        if XW_new is None:
+            XW_new = X @ W3_new
+        # dual updates U1 += W1 - X W3 ; U2 += W2 - W3  (the primal residuals)
+        r1 = W1.sub_(XW_new)
+        U1.add_(r1)
+        r2 = W2 - W3_new
+        U2.add_(r2)
+        # residuals and stopping
+        r_norm = _norm(r1, r2)
+        s_norm = rho_k * _norm(XW_new - XW, W3_new - W3)
+        W3, XW = W3_new, XW_new
+        if callback is not None:
+            callback(it, r_norm, s_norm, rho_k)
+        # r1 + X W3 restores W1 in place (r1 is W1's storage)
+        pri_scale = max(_norm(r1.add_(XW), W2), _norm(XW, W3))
+        dual_scale = rho_k * _norm(U1, U2)
+        eps_pri = sqrt_dim * settings.eps_abs + settings.eps_rel * pri_scale
+        eps_dual = sqrt_dim * settings.eps_abs + settings.eps_rel * dual_scale
+        if r_norm <= eps_pri and s_norm <= eps_dual and it % settings.check_every == 0:
+            W2 = soft_threshold(W3 - U2, thr)   # the iterate we would return
+            res, viol = _feasibility(X @ W2, Y, active, bound, problem.relu)
+            if res <= res_tol and viol <= settings.feas_tol * y_scale:
+                status = OPTIMAL
+                break
+        # residual balancing on the normalized residuals (as OSQP does): rho *= sqrt(r'/s')
+        # with r' = r / (primal scale), s' = s / (dual scale); no refactorization needed.
+        if it % settings.adapt_every == 0 and r_norm > 0 and s_norm > 0:
+            ratio = math.sqrt((r_norm / max(pri_scale, TINY)) / (s_norm / max(dual_scale, TINY)))
+            if ratio > RHO_ADAPT or ratio < 1.0 / RHO_ADAPT:
+                rho_k *= ratio
+                U1.div_(ratio)
+                U2.div_(ratio)
+
+    if status != OPTIMAL:
+        W2 = soft_threshold(W3 - U2, (1.0 / rho_k) if thr_weight is None else thr_weight / rho_k)
+    res, viol = _feasibility(X @ W2, Y, active, bound, problem.relu)
+    W = W2.T.contiguous()
+    objective = float((W.abs() if thr_weight is None else W.abs() * thr_weight.T).sum())
+    if problem.is_numpy:
+        W = W.cpu().numpy()
+    return NetTrimResult(
+        W=W, status=status, iterations=it, objective=objective, residual=res * s,
+        violation=viol * s, epsilon=problem.epsilon, primal_residual=r_norm * s,
+        dual_residual=s_norm * s, solve_time=time.perf_counter() - t0, solver="admm",
+        rho=rho_k)
+
+
+def _feasibility(XW: torch.Tensor, Y: torch.Tensor, active: torch.Tensor,
+                 bound: Optional[torch.Tensor], relu: bool) -> tuple[float, float]:
+    """Active-set residual and largest violation of pre-activations XW (scaled units)."""
+    D = XW - Y
+    if not relu:
+        return float(torch.linalg.vector_norm(D)), 0.0
+    res = float(torch.linalg.vector_norm(D.masked_fill_(~active, 0.0)))
+    viol = float((XW - bound).max())   # bound is +inf on the active set
+    return res, max(0.0, viol)

@@ -1,0 +1,210 @@
+"""The Net-Trim program for one layer, validated once at construction.
+
+Symbols (samples are rows, PyTorch's convention)::
+
+    X      (P, N)   layer input, one row per sample (a ones column carries a bias)
+    Y      (P, M)   target outputs; for a ReLU layer Y = relu(X W0^T) >= 0
+    V      (P, M)   upper bound on the pre-activation where Y == 0 (0 in parallel Net-Trim)
+    W      (M, N)   the weight, as in ``nn.Linear`` (out_features x in_features)
+    Omega           active set {(p, m): Y[p, m] > 0} (every entry for a linear layer)
+    epsilon         absolute tolerance (>= 0) on the active-set residual
+
+Program (ReLU layer)::
+
+    minimize    sum |W|
+    subject to  || (X W^T - Y) on Omega ||_F <= epsilon
+                (X W^T)[p, m] <= V[p, m]          (p, m) not in Omega
+
+Linear layer (``relu=False``): one Frobenius ball ``|| X W^T - Y ||_F <= epsilon`` over all
+entries and no inequalities.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["NetTrimProblem", "as_tensor", "ACTIVE_THRESHOLD"]
+
+#: An output entry is active (in Omega) when it is strictly above this value.
+ACTIVE_THRESHOLD = 0.0
+
+_FLOATS = (torch.float32, torch.float64)
+
+
+def as_tensor(a: Any, *, name: str) -> torch.Tensor:
+    """Return ``a`` as a 2-D floating torch tensor without copying numpy data."""
+    if isinstance(a, torch.Tensor):
+        t = a.detach()
+    elif isinstance(a, np.ndarray):
+        t = torch.from_numpy(a if a.flags.writeable else a.copy())
+    else:
+        msg = f"{name} must be a numpy array or a torch tensor, got {type(a).__name__}"
+        raise TypeError(msg)
+    if t.ndim != 2:
+        msg = f"{name} must be 2-D, got shape {tuple(t.shape)}"
+        raise ValueError(msg)
+    if t.dtype not in _FLOATS:
+        if t.dtype.is_floating_point or t.dtype.is_complex:
+            msg = f"{name} must be float32 or float64, got {t.dtype}"
+            raise TypeError(msg)
+        t = t.to(torch.float64)  # integer or boolean data: promote exactly
+    return t
+
+
+def _check_finite(t: torch.Tensor, name: str) -> None:
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        n_nan = int(torch.isnan(t).sum())
+        n_inf = int(bad.sum()) - n_nan
+        msg = (f"{name} contains {n_nan} NaN and {n_inf} Inf entries (of {t.numel()}); "
+               "Net-Trim needs finite activations")
+        raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class NetTrimProblem:
+    """One layer's Net-Trim program (see the module docstring for the symbols).
+
+    Parameters
+    ----------
+    X : ndarray or Tensor of shape (P, N)
+        Layer input, one row per sample.
+    Y : ndarray or Tensor of shape (P, M)
+        Target outputs (post-activation for a ReLU layer, so ``Y >= 0``).
+    epsilon : float
+        Absolute tolerance on the active-set residual, ``>= 0``.
+    V : ndarray or Tensor of shape (P, M), optional
+        Upper bound on the pre-activation off the active set; ``None`` means 0. Only for
+        ``relu=True``.
+    relu : bool, default True
+        ``False`` for a linear layer (one Frobenius ball, no inequalities).
+
+    Notes
+    -----
+    numpy and torch input are both accepted (torch on any device). Y and V are converted to
+    X's array kind, device and dtype (float32 or float64); integer input is promoted to
+    float64. Arrays are not copied when they already match.
+    """
+
+    X: Any
+    Y: Any
+    epsilon: float
+    V: Any = None
+    relu: bool = True
+
+    def __post_init__(self) -> None:
+        X = as_tensor(self.X, name="X")
+        Y = as_tensor(self.Y, name="Y")
+        if Y.device != X.device:
+            msg = f"Y is on {Y.device} but X is on {X.device}; put both on one device"
+            raise ValueError(msg)
+        if X.shape[0] != Y.shape[0]:
+            msg = (f"X has shape {tuple(X.shape)} and Y has shape {tuple(Y.shape)}: "
+                   "they must have the same number of rows (samples)")
+            raise ValueError(msg)
+        if X.shape[0] == 0 or X.shape[1] == 0 or Y.shape[1] == 0:
+            msg = f"empty problem: X has shape {tuple(X.shape)}, Y has shape {tuple(Y.shape)}"
+            raise ValueError(msg)
+        Y = Y.to(X.dtype)
+        _check_finite(X, "X")
+        _check_finite(Y, "Y")
+        try:
+            epsilon = float(self.epsilon)
+        except (TypeError, ValueError):
+            msg = f"epsilon must be a real number, got {self.epsilon!r}"
+            raise TypeError(msg) from None
+        if not math.isfinite(epsilon) or epsilon < 0:
+            msg = f"epsilon must be finite and >= 0 (an absolute tolerance), got {epsilon}"
+            raise ValueError(msg)
+        V = None
+        if self.V is not None:
+            if not self.relu:
+                msg = ("V was given with relu=False: a linear layer has no inequality "
+                       "constraints, so V has no meaning; drop V or set relu=True")
+                raise ValueError(msg)
+            V = as_tensor(self.V, name="V")
+            if V.shape != Y.shape:
+                msg = f"V has shape {tuple(V.shape)} but Y has shape {tuple(Y.shape)}; they must match"
+                raise ValueError(msg)
+            if V.device != X.device:
+                msg = f"V is on {V.device} but X is on {X.device}; put both on one device"
+                raise ValueError(msg)
+            V = V.to(X.dtype)
+            _check_finite(V, "V")
+        if self.relu:
+            n_neg = int((Y < 0).sum())
+            if n_neg:
+                msg = (f"Y has {n_neg} negative entries (min {float(Y.min()):.3g}) but relu=True: "
+                       "a ReLU layer's outputs are >= 0; pass post-activation outputs, "
+                       "or relu=False for a linear layer")
+                raise ValueError(msg)
+        numpy_in = isinstance(self.X, np.ndarray)
+        object.__setattr__(self, "X", X.numpy() if numpy_in else X)
+        object.__setattr__(self, "Y", Y.numpy() if numpy_in else Y)
+        object.__setattr__(self, "V", None if V is None else (V.numpy() if numpy_in else V))
+        object.__setattr__(self, "epsilon", epsilon)
+        object.__setattr__(self, "relu", bool(self.relu))
+
+    # ---- shape and kind -------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(P, N, M)``: samples, inputs, outputs."""
+        return (self.X.shape[0], self.X.shape[1], self.Y.shape[1])
+
+    @property
+    def is_numpy(self) -> bool:
+        return isinstance(self.X, np.ndarray)
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(X, Y, V)`` as torch tensors (zero-copy views of numpy data)."""
+        t = (lambda a: torch.from_numpy(a)) if self.is_numpy else (lambda a: a)
+        return t(self.X), t(self.Y), None if self.V is None else t(self.V)
+
+    def active_mask(self) -> torch.Tensor:
+        """Boolean tensor of shape (P, M): True on Omega."""
+        _, Y, _ = self.tensors()
+        if not self.relu:
+            return torch.ones_like(Y, dtype=torch.bool)
+        return Y > ACTIVE_THRESHOLD
+
+    def _weight(self, W: Any) -> torch.Tensor:
+        X, _, _ = self.tensors()
+        W = as_tensor(W, name="W").to(device=X.device, dtype=X.dtype)
+        M, N = self.shape[2], self.shape[1]
+        if tuple(W.shape) != (M, N):
+            msg = f"W must have shape (M, N) = ({M}, {N}), got {tuple(W.shape)}"
+            raise ValueError(msg)
+        return W
+
+    # ---- measuring a candidate W ----------------------------------------------------------
+    def residual(self, W: Any) -> float:
+        """Active-set residual ``|| (X W^T - Y) on Omega ||_F`` (all entries if linear)."""
+        X, Y, _ = self.tensors()
+        D = X @ self._weight(W).T - Y
+        if self.relu:
+            D = D.masked_fill(~self.active_mask(), 0.0)
+        return float(torch.linalg.vector_norm(D))
+
+    def violation(self, W: Any) -> float:
+        """Largest inequality violation ``max(0, max_{not Omega} (X W^T - V))`` (0 if linear)."""
+        if not self.relu:
+            return 0.0
+        X, _, V = self.tensors()
+        Z = X @ self._weight(W).T
+        if V is not None:
+            Z = Z - V
+        Z = Z.masked_fill(self.active_mask(), -math.inf)
+        return max(0.0, float(Z.max()))
+
+    def is_feasible(self, W: Any, *, rtol: float = 1e-3) -> bool:
+        """Feasible within ``rtol``: violation <= rtol max|Y| and residual <= epsilon (1 + rtol)
+        + rtol^2 ||Y||_F (the last term lets epsilon = 0 be met in floating point)."""
+        _, Y, _ = self.tensors()
+        res_tol = self.epsilon * (1 + rtol) + rtol ** 2 * float(torch.linalg.vector_norm(Y))
+        return (self.residual(W) <= res_tol
+                and self.violation(W) <= rtol * float(Y.abs().max()))
