@@ -36,8 +36,8 @@ STATUS_MAP = {
 }
 
 #: Largest ``P * N * M`` (nonzeros of the constraint matrix) solved without ``force=True``:
-#: about 2e7 takes Clarabel a few minutes on 2 cores; 10x that takes hours.
-MAX_REFERENCE_SIZE = 20_000_000
+#: about 3e7 takes Clarabel about a minute on 2 cores, 1e8 tens of minutes, 1e9 hours.
+MAX_REFERENCE_SIZE = 100_000_000
 
 
 def solve_cvxpy(problem: NetTrimProblem, *, solver: str = "CLARABEL", penalty: Any = None,

@@ -244,7 +244,7 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_cvxpy_refuses_huge_problems():
-    problem = NetTrimProblem(np.ones((2000, 500)), np.ones((2000, 100)), 1.0)
+    problem = NetTrimProblem(np.ones((5000, 500)), np.ones((5000, 100)), 1.0)
     with pytest.raises(ValueError, match="force=True"):
         solve_cvxpy(problem)
 
