@@ -57,6 +57,8 @@ RHO_ADAPT = 5.0
 TINY = 1e-30
 #: Initial rho times the mean magnitude of the reference weights (see solve_admm).
 RHO_START = 1.0
+#: Over-relaxation parameter (1 = plain ADMM; 1.5-1.8 usually converges faster).
+RELAX = 1.7
 #: The authors' data-scaling factor: divide the data by SCALE_FACTOR * max column norm of X.
 SCALE_FACTOR = 0.3
 
@@ -274,16 +276,22 @@ def solve_admm(problem: NetTrimProblem, *, W0: Any = None, penalty: Any = None,
         # W2 = S_{1/rho}(W3 - U2)
         thr = (1.0 / rho_k) if thr_weight is None else thr_weight / rho_k
         W2 = soft_threshold(W3 - U2, thr)
+        # over-relaxation (Boyd et al. 3.4.3): W1 <- a W1 + (1 - a) X W3, W2 <- a W2 + (1 - a) W3
+        if RELAX != 1.0:
+            W1.mul_(RELAX).add_(XW, alpha=1.0 - RELAX)
+            W2h = W2.mul(RELAX).add_(W3, alpha=1.0 - RELAX)
+        else:
+            W2h = W2
         # W3 = (X^T X + I)^{-1} (X^T (W1 + U1) + W2 + U2)
         R = X.T @ (W1 + U1)
-        R.add_(W2).add_(U2)
+        R.add_(W2h).add_(U2)
         W3_new, XW_new = factor.solve(R)
         if XW_new is None:
             XW_new = X @ W3_new
         # dual updates U1 += W1 - X W3 ; U2 += W2 - W3  (the primal residuals)
         r1 = W1.sub_(XW_new)
         U1.add_(r1)
-        r2 = W2 - W3_new
+        r2 = W2h - W3_new
         U2.add_(r2)
         # residuals and stopping
         r_norm = _norm(r1, r2)
