@@ -33,7 +33,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import data_loader, load_mnist
-from .data import data_root as _resolve_data_root
 
 __all__ = [
     "PRETRAINED",
@@ -49,6 +48,9 @@ __all__ = [
     "train_classifier",
 ]
 
+#: Environment variable naming the directory of cached trained weights.
+CACHE_ENV = "NETTRIM_CACHE"
+DEFAULT_CACHE = "~/.cache/nettrim/models"
 _MNIST_PIXELS = 28 * 28
 _MNIST_CLASSES = 10
 _DEFAULT_EPOCHS = 10
@@ -347,13 +349,14 @@ def pretrained_path(
     -------
     pathlib.Path
         ``cache_dir / f"{name}-epochs{epochs}-seed{seed}.pt"``; ``cache_dir`` defaults to
-        ``data_root(data_root) / "models"`` and ``epochs`` to the model's default.
+        ``$NETTRIM_CACHE``, else ``~/.cache/nettrim/models`` (the data directory may be
+        read-only), and ``epochs`` to the model's default.
     """
     spec = _spec(name)
     epochs = spec.epochs if epochs is None else _check_int("epochs", epochs, 1)
     seed = _check_int("seed", seed, 0)
     if cache_dir is None:
-        cache_dir = _resolve_data_root(data_root) / "models"
+        cache_dir = os.environ.get(CACHE_ENV) or DEFAULT_CACHE
     return pathlib.Path(cache_dir).expanduser() / f"{name}-epochs{epochs}-seed{seed}.pt"
 
 
@@ -382,7 +385,7 @@ def pretrained(
         Where the datasets are (see :func:`nettrim.data.data_root`); missing files are
         downloaded.
     cache_dir : str or path-like, optional
-        Where the weights are cached; default ``data_root / "models"``.
+        Where the weights are cached; default ``$NETTRIM_CACHE`` or ``~/.cache/nettrim/models``.
     epochs : int, optional
         Training epochs; default ``PRETRAINED[name].epochs``. Part of the cache key.
     seed : int, default 0

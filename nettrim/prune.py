@@ -1,0 +1,572 @@
+"""Net-Trim on models: one layer from its activations, or a whole model (parallel / cascade).
+
+``prune_layer`` works on captured activations (arrays); ``prune`` captures them from a model with
+forward hooks, solves each layer's program (:mod:`solvers`), and writes the pruned weights into
+a copy of the model.
+
+Epsilons are *relative* here (a fraction of ``||Y||_F``); :mod:`solvers` takes absolute ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Iterable, Mapping, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from solvers import SUCCESS, NetTrimProblem, solve_admm, solve_cvxpy
+from solvers.refit import refit as refit_support
+from solvers.refit import reweighted_penalty
+
+from .capture import capture, capture_cascade, prunable_layers
+from .surgery import apply_masks, set_layer_weight
+
+__all__ = ["prune_layer", "prune", "LayerPruneResult", "LayerReport", "PruneResult",
+           "PruningWarning", "PruningError", "SOLVERS", "MODES"]
+
+SOLVERS = ("admm", "cvxpy")
+MODES = ("parallel", "cascade")
+#: Sparsity mode: relative epsilons searched (log-bisection) within these bounds.
+SPARSITY_EPS_RANGE = (1e-4, 1.0)
+#: Sparsity mode: stop when the achieved sparsity is within this of the target.
+SPARSITY_TOL = 0.005
+#: Sparsity mode: at most this many solves per layer.
+SPARSITY_MAX_SOLVES = 14
+
+
+class PruningWarning(UserWarning):
+    """A layer's solver did not report an optimal solution (status, residuals in the text)."""
+
+
+class PruningError(RuntimeError):
+    """Raised instead of :class:`PruningWarning` when ``strict=True``."""
+
+
+# ---- one layer --------------------------------------------------------------------------------
+@dataclass
+class LayerPruneResult:
+    """Result of :func:`prune_layer`.
+
+    Attributes
+    ----------
+    weight : Tensor of shape (M, N)
+    bias : Tensor of shape (M,) or None
+    report : dict
+        ``nonzeros``, ``total``, ``sparsity`` (weights only, bias excluded), ``epsilon``
+        (relative to ||Y||_F), ``epsilon_abs``, ``relative_error`` (``||act(X W^T + b) - Y||_F
+        / ||Y||_F``), ``status``, ``iterations``, ``seconds``, ``solver``, ``objective``, and in
+        sparsity mode ``target_sparsity`` and ``solves``.
+    """
+
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor]
+    report: dict
+
+
+def _as_tensor(a: Any, name: str) -> torch.Tensor:
+    if isinstance(a, np.ndarray):
+        a = torch.from_numpy(a)
+    if not isinstance(a, torch.Tensor):
+        msg = f"{name} must be a numpy array or a torch tensor, got {type(a).__name__}"
+        raise TypeError(msg)
+    if a.ndim != 2:
+        msg = f"{name} must be 2-D, got shape {tuple(a.shape)}"
+        raise ValueError(msg)
+    return a.detach() if a.dtype in (torch.float32, torch.float64) else a.detach().double()
+
+
+def _check_fraction(value: Any, name: str, *, upper_open: bool) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        msg = f"{name} must be a number, got {value!r}"
+        raise TypeError(msg) from None
+    ok = 0.0 <= v < 1.0 if upper_open else 0.0 <= v and math.isfinite(v)
+    if not ok:
+        msg = f"{name} must be in [0, 1), got {v}" if upper_open else f"{name} must be >= 0, got {v}"
+        raise ValueError(msg)
+    return v
+
+
+def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
+                sparsity: Optional[float] = None, relu: bool = True, bias: bool = False,
+                V: Any = None, absolute: bool = False, penalize_bias: bool = False,
+                solver: str = "admm", W0: Any = None, b0: Any = None, refit: bool = False,
+                reweight: int = 0, solver_options: Optional[dict] = None,
+                progress: bool = False) -> LayerPruneResult:
+    """Prune one layer from its activations: the least-l1 weights whose outputs stay close.
+
+    Solves ``min sum|W|  s.t.  ||(X W^T + b - Y) on Omega||_F <= epsilon,
+    X W^T + b <= V off Omega`` (ReLU layer; a linear layer has one ball over all entries).
+
+    Parameters
+    ----------
+    X : ndarray or Tensor of shape (P, N)
+        Layer input, one row per sample (for a conv layer: unfolded patches).
+    Y : ndarray or Tensor of shape (P, M)
+        Target outputs: post-ReLU when ``relu=True``.
+    epsilon : float
+        Tolerance relative to ``||Y||_F`` (absolute with ``absolute=True``). Exactly one of
+        ``epsilon`` and ``sparsity`` must be given.
+    sparsity : float in [0, 1)
+        Target fraction of zero weights instead of an epsilon: the epsilon reaching it is found
+        by log-bisection with warm starts (within :data:`SPARSITY_TOL`); both are reported.
+    relu : bool, default True
+        False for a layer with no activation.
+    bias : bool, default False
+        Fit a bias too (a ones column appended to X); it is not penalized unless
+        ``penalize_bias=True``.
+    V : ndarray or Tensor of shape (P, M), optional
+        Inequality bound off the active set (cascade: ``X-hat W0^T + b0``); default 0.
+    solver : {"admm", "cvxpy"}
+    W0, b0 : optional
+        Warm start (the original weights): shapes (M, N) and (M,).
+    refit : bool, default False
+        After the l1 solve fixes the support, re-solve on it for the least active-set
+        residual under the same inequalities (undoes l1 shrinkage).
+    reweight : int, default 0
+        Rounds of reweighted l1 (penalty ``1 / (|W| + delta)``) before the refit.
+    solver_options : dict, optional
+        Keyword arguments for :func:`solvers.solve_admm` / :func:`solvers.solve_cvxpy`.
+    progress : bool
+        Show a tqdm bar of ADMM iterations.
+
+    Returns
+    -------
+    LayerPruneResult
+    """
+    if solver not in SOLVERS:
+        msg = f"solver must be one of {SOLVERS}, got {solver!r}"
+        raise ValueError(msg)
+    if (epsilon is None) == (sparsity is None):
+        msg = "give exactly one of epsilon (relative tolerance) and sparsity (target fraction)"
+        raise ValueError(msg)
+    if not isinstance(reweight, int) or reweight < 0:
+        msg = f"reweight must be a nonnegative integer (rounds), got {reweight!r}"
+        raise ValueError(msg)
+    X = _as_tensor(X, "X")
+    Y = _as_tensor(Y, "Y").to(device=X.device, dtype=X.dtype)
+    P, N = X.shape
+    M = Y.shape[1]
+    if Y.shape[0] != P:
+        msg = f"X has shape {tuple(X.shape)} and Y has shape {tuple(Y.shape)}: the row counts differ"
+        raise ValueError(msg)
+    Xa = torch.cat([X, torch.ones(P, 1, dtype=X.dtype, device=X.device)], 1) if bias else X
+    Na = Xa.shape[1]
+    W_start = None
+    if W0 is not None:
+        W_start = _as_tensor(W0, "W0").to(device=X.device, dtype=X.dtype)
+        if tuple(W_start.shape) != (M, N):
+            msg = f"W0 must have shape (M, N) = ({M}, {N}), got {tuple(W_start.shape)}"
+            raise ValueError(msg)
+        if bias:
+            b = torch.zeros(M, dtype=X.dtype, device=X.device) if b0 is None else \
+                torch.as_tensor(b0, dtype=X.dtype, device=X.device).reshape(M)
+            W_start = torch.cat([W_start, b[:, None]], 1)
+    penalty = None
+    if bias and not penalize_bias:
+        penalty = torch.ones(M, Na, dtype=X.dtype, device=X.device)
+        penalty[:, -1] = 0.0
+    y_norm = float(torch.linalg.vector_norm(Y))
+    opts = dict(solver_options or {})
+    t0 = time.perf_counter()
+
+    def problem_for(eps_abs: float) -> NetTrimProblem:
+        return NetTrimProblem(Xa, Y, eps_abs, V=V, relu=relu)
+
+    def solve(eps_abs: float, W_init, rho=None):
+        return _solve_l1(problem_for(eps_abs), solver, W_init, penalty, opts, reweight, rho,
+                         progress)
+
+    report: dict = {}
+    if sparsity is None:
+        eps_value = float(epsilon) if absolute else \
+            _check_fraction(epsilon, "epsilon", upper_open=False) * y_norm
+        result, iterations = solve(eps_value, W_start)
+    else:
+        target = _check_fraction(sparsity, "sparsity", upper_open=True)
+        result, eps_value, iterations, solves = _search_sparsity(
+            solve, target, y_norm, W_start, bias, N)
+        trimmed = 0
+        if abs(_weight_sparsity(result.W, bias, N) - target) > SPARSITY_TOL:
+            result, trimmed = _trim_to(result, target, bias, N)
+        report.update(target_sparsity=target, solves=solves, trimmed=trimmed)
+    if refit and result.status in SUCCESS:
+        refitted = refit_support(problem_for(eps_value), torch.as_tensor(result.W) != 0,
+                                 W0=result.W)
+        iterations += refitted.iterations
+        report["refit_status"] = refitted.status
+        if refitted.status in SUCCESS:
+            result = _with_objective(refitted, penalty)
+    W = torch.as_tensor(result.W, device=X.device, dtype=X.dtype)
+    weight, b = (W[:, :N].contiguous(), W[:, N].contiguous()) if bias else (W, None)
+    out = X @ weight.T + (b if b is not None else 0)
+    if relu:
+        out = torch.relu(out)
+    nonzeros = int((weight != 0).sum())
+    report.update(
+        nonzeros=nonzeros, total=M * N, sparsity=1.0 - nonzeros / (M * N),
+        epsilon=eps_value / y_norm if y_norm > 0 else float("nan"), epsilon_abs=eps_value,
+        relative_error=float(torch.linalg.vector_norm(out - Y)) / y_norm if y_norm > 0 else 0.0,
+        status=result.status, iterations=iterations, seconds=time.perf_counter() - t0,
+        solver=result.solver, objective=result.objective, residual=result.residual,
+        violation=result.violation)
+    return LayerPruneResult(weight=weight, bias=b, report=report)
+
+
+def _solve_l1(problem, solver, W_init, penalty, opts, reweight, rho, progress):
+    """One (weighted) l1 solve plus ``reweight`` reweighting rounds: (result, total iterations)."""
+    bar = None
+    if solver == "admm":
+        kwargs = dict(opts)
+        if progress:
+            bar = tqdm(desc="ADMM", unit="it", leave=False)
+            kwargs["callback"] = lambda it, r, s, rho_: bar.update(1)
+        if rho is not None and "rho" not in kwargs:
+            kwargs["rho"] = rho
+        run = lambda pen, W: solve_admm(problem, W0=W, penalty=pen, **kwargs)  # noqa: E731
+    else:
+        run = lambda pen, W: solve_cvxpy(problem, penalty=pen, **opts)  # noqa: E731
+    try:
+        result = run(penalty, W_init)
+        iterations = result.iterations
+        for _ in range(reweight):
+            if result.status not in SUCCESS:
+                break
+            pen = torch.as_tensor(reweighted_penalty(result.W))
+            if penalty is not None:
+                pen = pen * penalty  # unpenalized entries (the bias) stay unpenalized
+            result = run(pen, result.W)
+            iterations += result.iterations
+    finally:
+        if bar is not None:
+            bar.close()
+    return result, iterations
+
+
+def _trim_to(result, target, bias, N):
+    """Zero the smallest-magnitude weights (never the bias) until ``target`` sparsity."""
+    W = torch.as_tensor(result.W).clone()
+    weights = W[:, :N] if bias else W
+    want_zeros = round(target * weights.numel())
+    extra = want_zeros - int((weights == 0).sum())
+    if extra <= 0:
+        return result, 0
+    magnitude = weights.abs().flatten().masked_fill((weights == 0).flatten(), math.inf)
+    drop = torch.topk(magnitude, extra, largest=False).indices
+    flat = weights.flatten()
+    flat[drop] = 0.0
+    weights.copy_(flat.reshape(weights.shape))
+    return replace(result, W=W, objective=float(weights.abs().sum())), extra
+
+
+def _with_objective(result, penalty):
+    """Recompute a refit result's objective as (weighted) sum|W| of its W."""
+    W = torch.as_tensor(result.W)
+    pen = 1.0 if penalty is None else torch.as_tensor(penalty, device=W.device, dtype=W.dtype)
+    return replace(result, objective=float((W.abs() * pen).sum()))
+
+
+def _search_sparsity(solve, target, y_norm, W_start, bias, N):
+    """Log-bisection on the relative epsilon for ``target`` sparsity, warm-starting each solve."""
+    lo, hi = SPARSITY_EPS_RANGE
+    nearest = below = None   # (key, result, eps_abs)
+    iterations = 0
+    W_warm, rho = W_start, None
+    solves = 0
+    result = None
+    for solves in range(1, SPARSITY_MAX_SOLVES + 1):
+        mid = math.sqrt(lo * hi)
+        result, its = solve(mid * y_norm, W_warm, rho)
+        iterations += its
+        ok = result.status in SUCCESS
+        s = _weight_sparsity(result.W, bias, N) if ok else -1.0
+        if ok:
+            dist = abs(s - target)
+            if nearest is None or dist < nearest[0]:
+                nearest = (dist, result, mid * y_norm)
+            if s <= target and (below is None or s > below[0]):
+                below = (s, result, mid * y_norm)
+            W_warm, rho = result.W, (result.rho if math.isfinite(result.rho) else None)
+            if dist <= SPARSITY_TOL:
+                return result, mid * y_norm, iterations, solves
+        if s < target:
+            lo = mid
+        else:
+            hi = mid
+    if nearest is None:
+        msg = (f"no epsilon in {SPARSITY_EPS_RANGE} (relative) gave a solution for sparsity "
+               f"{target}; the last status was {result.status}")
+        raise PruningError(msg)
+    # the support jumped over the target (a group of weights vanishes at once): return the
+    # closest denser solution, which the caller trims by magnitude
+    chosen = below if below is not None else nearest
+    return chosen[1], chosen[2], iterations, solves
+
+
+def _weight_sparsity(W, bias, N):
+    W = torch.as_tensor(W)
+    W = W[:, :N] if bias else W
+    return 1.0 - int((W != 0).sum()) / W.numel()
+
+
+# ---- a whole model ----------------------------------------------------------------------------
+@dataclass
+class LayerReport:
+    """One row of :attr:`PruneResult.report`."""
+
+    name: str
+    kind: str
+    shape: tuple
+    nonzeros_before: int
+    nonzeros_after: int
+    total: int
+    sparsity: float
+    epsilon: float
+    epsilon_abs: float
+    relative_error: float
+    status: str
+    iterations: int
+    seconds: float
+    solver: str
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+
+@dataclass
+class PruneResult:
+    """Result of :func:`prune`: the pruned model and a per-layer report."""
+
+    model: nn.Module
+    report: list
+    options: dict = field(default_factory=dict)
+    output_error: float = float("nan")
+
+    def table(self) -> str:
+        """The per-layer report as an aligned text table."""
+        head = (f"{'layer':<14}{'shape':>16}{'nonzeros':>20}{'sparsity':>10}{'epsilon':>9}"
+                f"{'rel.err':>9}{'status':>12}{'iters':>7}{'sec':>8}")
+        rows = [head, "-" * len(head)]
+        for r in self.report:
+            nz = f"{r.nonzeros_before}->{r.nonzeros_after}"
+            rows.append(f"{r.name:<14}{'x'.join(map(str, r.shape)):>16}{nz:>20}"
+                        f"{100 * r.sparsity:>9.1f}%{r.epsilon:>9.4f}{r.relative_error:>9.4f}"
+                        f"{r.status:>12}{r.iterations:>7}{r.seconds:>8.2f}")
+        before = sum(r.nonzeros_before for r in self.report)
+        after = sum(r.nonzeros_after for r in self.report)
+        total = sum(r.total for r in self.report)
+        rows.append("-" * len(head))
+        rows.append(f"{'total':<14}{'':>16}{f'{before}->{after}':>20}{100 * (1 - after / total):>9.1f}%"
+                    f"   output rel. error {self.output_error:.4f}")
+        return "\n".join(rows)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: ``{"layers": [...], "options": {...}, "output_error": float}``."""
+        return {"layers": [r.as_dict() for r in self.report], "options": dict(self.options),
+                "output_error": self.output_error}
+
+
+def _per_layer(value, names, what):
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            msg = f"{what} names unknown layers {unknown}; prunable layers are {list(names)}"
+            raise ValueError(msg)
+        return dict(value)
+    return {name: value for name in names}
+
+
+def _reiterable(inputs):
+    if isinstance(inputs, torch.Tensor):
+        return True
+    try:
+        return iter(inputs) is not inputs
+    except TypeError:
+        return False
+
+
+def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any = None, *,
+          sparsity: Any = None, mode: str = "parallel", solver: str = "admm",
+          layers: Any = None, ignore: Iterable[str] = (), activations: Optional[dict] = None,
+          gamma: float = 1.1, kappa: float = 1.0, max_samples: Optional[int] = None,
+          seed: int = 0, device: Any = None, inplace: bool = False, masks: bool = False,
+          strict: bool = False, progress: bool = False, refit: bool = False, reweight: int = 0,
+          solver_options: Optional[dict] = None) -> PruneResult:
+    """Prune a model's Linear and Conv2d layers with Net-Trim.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A trained network; never modified unless ``inplace=True``.
+    inputs : Tensor or iterable of batches
+        Calibration data (a DataLoader works; ``(x, y)`` items use ``x``). Cascade mode passes
+        over it once per layer, so it must be re-iterable (a tensor, list or DataLoader).
+    epsilon : float or dict
+        Relative tolerance (fraction of each layer's ``||Y||_F``), or ``{layer: epsilon}``.
+        In cascade mode it sets the first layer; later layers get
+        ``epsilon_l^2 = gamma ||(X-hat W_l^T - Y) on Omega||_F^2`` unless named in a dict.
+    sparsity : float or dict
+        Target sparsity per layer instead of ``epsilon`` (the epsilon is searched).
+    mode : {"parallel", "cascade"}
+        Parallel: every layer from the original network's activations (V = 0). Cascade: each
+        layer from the already-pruned network's inputs X-hat and the original outputs Y, with
+        ``V = X-hat W_l^T + b_l``, carrying the error forward (DESIGN.md section 2).
+    solver : {"admm", "cvxpy"}
+    layers, ignore : optional
+        Which layers (names or module types) and which names to skip.
+    activations : dict, optional
+        ``{layer: "relu" | None}`` where detection from the model structure cannot see it.
+    gamma : float >= 1
+        Cascade slack: the original weights stay feasible.
+    kappa : float in (0, 1]
+        Cascade: the last linear layer's tolerance is ``kappa * gamma * ||X-hat W^T - Y||^2``
+        (smaller: closer outputs, may be infeasible).
+    max_samples : int, optional
+        Rows kept per layer (seeded uniform subsample; for conv, patches).
+    device : optional
+        Where activations are captured and solved (default: the model's device).
+    inplace : bool
+        Write into ``model`` itself instead of a copy.
+    masks : bool
+        Hold the zeros with ``torch.nn.utils.prune`` masks (for masked fine-tuning); the default
+        writes plain weights that load into a fresh model with ``strict=True``.
+    strict : bool
+        Raise :class:`PruningError` instead of warning on a non-optimal solver status.
+    progress : bool
+        tqdm bars per layer (and per ADMM solve).
+    refit, reweight, solver_options
+        Passed to :func:`prune_layer`.
+
+    Returns
+    -------
+    PruneResult
+        ``.model``, ``.report`` (one :class:`LayerReport` per layer), ``.table()``,
+        ``.to_dict()``, ``.output_error`` (relative output discrepancy on ``inputs``).
+    """
+    if not isinstance(model, nn.Module):
+        msg = f"model must be a torch.nn.Module, got {type(model).__name__}"
+        raise TypeError(msg)
+    if mode not in MODES:
+        msg = f"mode must be one of {MODES}, got {mode!r}"
+        raise ValueError(msg)
+    if solver not in SOLVERS:
+        msg = f"solver must be one of {SOLVERS}, got {solver!r}"
+        raise ValueError(msg)
+    if (epsilon is None) == (sparsity is None):
+        msg = "give exactly one of epsilon (relative tolerance) and sparsity (target fraction)"
+        raise ValueError(msg)
+    if not (isinstance(gamma, (int, float)) and gamma >= 1):
+        msg = f"gamma must be a number >= 1 (cascade slack), got {gamma!r}"
+        raise ValueError(msg)
+    if not (isinstance(kappa, (int, float)) and 0 < kappa <= 1):
+        msg = f"kappa must be in (0, 1], got {kappa!r}"
+        raise ValueError(msg)
+    if mode == "cascade" and not _reiterable(inputs):
+        msg = ("inputs must be re-iterable for cascade mode (a tensor, a list of batches or a "
+               "DataLoader), got a one-shot iterator")
+        raise TypeError(msg)
+    selected = list(prunable_layers(model, layers, ignore))
+    eps_of = None if epsilon is None else _per_layer(epsilon, selected, "epsilon")
+    spars_of = None if sparsity is None else _per_layer(sparsity, selected, "sparsity")
+    options = dict(epsilon=epsilon, sparsity=sparsity, mode=mode, solver=solver, gamma=gamma,
+                   kappa=kappa, max_samples=max_samples, seed=seed, refit=refit,
+                   reweight=reweight, solver_options=solver_options, layers=selected)
+    target = model if inplace else copy.deepcopy(model)
+    cap = dict(activations=activations, max_samples=max_samples, seed=seed, device=device)
+    original = capture(model, inputs, layers=selected, **cap) if mode == "parallel" else None
+    modules = dict(target.named_modules())
+
+    rows = []
+    names = selected
+    if progress:
+        from tqdm.auto import tqdm
+        names = tqdm(selected, desc=f"Net-Trim ({mode})", unit="layer")
+    for index, name in enumerate(names):
+        if mode == "parallel":
+            data = original.pop(name)  # free each layer's records once used
+        else:  # inputs from the pruned copy, outputs from the original, in one pass
+            data = capture_cascade(model, target, inputs, name, **cap)
+        module = modules[name]
+        relu = data.activation == "relu"
+        # clones: the write-back below overwrites the module's tensors
+        W_orig = module.weight.detach().flatten(1).to(data.X, copy=True)
+        b_orig = None if module.bias is None else module.bias.detach().to(data.X, copy=True)
+        X, Y, V = data.X, data.post, None
+        kwargs = dict(relu=relu, bias=module.bias is not None, solver=solver, W0=W_orig,
+                      b0=b_orig, refit=refit, reweight=reweight, solver_options=solver_options,
+                      progress=progress)
+        if mode == "cascade" and index > 0:
+            pre_hat = X @ W_orig.T + (0 if b_orig is None else b_orig)
+            if relu:
+                V = pre_hat
+            if spars_of is not None:
+                result = prune_layer(X, Y, sparsity=spars_of[name], V=V, **kwargs)
+            elif isinstance(epsilon, Mapping) and name in epsilon:
+                result = prune_layer(X, Y, epsilon=eps_of[name], V=V, **kwargs)
+            else:
+                D = pre_hat - Y
+                if relu:
+                    D = D.masked_fill(Y <= 0, 0.0)
+                slack = gamma * (kappa if (index == len(selected) - 1 and not relu) else 1.0)
+                eps_abs = math.sqrt(slack) * float(torch.linalg.vector_norm(D))
+                result = prune_layer(X, Y, epsilon=eps_abs, absolute=True, V=V, **kwargs)
+        elif spars_of is not None:
+            result = prune_layer(X, Y, sparsity=spars_of[name], **kwargs)
+        else:
+            result = prune_layer(X, Y, epsilon=eps_of[name], **kwargs)
+        rep = result.report
+        if rep["status"] not in SUCCESS:
+            msg = (f"layer {name!r}: solver status {rep['status']} after {rep['iterations']} "
+                   f"iterations (residual {rep['residual']:.4g} vs epsilon {rep['epsilon_abs']:.4g}, "
+                   f"violation {rep['violation']:.3g}); raise max_iter through "
+                   "solver_options={'max_iter': ...} or loosen epsilon (larger epsilon, gamma or kappa)")
+            if strict:
+                raise PruningError(msg)
+            warnings.warn(msg, PruningWarning, stacklevel=2)
+        set_layer_weight(module, result.weight, result.bias)
+        rows.append(LayerReport(
+            name=name, kind=data.kind, shape=tuple(module.weight.shape),
+            nonzeros_before=int((W_orig != 0).sum()), nonzeros_after=rep["nonzeros"],
+            total=rep["total"], sparsity=rep["sparsity"], epsilon=rep["epsilon"],
+            epsilon_abs=rep["epsilon_abs"], relative_error=rep["relative_error"],
+            status=rep["status"], iterations=rep["iterations"], seconds=rep["seconds"],
+            solver=rep["solver"]))
+    if masks:
+        apply_masks(target, selected)
+    out = PruneResult(model=target, report=rows, options=options)
+    if _reiterable(inputs):  # a one-shot iterator was used up by the capture
+        out.output_error = output_discrepancy(model, target, inputs, device=device)
+    return out
+
+
+@torch.no_grad()
+def output_discrepancy(reference: nn.Module, other: nn.Module, inputs: Any, *,
+                       device: Any = None) -> float:
+    """``||f_other(x) - f_ref(x)||_F / ||f_ref(x)||_F`` over all batches of ``inputs``."""
+    batches = [inputs] if isinstance(inputs, torch.Tensor) else inputs
+    num = den = 0.0
+    modes = (reference.training, other.training)
+    reference.eval()
+    other.eval()
+    try:
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            if device is not None:
+                x = x.to(device)
+            ref = reference(x)
+            num += float(torch.linalg.vector_norm(other(x) - ref)) ** 2
+            den += float(torch.linalg.vector_norm(ref)) ** 2
+    finally:
+        reference.train(modes[0])
+        other.train(modes[1])
+    return math.sqrt(num / den) if den > 0 else 0.0
