@@ -26,6 +26,7 @@ from solvers.refit import refit as refit_support
 from solvers.refit import reweighted_penalty
 
 from .capture import capture, capture_cascade, prunable_layers
+from .report import format_prune_table
 from .surgery import apply_masks, set_layer_weight
 
 __all__ = ["prune_layer", "prune", "LayerPruneResult", "LayerReport", "PruneResult",
@@ -353,22 +354,8 @@ class PruneResult:
     output_error: float = float("nan")
 
     def table(self) -> str:
-        """The per-layer report as an aligned text table."""
-        head = (f"{'layer':<14}{'shape':>16}{'nonzeros':>20}{'sparsity':>10}{'epsilon':>9}"
-                f"{'rel.err':>9}{'status':>12}{'iters':>7}{'sec':>8}")
-        rows = [head, "-" * len(head)]
-        for r in self.report:
-            nz = f"{r.nonzeros_before}->{r.nonzeros_after}"
-            rows.append(f"{r.name:<14}{'x'.join(map(str, r.shape)):>16}{nz:>20}"
-                        f"{100 * r.sparsity:>9.1f}%{r.epsilon:>9.4f}{r.relative_error:>9.4f}"
-                        f"{r.status:>12}{r.iterations:>7}{r.seconds:>8.2f}")
-        before = sum(r.nonzeros_before for r in self.report)
-        after = sum(r.nonzeros_after for r in self.report)
-        total = sum(r.total for r in self.report)
-        rows.append("-" * len(head))
-        rows.append(f"{'total':<14}{'':>16}{f'{before}->{after}':>20}{100 * (1 - after / total):>9.1f}%"
-                    f"   output rel. error {self.output_error:.4f}")
-        return "\n".join(rows)
+        """The per-layer report as an aligned text table (see :mod:`nettrim.report`)."""
+        return format_prune_table(self.report, self.output_error)
 
     def to_dict(self) -> dict:
         """JSON-ready: ``{"layers": [...], "options": {...}, "output_error": float}``."""
