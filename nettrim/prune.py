@@ -277,31 +277,37 @@ def _with_objective(result, penalty):
 
 def _search_sparsity(solve, target, y_norm, W_start, bias, N):
     """Log-bisection on the relative epsilon for ``target`` sparsity, warm-starting each solve."""
-    lo, hi = SPARSITY_EPS_RANGE
+    # false position on log(epsilon), safeguarded: the sparsity rises from about 0 at the lower
+    # end to 1 at the upper end (epsilon = ||Y||_F admits W = 0); each step interpolates inside
+    # the bracket, kept away from its ends so that the bracket always shrinks.
+    lo, hi = (math.log(e) for e in SPARSITY_EPS_RANGE)
+    s_lo, s_hi = 0.0, 1.0
     nearest = below = None   # (key, result, eps_abs)
     iterations = 0
     W_warm, rho = W_start, None
     solves = 0
     result = None
     for solves in range(1, SPARSITY_MAX_SOLVES + 1):
-        mid = math.sqrt(lo * hi)
-        result, its = solve(mid * y_norm, W_warm, rho)
+        t = (target - s_lo) / (s_hi - s_lo) if s_hi > s_lo else 0.5
+        mid = lo + min(max(t, 0.2), 0.8) * (hi - lo)
+        eps_abs = math.exp(mid) * y_norm
+        result, its = solve(eps_abs, W_warm, rho)
         iterations += its
         ok = result.status in SUCCESS
         s = _weight_sparsity(result.W, bias, N) if ok else -1.0
         if ok:
             dist = abs(s - target)
             if nearest is None or dist < nearest[0]:
-                nearest = (dist, result, mid * y_norm)
+                nearest = (dist, result, eps_abs)
             if s <= target and (below is None or s > below[0]):
-                below = (s, result, mid * y_norm)
+                below = (s, result, eps_abs)
             W_warm, rho = result.W, (result.rho if math.isfinite(result.rho) else None)
             if dist <= SPARSITY_TOL:
-                return result, mid * y_norm, iterations, solves
-        if s < target:
-            lo = mid
+                return result, eps_abs, iterations, solves
+        if s < target:  # an unsolved (infeasible, capped) point counts as too dense
+            lo, s_lo = mid, max(s, s_lo)
         else:
-            hi = mid
+            hi, s_hi = mid, s
     if nearest is None:
         msg = (f"no epsilon in {SPARSITY_EPS_RANGE} (relative) gave a solution for sparsity "
                f"{target}; the last status was {result.status}")

@@ -312,9 +312,11 @@ def solve_admm(problem: NetTrimProblem, *, W0: Any = None, penalty: Any = None,
                 break
         # residual balancing on the normalized residuals (as OSQP does): rho *= sqrt(r'/s')
         # with r' = r / (primal scale), s' = s / (dual scale); no refactorization needed.
-        if it % settings.adapt_every == 0 and r_norm > 0 and s_norm > 0:
-            ratio = math.sqrt((r_norm / max(pri_scale, TINY)) / (s_norm / max(dual_scale, TINY)))
-            if ratio > RHO_ADAPT or ratio < 1.0 / RHO_ADAPT:
+        r_rel = r_norm / max(pri_scale, TINY)
+        s_rel = s_norm / max(dual_scale, TINY)
+        if it % settings.adapt_every == 0 and r_rel > 0 and s_rel > 0:
+            ratio = math.sqrt(r_rel / s_rel)
+            if math.isfinite(ratio) and (ratio > RHO_ADAPT or ratio < 1.0 / RHO_ADAPT):
                 rho_k *= ratio
                 U1.div_(ratio)
                 U2.div_(ratio)
