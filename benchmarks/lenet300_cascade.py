@@ -40,8 +40,12 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=5000, help="calibration images")
     parser.add_argument("--keep", type=float, default=0.07, help="fraction of weights kept")
     parser.add_argument("--no-refit", action="store_true", help="plain l1 solutions")
+    parser.add_argument("--reweight", type=int, default=0, help="reweighted-l1 rounds")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 on a busy machine)")
     parser.add_argument("--json", help="write the figures to this JSON file")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model = pretrained("lenet_300_100", data_root=args.data_root)
     x_train, _ = load_mnist(args.data_root, train=True)
@@ -56,7 +60,8 @@ def main(argv=None) -> int:
     acc_before = accuracy(model, x_test, y_test)
     t0 = time.perf_counter()
     result = nettrim.prune(model, calib, sparsity=targets, mode="cascade",
-                           refit=not args.no_refit, progress=True)
+                           refit=not args.no_refit, reweight=args.reweight,
+                           progress=True)
     seconds = time.perf_counter() - t0
     acc_after = accuracy(result.model, x_test, y_test)
     print(result.table())

@@ -99,8 +99,8 @@ def _check_fraction(value: Any, name: str, *, upper_open: bool) -> float:
 def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
                 sparsity: Optional[float] = None, relu: bool = True, bias: bool = False,
                 V: Any = None, absolute: bool = False, penalize_bias: bool = False,
-                solver: str = "admm", W0: Any = None, b0: Any = None, refit: bool = False,
-                reweight: int = 0, solver_options: Optional[dict] = None,
+                solver: str = "admm", W0: Any = None, b0: Any = None, refit: bool = True,
+                reweight: int = 1, solver_options: Optional[dict] = None,
                 progress: bool = False) -> LayerPruneResult:
     """Prune one layer from its activations: the least-l1 weights whose outputs stay close.
 
@@ -129,10 +129,10 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
     solver : {"admm", "cvxpy"}
     W0, b0 : optional
         Warm start (the original weights): shapes (M, N) and (M,).
-    refit : bool, default False
+    refit : bool, default True
         After the l1 solve fixes the support, re-solve on it for the least active-set
         residual under the same inequalities (undoes l1 shrinkage).
-    reweight : int, default 0
+    reweight : int, default 1
         Rounds of reweighted l1 (penalty ``1 / (|W| + delta)``) before the refit.
     solver_options : dict, optional
         Keyword arguments for :func:`solvers.solve_admm` / :func:`solvers.solve_cvxpy`.
@@ -200,8 +200,10 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
             result, trimmed = _trim_to(result, target, bias, N)
         report.update(target_sparsity=target, solves=solves, trimmed=trimmed)
     if refit and result.status in SUCCESS:
-        refitted = refit_support(problem_for(eps_value), torch.as_tensor(result.W) != 0,
-                                 W0=result.W)
+        support = torch.as_tensor(result.W) != 0
+        if penalty is not None:  # unpenalized entries (the bias) are always refit
+            support |= penalty.to(support.device) == 0
+        refitted = refit_support(problem_for(eps_value), support, W0=result.W)
         iterations += refitted.iterations
         report["refit_status"] = refitted.status
         if refitted.status in SUCCESS:
@@ -393,7 +395,7 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
           layers: Any = None, ignore: Iterable[str] = (), activations: Optional[dict] = None,
           gamma: float = 1.1, kappa: float = 1.0, max_samples: Optional[int] = None,
           seed: int = 0, device: Any = None, inplace: bool = False, masks: bool = False,
-          strict: bool = False, progress: bool = False, refit: bool = False, reweight: int = 0,
+          strict: bool = False, progress: bool = False, refit: bool = True, reweight: int = 1,
           solver_options: Optional[dict] = None) -> PruneResult:
     """Prune a model's Linear and Conv2d layers with Net-Trim.
 

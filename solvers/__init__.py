@@ -10,6 +10,7 @@ Arrays only (numpy or torch tensors); nothing here knows about models.
 from .admm import ADMMSettings, project_ball, project_constraints, soft_threshold, solve_admm
 from .problem import NetTrimProblem
 from .reference import MAX_REFERENCE_SIZE, solve_cvxpy
+from .refit import refit, reweighted_penalty
 from .result import NetTrimResult
 from .status import (INFEASIBLE, MAX_ITER, OPTIMAL, OPTIMAL_INACCURATE, SOLVER_ERROR, STATUSES,
                      SUCCESS)
@@ -18,5 +19,5 @@ __all__ = [
     "NetTrimProblem", "NetTrimResult", "solve_admm", "solve_cvxpy", "ADMMSettings",
     "soft_threshold", "project_ball", "project_constraints", "MAX_REFERENCE_SIZE",
     "OPTIMAL", "OPTIMAL_INACCURATE", "INFEASIBLE", "MAX_ITER", "SOLVER_ERROR", "STATUSES",
-    "SUCCESS",
+    "SUCCESS", "refit", "reweighted_penalty",
 ]

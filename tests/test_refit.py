@@ -1,0 +1,250 @@
+"""solvers.refit: the support-restricted least-squares refit against cvxpy, and reweighted l1."""
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+
+import solvers
+from solvers import INFEASIBLE, MAX_ITER, OPTIMAL, NetTrimProblem, solve_admm
+from solvers.refit import refit, reweighted_penalty
+
+# the module itself (``solvers.refit`` the attribute is the function, re-exported by solvers)
+refit_module = importlib.import_module("solvers.refit")
+
+
+# ---- instances and the cvxpy reference -------------------------------------------------------
+def relu_layer(P, N, M, *, seed=0, relu=True, with_V=False, rel_eps=0.15):
+    """A random layer, its Net-Trim program, and the support of the l1 solution (solve_admm).
+
+    with_V: cascade-like, perturbed input X-hat, V = X-hat W0^T + noise (so the l1 solution
+    does not make every inequality tight).
+    """
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((P, N))
+    W0 = rng.standard_normal((M, N)) / np.sqrt(N)
+    Z = X @ W0.T
+    Y = np.maximum(Z, 0) if relu else Z
+    V = None
+    if with_V:
+        X = X + 0.1 * rng.standard_normal((P, N))
+        V = X @ W0.T + 0.05 * np.abs(rng.standard_normal((P, M)))
+    problem = NetTrimProblem(X, Y, rel_eps * np.linalg.norm(Y), V=V, relu=relu)
+    l1 = solve_admm(problem)
+    assert l1.status == OPTIMAL
+    support = l1.W != 0
+    assert 0 < support.sum() < support.size  # a real support: something pruned, something kept
+    return problem, support, l1.W
+
+
+def reference(problem, support):
+    """Optimal active-set residual of the refit QP (cvxpy, Clarabel, float64)."""
+    import cvxpy as cp
+
+    X = np.asarray(problem.X, dtype=np.float64)
+    Y = np.asarray(problem.Y, dtype=np.float64)
+    P, N, M = problem.shape
+    S = np.asarray(support)
+    W = cp.Variable((M, N))
+    Z = X @ W.T
+    active = (Y > 0) if problem.relu else np.ones_like(Y, dtype=bool)
+    cons = [cp.multiply(W, (~S).astype(float)) == 0]
+    if problem.relu:
+        V = np.zeros_like(Y) if problem.V is None else np.asarray(problem.V, dtype=np.float64)
+        cons.append(cp.multiply(Z - V, (~active).astype(float)) <= 0)
+    objective = cp.sum_squares(cp.multiply(Z - Y, active.astype(float)))
+    prob = cp.Problem(cp.Minimize(objective), cons)
+    prob.solve(solver="CLARABEL")
+    assert prob.status == "optimal"
+    return float(np.sqrt(max(prob.value, 0.0))), W.value
+
+
+def convert(problem, *, dtype, kind):
+    cast = {"numpy": lambda a: None if a is None else np.asarray(a).astype(dtype),
+            "torch": lambda a: None if a is None else torch.from_numpy(np.asarray(a).astype(dtype))}[kind]
+    return NetTrimProblem(cast(problem.X), cast(problem.Y), problem.epsilon, V=cast(problem.V),
+                          relu=problem.relu)
+
+
+def as_np(W):
+    return W.cpu().numpy().astype(np.float64) if isinstance(W, torch.Tensor) else np.asarray(W, np.float64)
+
+
+CASES = [  # P, N, M, relu, with_V
+    (200, 30, 6, True, False),
+    (200, 30, 6, True, True),
+    (60, 50, 4, True, False),     # fewer samples than inputs: the fit on S is not unique
+    (150, 25, 5, False, False),   # linear layer: plain least squares on each support
+]
+
+
+@pytest.mark.parametrize("P,N,M,relu,with_V", CASES)
+@pytest.mark.parametrize("dtype,kind", [("float64", "numpy"), ("float32", "numpy"),
+                                        ("float64", "torch"), ("float32", "torch")])
+def test_refit_matches_cvxpy(P, N, M, relu, with_V, dtype, kind):
+    base, support, W_l1 = relu_layer(P, N, M, seed=P + N, relu=relu, with_V=with_V)
+    problem = convert(base, dtype=dtype, kind=kind)
+    S = support if kind == "numpy" else torch.from_numpy(support)
+    W_start = W_l1.astype(dtype) if kind == "numpy" else torch.from_numpy(W_l1.astype(dtype))
+    ref_value, _ = reference(problem, support)
+    res = refit(problem, S, W0=W_start)
+    assert res.status == OPTIMAL and res.solver == "refit"
+    if kind == "torch":
+        assert isinstance(res.W, torch.Tensor) and res.W.dtype == getattr(torch, dtype)
+    else:
+        assert isinstance(res.W, np.ndarray) and res.W.dtype == np.dtype(dtype)
+    W = as_np(res.W)
+    assert W.shape == (M, N)
+    assert np.all(W[~support] == 0)                                  # support kept exactly
+    true_res = base.residual(W)
+    assert true_res == pytest.approx(ref_value, rel=1e-4, abs=1e-9)  # the optimum
+    assert res.residual == pytest.approx(true_res, rel=1e-4, abs=1e-9)
+    y_max = float(np.abs(base.Y).max())
+    assert base.violation(W) <= 1e-3 * y_max                          # same inequalities
+    assert res.violation <= 1e-3 * y_max
+    assert true_res <= base.residual(W_l1) * (1 + 1e-9)              # never worse than l1
+    assert res.objective == pytest.approx(np.abs(W).sum(), rel=1e-5)
+
+
+def test_refit_undoes_l1_shrinkage():
+    """On a ReLU layer the refit cuts the l1 residual substantially (what issue 5 is about)."""
+    problem, support, W_l1 = relu_layer(300, 40, 8, seed=11, rel_eps=0.2)
+    res = refit(problem, support, W0=W_l1)
+    assert res.status == OPTIMAL
+    assert res.residual < 0.7 * problem.residual(W_l1)
+    # and the post-ReLU output error follows (guarantee: <= active-set residual when V = 0)
+    out_err = np.linalg.norm(np.maximum(problem.X @ res.W.T, 0) - problem.Y)
+    assert out_err <= res.residual * (1 + 1e-6) + 1e-3 * np.abs(problem.Y).max()
+
+
+def test_public_names():
+    assert solvers.refit is refit and solvers.reweighted_penalty is reweighted_penalty
+    assert {"refit", "reweighted_penalty"} <= set(solvers.__all__)
+    assert refit_module.refit is refit
+
+
+def test_refit_without_start_and_linear_is_least_squares():
+    problem, support, _ = relu_layer(150, 25, 5, seed=3, relu=False)
+    res = refit(problem, support)
+    assert res.status == OPTIMAL
+    for m in range(5):  # each neuron: ordinary least squares on its support
+        S = support[m]
+        coef, *_ = np.linalg.lstsq(problem.X[:, S], problem.Y[:, m], rcond=None)
+        assert np.allclose(res.W[m, S], coef, atol=1e-8)
+
+
+def test_refit_chunked_equals_one_chunk(monkeypatch):
+    problem, support, W_l1 = relu_layer(200, 30, 6, seed=4)
+    whole = refit(problem, support, W0=W_l1)
+    monkeypatch.setattr(refit_module, "FACTOR_BYTES", 1)   # one neuron per chunk
+    chunked = refit(problem, support, W0=W_l1)
+    assert whole.status == chunked.status == OPTIMAL
+    assert chunked.residual == pytest.approx(whole.residual, rel=1e-6)
+    assert np.array_equal(chunked.W != 0, whole.W != 0)
+
+
+def test_max_iter_status_and_never_worse_than_start():
+    # degenerate program (every inequality tight at the original weights, full support): ADMM
+    # needs hundreds of iterations and the polish cannot certify early
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((300, 40))
+    W0 = rng.standard_normal((8, 40)) / np.sqrt(40)
+    Y = np.maximum(X @ W0.T, 0)
+    Xh = X + 0.1 * rng.standard_normal(X.shape)
+    problem = NetTrimProblem(Xh, Y, 1.0, V=Xh @ W0.T)
+    support = np.ones((8, 40), dtype=bool)
+    res = refit(problem, support, W0=W0, max_iter=3)
+    assert res.status == MAX_ITER and res.iterations == 3
+    # W0 is feasible and supported: the result may not fit worse, and stays feasible
+    assert problem.residual(res.W) <= problem.residual(W0) * (1 + 1e-12)
+    assert problem.violation(res.W) <= 1e-3 * np.abs(Y).max()
+
+
+def test_start_at_the_optimum_is_kept():
+    problem, support, _ = relu_layer(200, 30, 6, seed=5)
+    _, W_opt = reference(problem, support)
+    W_opt = np.where(support, W_opt, 0.0)
+    res = refit(problem, support, W0=W_opt, max_iter=1)
+    assert problem.residual(res.W) <= problem.residual(W_opt) * (1 + 1e-12)
+    assert np.all(res.W[~support] == 0)
+
+
+def test_empty_support_rows():
+    problem, support, W_l1 = relu_layer(200, 30, 6, seed=6)
+    support = support.copy()
+    support[2] = False
+    res = refit(problem, support, W0=np.where(support, W_l1, 0.0))
+    assert res.status == OPTIMAL
+    assert np.all(res.W[2] == 0)
+    # with V < 0 somewhere off Omega, W = 0 is infeasible for that neuron: no solution exists
+    V = np.zeros_like(problem.Y)
+    V[problem.Y[:, 2] == 0, 2] = -1.0
+    infeasible = NetTrimProblem(problem.X, problem.Y, problem.epsilon, V=V)
+    assert refit(infeasible, support).status == INFEASIBLE
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_refit_on_cuda_returns_cuda_tensor():
+    base, support, W_l1 = relu_layer(200, 30, 6, seed=8)
+    problem = NetTrimProblem(torch.from_numpy(base.X).cuda(), torch.from_numpy(base.Y).cuda(),
+                             base.epsilon)
+    res = refit(problem, torch.from_numpy(support).cuda(), W0=torch.from_numpy(W_l1).cuda())
+    assert res.W.is_cuda and res.status == OPTIMAL
+    assert base.residual(res.W.cpu().numpy()) == pytest.approx(reference(base, support)[0], rel=1e-4)
+
+
+# ---- validation ------------------------------------------------------------------------------
+def test_bad_inputs_raise_clear_errors():
+    problem, support, _ = relu_layer(100, 20, 4, seed=9)
+    with pytest.raises(ValueError, match=r"support must have shape \(M, N\) = \(4, 20\), got \(4, 19\)"):
+        refit(problem, support[:, :19])
+    with pytest.raises(TypeError, match="support must be a boolean array.*float64"):
+        refit(problem, support.astype(float))
+    with pytest.raises(TypeError, match="support must be a boolean tensor.*torch.int64"):
+        refit(problem, torch.from_numpy(support.astype(np.int64)))
+    with pytest.raises(TypeError, match="support must be a numpy array or a torch tensor, got list"):
+        refit(problem, support.tolist())
+    with pytest.raises(TypeError, match="problem must be a NetTrimProblem"):
+        refit((problem.X, problem.Y), support)
+    with pytest.raises(ValueError, match="max_iter must be an integer >= 1"):
+        refit(problem, support, max_iter=0)
+    with pytest.raises(ValueError, match=r"W must have shape \(M, N\) = \(4, 20\)"):
+        refit(problem, support, W0=np.zeros((20, 4)))
+
+
+# ---- reweighted l1 ---------------------------------------------------------------------------
+def test_reweighted_penalty_properties():
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((5, 7)) * (rng.random((5, 7)) < 0.5)
+    pen = reweighted_penalty(W)
+    assert isinstance(pen, np.ndarray) and pen.shape == W.shape and pen.dtype == W.dtype
+    assert pen.mean() == pytest.approx(1.0) and np.all(pen > 0)
+    delta = 1e-3 * np.abs(W).max()
+    expected = 1.0 / (np.abs(W) + delta)
+    assert np.allclose(pen, expected / expected.mean())
+    # order-reversing in |W|: big weights cheap, zeros the most expensive
+    order = np.argsort(np.abs(W).ravel())
+    assert np.all(np.diff(pen.ravel()[order]) <= 1e-12)
+    assert pen.max() / pen.min() == pytest.approx((np.abs(W).max() + delta) / delta)
+    # torch in, torch out (dtype kept); explicit delta; all-zero W gives plain l1
+    Wt = torch.from_numpy(W).float()
+    pt = reweighted_penalty(Wt, delta=0.5)
+    assert isinstance(pt, torch.Tensor) and pt.dtype == torch.float32
+    ref = 1.0 / (np.abs(W) + 0.5)
+    assert np.allclose(pt.numpy(), ref / ref.mean(), rtol=1e-5)
+    assert np.all(reweighted_penalty(np.zeros((3, 4))) == 1.0)
+    with pytest.raises(ValueError, match="delta must be positive"):
+        reweighted_penalty(W, delta=0.0)
+    with pytest.raises(ValueError, match="W must be finite"):
+        reweighted_penalty(np.full((2, 2), np.nan))
+
+
+def test_reweighting_sparsifies_at_the_same_epsilon():
+    """Candes-Wakin-Boyd: a reweighted round gives fewer nonzeros within the same constraints."""
+    problem, _, _ = relu_layer(300, 40, 8, seed=12, rel_eps=0.15)
+    plain = solve_admm(problem)
+    again = solve_admm(problem, penalty=reweighted_penalty(plain.W), W0=plain.W, rho=plain.rho)
+    assert plain.status == again.status == OPTIMAL
+    assert again.nonzeros < plain.nonzeros
+    assert problem.is_feasible(again.W)
