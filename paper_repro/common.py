@@ -1,0 +1,237 @@
+"""Shared plumbing of the ``paper_repro`` scripts: command line, atomic outputs, timing.
+
+Every experiment script follows the same shape::
+
+    @dataclass(frozen=True)
+    class Config: ...              # the full run's settings (defaults)
+    QUICK = Config(...)            # the --quick settings (well under a minute)
+    def run(config, data_root) -> dict      # JSON-ready results (figures drawn from it)
+    def main(argv=None) -> int     # parse_args(...), run, write results/<name>.json + PNGs
+
+Outputs are written atomically (a temporary file in the destination directory, then
+:func:`os.replace`), so an interrupted run never leaves a half-written JSON or PNG behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import os
+import pathlib
+import platform
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # scripts and tests draw off-screen
+
+import torch  # noqa: E402  (after the backend choice)
+
+__all__ = [
+    "PAPER_METHOD",
+    "RESULTS_DIR",
+    "QUICK_ENV",
+    "ExperimentArgs",
+    "config_dict",
+    "environment",
+    "load_split",
+    "parse_args",
+    "save_figure",
+    "subset",
+    "to_jsonable",
+    "write_json",
+]
+
+#: Where the full runs' results are committed.
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+#: Environment variable that notebooks read to switch to the --quick settings.
+QUICK_ENV = "NETTRIM_QUICK"
+#: The papers' method: the plain l1 program, no support refit and no reweighted l1 rounds
+#: (pinned so that the results do not move with the library's defaults).
+PAPER_METHOD = {"refit": False, "reweight": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentArgs:
+    """Parsed command line of an experiment script.
+
+    Attributes
+    ----------
+    quick : bool
+        Run the small version (``QUICK`` config).
+    out_dir : pathlib.Path
+        Where ``<name>.json`` and the figures go (default :data:`RESULTS_DIR`).
+    data_root : str or None
+        Dataset directory passed to the ``nettrim.data`` loaders (None: ``$NETTRIM_DATA``,
+        else ``~/.cache/nettrim``).
+    """
+
+    quick: bool
+    out_dir: pathlib.Path
+    data_root: str | None
+
+
+def parse_args(argv: Sequence[str] | None, description: str) -> ExperimentArgs:
+    """Parse the common flags ``--quick``, ``--out-dir`` and ``--data-root``.
+
+    Parameters
+    ----------
+    argv : sequence of str or None
+        Arguments without the program name; None reads ``sys.argv[1:]``.
+    description : str
+        Shown by ``--help``.
+
+    Returns
+    -------
+    ExperimentArgs
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="run the small version (under a minute on a 2-core CPU); use with --out-dir so "
+        "the committed full results are not overwritten",
+    )
+    parser.add_argument(
+        "--out-dir",
+        default=None,
+        help=f"directory for the JSON and PNG outputs (default: {RESULTS_DIR})",
+    )
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="dataset directory holding mnist/, fashion-mnist/, spirals/ "
+        "(default: $NETTRIM_DATA, else ~/.cache/nettrim)",
+    )
+    ns = parser.parse_args(None if argv is None else list(argv))
+    out_dir = pathlib.Path(ns.out_dir) if ns.out_dir is not None else RESULTS_DIR
+    return ExperimentArgs(quick=ns.quick, out_dir=out_dir, data_root=ns.data_root)
+
+
+def config_dict(config: Any) -> dict:
+    """A config dataclass as a JSON-ready dict (tuples become lists)."""
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        msg = f"config: expected a dataclass instance, got {type(config).__name__}"
+        raise TypeError(msg)
+    return to_jsonable(dataclasses.asdict(config))
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert tensors, numpy scalars/arrays, tuples and paths into plain JSON values.
+
+    Non-finite floats become None (JSON has no NaN).
+    """
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return to_jsonable(value.detach().cpu().tolist())
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return to_jsonable(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
+
+
+def environment() -> dict:
+    """Where the numbers were measured: versions, threads, CPU."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def _atomic_write(path: pathlib.Path, write) -> pathlib.Path:
+    """Call ``write(file_object)`` on a temp file next to ``path``, then rename it."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        pathlib.Path(temp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, payload: Mapping) -> pathlib.Path:
+    """Write ``payload`` (made JSON-ready by :func:`to_jsonable`) atomically, indented."""
+    text = json.dumps(to_jsonable(payload), indent=2, sort_keys=False) + "\n"
+    return _atomic_write(pathlib.Path(path), lambda out: out.write(text.encode("utf-8")))
+
+
+def save_figure(fig, path: str | os.PathLike, *, dpi: int = 120) -> pathlib.Path:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return _atomic_write(
+            pathlib.Path(path),
+            lambda out: fig.savefig(out, format="png", dpi=dpi, bbox_inches="tight"),
+        )
+    finally:
+        plt.close(fig)
+
+
+@functools.lru_cache(maxsize=8)
+def load_split(data_root: str | None, dataset: str, train: bool) -> tuple:
+    """``nettrim.data.load_mnist`` cached per process (scripts and tests share the decode)."""
+    from nettrim.data import load_mnist
+
+    return load_mnist(data_root, train=train, dataset=dataset)
+
+
+def subset(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int) -> tuple:
+    """A seeded random subset of ``n`` rows (all rows when ``n`` is None or too large)."""
+    if n is None or n >= x.shape[0]:
+        return x, y
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randperm(x.shape[0], generator=generator)[:n]
+    return x[index], y[index]
+
+
+class Stopwatch:
+    """Wall-clock seconds per named phase: ``with watch("train"): ...``; ``watch.seconds``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def __call__(self, name: str):
+        watch = self
+
+        class _Phase:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+                return self
+
+            def __exit__(self, *exc):
+                watch.seconds[name] = watch.seconds.get(name, 0.0) + time.perf_counter() - self.t0
+                return False
+
+        return _Phase()
+
+    @property
+    def total(self) -> float:
+        """Seconds since the stopwatch was created."""
+        return time.perf_counter() - self._start

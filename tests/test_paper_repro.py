@@ -1,0 +1,194 @@
+"""paper_repro: every script's --quick mode runs, writes the JSON fields the README reads, and
+never touches the committed full results; the small analysis helpers are checked directly."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from paper_repro import EXPERIMENTS, common
+from paper_repro.cascade_vs_parallel import compare_at_equal_discrepancy
+from paper_repro.sample_complexity import fit_constant, transition_points
+
+DATA = os.environ.get("NETTRIM_DATA", "/work/shared/data")
+
+#: JSON fields the README table reads, per script (dotted paths; "[]" = every list item).
+README_FIELDS = {
+    "spirals": ["main.nonzeros_before", "main.nonzeros_after", "main.discrepancy",
+                "main.accuracy_before", "main.accuracy_after", "widths_table[].width",
+                "widths_table[].nonzeros_after", "widths_table[].discrepancy",
+                "widths_table[].epsilon"],
+    "cascade_vs_parallel": ["widths[].width", "widths[].curves.parallel.sparsity",
+                            "widths[].curves.cascade.discrepancy",
+                            "widths[].comparison.mean_difference", "cascade_sparser_widths",
+                            "compared_widths"],
+    "mnist_fc": ["accuracy_before", "sweep[].epsilon", "sweep[].nonzeros_after",
+                 "sweep[].sparsity", "sweep[].compression", "sweep[].nettrim_accuracy",
+                 "sweep[].nettrim_accuracy_finetuned", "sweep[].magnitude_accuracy",
+                 "sweep[].magnitude_accuracy_finetuned"],
+    "fashion_fc": ["accuracy_before", "sweep[].epsilon", "sweep[].sparsity",
+                   "sweep[].nettrim_accuracy", "sweep[].magnitude_accuracy_finetuned"],
+    "mnist_cnn": ["accuracy_before", "fc_only.nonzeros_before", "fc_only.nonzeros_after",
+                  "fc_only.accuracy", "fc_only.accuracy_finetuned", "all_layers.nonzeros_after",
+                  "all_layers.accuracy", "all_layers.accuracy_finetuned"],
+    "sample_complexity": ["recovery_rate", "transition_P50", "fitted_c", "sparsities",
+                          "samples"],
+}
+FIGURES = {
+    "spirals": ["spirals_contour.png", "spirals_widths.png"],
+    "cascade_vs_parallel": ["cascade_vs_parallel.png"],
+    "mnist_fc": ["mnist_fc.png"],
+    "fashion_fc": ["fashion_fc.png"],
+    "mnist_cnn": ["mnist_cnn.png"],
+    "sample_complexity": ["sample_complexity.png"],
+}
+
+
+def _lookup(obj, path: str) -> list:
+    """Values at a dotted path; ``key[]`` fans out over a list. Raises KeyError if absent."""
+    values = [obj]
+    for part in path.split("."):
+        fan = part.endswith("[]")
+        key = part[:-2] if fan else part
+        values = [v[key] for v in values]
+        if fan:
+            assert all(isinstance(v, list) and v for v in values), f"{path}: empty list"
+            values = [item for v in values for item in v]
+    return values
+
+
+def _committed_state() -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in common.RESULTS_DIR.glob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory):
+    """Run every script's --quick once into a temporary directory (shared by the tests)."""
+    before = _committed_state()
+    out = tmp_path_factory.mktemp("paper_repro_quick")
+    codes = {}
+    for name in EXPERIMENTS:
+        module = importlib.import_module(f"paper_repro.{name}")
+        codes[name] = module.main(["--quick", "--out-dir", str(out), "--data-root", DATA])
+    return {"out": out, "codes": codes, "before": before, "after": _committed_state()}
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_quick_run_writes_readme_fields_and_figures(quick_runs, name):
+    assert quick_runs["codes"][name] == 0
+    out = quick_runs["out"]
+    results = json.loads((out / f"{name}.json").read_text())
+    assert results["quick"] is True
+    assert results["experiment"] == name
+    assert results["seconds"] > 0
+    assert isinstance(results["config"], dict)
+    for field in README_FIELDS[name]:
+        values = _lookup(results, field)
+        assert values and all(v is not None for v in values), f"{name}: {field} missing or null"
+    for figure in FIGURES[name]:
+        data = (out / figure).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000, figure
+    assert not list(out.glob(".*.part")), "a temporary file was left behind"
+
+
+def test_quick_runs_leave_committed_results_alone(quick_runs):
+    assert quick_runs["before"] == quick_runs["after"]
+
+
+def test_quick_sample_complexity_recovers_with_many_samples(quick_runs):
+    results = json.loads((quick_runs["out"] / "sample_complexity.json").read_text())
+    rate = np.array(results["recovery_rate"])
+    assert rate.shape == (len(results["sparsities"]), len(results["samples"]))
+    assert ((rate >= 0) & (rate <= 1)).all()
+    # s = 2 of N = 30 from the most samples: the l1 program recovers the planted neuron
+    assert rate[0, -1] >= 0.75
+    # and from as few samples as s itself it cannot (P < s: more unknowns on the support)
+    assert rate[-1, 0] <= 0.25
+
+
+def test_quick_fc_magnitude_matches_nettrim_counts(quick_runs):
+    for name in ("mnist_fc", "fashion_fc"):
+        results = json.loads((quick_runs["out"] / f"{name}.json").read_text())
+        for row in results["sweep"]:
+            assert row["magnitude_nonzeros_after"] == row["nonzeros_after"]
+            assert sum(row["nonzeros_after"]) < sum(row["nonzeros_before"])
+            assert 0 < row["sparsity"] < 1
+            assert row["compression"] == pytest.approx(
+                sum(row["totals"]) / sum(row["nonzeros_after"]))
+            # fine-tuning holds the zeros: never more nonzeros than after pruning
+            assert row["nettrim_nonzeros_after_finetune"] <= sum(row["nonzeros_after"])
+
+
+def test_quick_cnn_prunes_the_requested_layers(quick_runs):
+    results = json.loads((quick_runs["out"] / "mnist_cnn.json").read_text())
+    assert results["fc_only"]["layers"] == results["fc_layers"]
+    assert results["all_layers"]["layers"] == results["conv_layers"] + results["fc_layers"]
+    assert results["all_layers"]["kind"][:2] == ["conv2d", "conv2d"]
+    for key in ("fc_only", "all_layers"):
+        entry = results[key]
+        assert all(a <= b for a, b in zip(entry["nonzeros_after"], entry["nonzeros_before"]))
+        assert all(a <= b for a, b in zip(entry["nonzeros_after_finetune"],
+                                          entry["nonzeros_after"]))
+
+
+def test_quick_spirals_counts_are_consistent(quick_runs):
+    results = json.loads((quick_runs["out"] / "spirals.json").read_text())
+    main = results["main"]
+    assert len(main["nonzeros_after"]) == 3
+    assert all(a <= b <= t for a, b, t in
+               zip(main["nonzeros_after"], main["nonzeros_before"], main["totals"]))
+    assert 0 <= main["grid_agreement"] <= 1
+    assert results["paper_values"]["table_s1"]["nonzeros_after"] == [362, 2663, 131]
+
+
+# ---- helpers --------------------------------------------------------------------------------
+def test_transition_points_interpolates_the_half_crossing():
+    rate = np.array([[0.0, 0.25, 0.75, 1.0], [0.0, 0.0, 0.0, 0.25]])
+    points = transition_points([2, 4], [10, 20, 30, 40], rate)
+    assert points[0] == pytest.approx(25.0)
+    assert points[1] is None
+
+
+def test_fit_constant_recovers_an_exact_law():
+    N, c = 100, 2.5
+    S = [2, 4, 8]
+    points = [c * s * math.log(N / s) for s in S]
+    assert fit_constant(S, N, points) == pytest.approx(c)
+    assert fit_constant(S, N, [None, None, None]) is None
+
+
+def test_compare_at_equal_discrepancy_signs():
+    curves = {"parallel": {"discrepancy": [0.1, 0.2, 0.3], "sparsity": [0.5, 0.6, 0.7]},
+              "cascade": {"discrepancy": [0.1, 0.2, 0.3], "sparsity": [0.6, 0.7, 0.8]}}
+    assert compare_at_equal_discrepancy(curves)["mean_difference"] == pytest.approx(0.1)
+    apart = {"parallel": {"discrepancy": [0.1, 0.2], "sparsity": [0.5, 0.6]},
+             "cascade": {"discrepancy": [0.3, 0.4], "sparsity": [0.6, 0.7]}}
+    assert compare_at_equal_discrepancy(apart)["mean_difference"] is None
+
+
+def test_write_json_is_atomic_and_json_safe(tmp_path):
+    import torch
+
+    path = common.write_json(tmp_path / "sub" / "r.json",
+                             {"a": (1, 2), "nan": float("nan"), "t": torch.tensor([1.5]),
+                              "p": pathlib.Path("x")})
+    assert json.loads(path.read_text()) == {"a": [1, 2], "nan": None, "t": [1.5], "p": "x"}
+    assert not list(path.parent.glob(".*.part"))
+
+
+def test_parse_args_defaults_to_committed_results_dir():
+    args = common.parse_args([], "x")
+    assert args.out_dir == common.RESULTS_DIR and not args.quick and args.data_root is None
+    args = common.parse_args(["--quick", "--out-dir", "/tmp/q", "--data-root", "/d"], "x")
+    assert args.quick and args.out_dir == pathlib.Path("/tmp/q") and args.data_root == "/d"
+
+
+def test_config_dict_rejects_non_dataclass():
+    with pytest.raises(TypeError, match="config"):
+        common.config_dict({"a": 1})
