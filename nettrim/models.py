@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import atomic_write
 from .data import data_loader, load_mnist
 
 __all__ = [
@@ -423,7 +423,8 @@ def pretrained(
     train_classifier(model, x, y, epochs=epochs, lr=spec.lr, seed=seed)
     elapsed = time.perf_counter() - start
     try:
-        _save_atomically(model.state_dict(), path)
+        state = model.state_dict()
+        atomic_write(path, lambda temp: torch.save(state, temp))
     except OSError as err:
         warnings.warn(
             f"could not cache the trained weights of {name!r} at {path} ({err}); pass a "
@@ -434,19 +435,3 @@ def pretrained(
     model.eval()
     model.training_seconds = elapsed  # type: ignore[assignment]
     return model
-
-
-def _save_atomically(state: Mapping[str, torch.Tensor], path: pathlib.Path) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then ``os.replace`` it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            torch.save(state, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp_path, 0o644)
-        os.replace(temp_path, path)
-    except BaseException:
-        pathlib.Path(temp_path).unlink(missing_ok=True)
-        raise

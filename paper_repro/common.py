@@ -22,7 +22,6 @@ import math
 import os
 import pathlib
 import platform
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,6 +31,8 @@ import matplotlib
 matplotlib.use("Agg")  # scripts and tests draw off-screen
 
 import torch  # noqa: E402  (after the backend choice)
+
+from nettrim.checkpoint import atomic_write  # noqa: E402
 
 __all__ = [
     "PAPER_METHOD",
@@ -156,28 +157,10 @@ def environment() -> dict:
     }
 
 
-def _atomic_write(path: pathlib.Path, write) -> pathlib.Path:
-    """Call ``write(file_object)`` on a temp file next to ``path``, then rename it."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            write(out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        pathlib.Path(temp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_json(path: str | os.PathLike, payload: Mapping) -> pathlib.Path:
     """Write ``payload`` (made JSON-ready by :func:`to_jsonable`) atomically, indented."""
     text = json.dumps(to_jsonable(payload), indent=2, sort_keys=False) + "\n"
-    return _atomic_write(pathlib.Path(path), lambda out: out.write(text.encode("utf-8")))
+    return atomic_write(path, lambda temp: pathlib.Path(temp).write_bytes(text.encode("utf-8")))
 
 
 def save_figure(fig, path: str | os.PathLike, *, dpi: int = 120) -> pathlib.Path:
@@ -185,10 +168,8 @@ def save_figure(fig, path: str | os.PathLike, *, dpi: int = 120) -> pathlib.Path
     import matplotlib.pyplot as plt
 
     try:
-        return _atomic_write(
-            pathlib.Path(path),
-            lambda out: fig.savefig(out, format="png", dpi=dpi, bbox_inches="tight"),
-        )
+        return atomic_write(
+            path, lambda temp: fig.savefig(temp, format="png", dpi=dpi, bbox_inches="tight"))
     finally:
         plt.close(fig)
 
