@@ -7,7 +7,10 @@ after, and the compaction of dead neurons.
 The bar to clear (L-OBS, Dong et al. 2017, without retraining): <= 3.1% test error with 7% of the
 weights kept.
 
-    python benchmarks/lenet300_cascade.py [--data-root DIR] [--samples 5000] [--keep 0.07]
+    python benchmarks/lenet300_cascade.py [--data-root DIR] [--samples 3000] [--keep 0.07] [--reweight 2]
+
+Measured (committed in benchmarks/results/lenet300_cascade.json): 6.96% of the weights kept,
+test error 3.09% (97.89% -> 96.91%), 718 s single-threaded on a shared 2-core CPU.
 """
 
 from __future__ import annotations
@@ -37,10 +40,10 @@ def layer_targets(keep: float) -> dict[str, float]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=os.environ.get("NETTRIM_DATA"))
-    parser.add_argument("--samples", type=int, default=5000, help="calibration images")
+    parser.add_argument("--samples", type=int, default=3000, help="calibration images")
     parser.add_argument("--keep", type=float, default=0.07, help="fraction of weights kept")
     parser.add_argument("--no-refit", action="store_true", help="plain l1 solutions")
-    parser.add_argument("--reweight", type=int, default=0, help="reweighted-l1 rounds")
+    parser.add_argument("--reweight", type=int, default=2, help="reweighted-l1 rounds")
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 on a busy machine)")
     parser.add_argument("--json", help="write the figures to this JSON file")
     args = parser.parse_args(argv)

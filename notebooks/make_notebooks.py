@@ -107,7 +107,8 @@ Y = layer.post[:, :10].double()
 rows = {}
 for solver in ("cvxpy", "admm"):
     t0 = time.perf_counter()
-    res = nettrim.prune_layer(X, Y, epsilon=0.05, bias=True, solver=solver)
+    # the plain program (no reweighting, no refit), so both solvers solve the same problem
+    res = nettrim.prune_layer(X, Y, epsilon=0.05, bias=True, solver=solver, refit=False, reweight=0)
     rows[solver] = res.report
     print(f"{solver:>6}: objective {res.report['objective']:.4f}  nonzeros {res.report['nonzeros']}"
           f"/{res.report['total']}  relative error {res.report['relative_error']:.4f}  "
