@@ -56,7 +56,7 @@ from torch import nn
 
 from solvers.status import OPTIMAL
 
-from .prune import LayerPruneResult, LayerReport, PruneResult, output_discrepancy
+from .prune import LayerPruneResult, LayerReport, PruneResult, _as_tensor, output_discrepancy
 
 __all__ = [
     "BASELINES", "METHODS", "STRUCTURED_CRITERIA",
@@ -73,21 +73,6 @@ _BATCH_ROWS = 512
 
 
 # ---- validation and reports -------------------------------------------------------------------
-def _tensor2d(a: Any, name: str) -> torch.Tensor:
-    if isinstance(a, np.ndarray):
-        a = torch.from_numpy(a)
-    if not isinstance(a, torch.Tensor):
-        msg = f"{name} must be a numpy array or a torch tensor, got {type(a).__name__}"
-        raise TypeError(msg)
-    if a.ndim != 2:
-        msg = f"{name} must be 2-D, got shape {tuple(a.shape)}"
-        raise ValueError(msg)
-    a = a.detach()
-    if not a.dtype.is_floating_point:
-        a = a.double()
-    return a
-
-
 def _check_sparsity(sparsity: Any, name: str = "sparsity") -> float:
     if sparsity is None:
         msg = f"{name} is required: a fraction of weights to zero in [0, 1)"
@@ -140,14 +125,14 @@ def _check_nm(nm: Any, sparsity: Any, N: int) -> tuple:
 
 def _prepare(W: Any, X: Any, bias: Any, Y: Any, *, need_x: bool):
     """Validate the common arguments; return tensors (X, bias, Y possibly None)."""
-    W = _tensor2d(W, "W")
+    W = _as_tensor(W, "W")
     M, N = W.shape
     if X is None:
         if need_x:
             msg = f"X is required (the layer input of shape (P, {N})) for this data-driven method"
             raise ValueError(msg)
     else:
-        X = _tensor2d(X, "X").to(device=W.device)
+        X = _as_tensor(X, "X").to(device=W.device)
         if X.shape[1] != N:
             msg = f"X must have shape (P, N) with N = {N} (W's columns), got {tuple(X.shape)}"
             raise ValueError(msg)
@@ -160,7 +145,7 @@ def _prepare(W: Any, X: Any, bias: Any, Y: Any, *, need_x: bool):
         if X is None:
             msg = "Y (the target for the reported error) needs X"
             raise ValueError(msg)
-        Y = _tensor2d(Y, "Y").to(device=W.device)
+        Y = _as_tensor(Y, "Y").to(device=W.device)
         if tuple(Y.shape) != (X.shape[0], M):
             msg = f"Y must have shape (P, M) = ({X.shape[0]}, {M}), got {tuple(Y.shape)}"
             raise ValueError(msg)
@@ -632,7 +617,7 @@ def global_magnitude(weights: Mapping[str, Any], *, sparsity: Any) -> dict:
     if not isinstance(weights, Mapping) or not weights:
         msg = "weights must be a non-empty dict {layer name: weight matrix}"
         raise ValueError(msg)
-    mats = {name: _tensor2d(w, f"weights[{name!r}]") for name, w in weights.items()}
+    mats = {name: _as_tensor(w, f"weights[{name!r}]") for name, w in weights.items()}
     flat = torch.cat([w.abs().reshape(-1).to(torch.float64).cpu() for w in mats.values()])
     mask = _smallest_mask(flat, _n_zeros(flat.numel(), s))
     out, start = {}, 0

@@ -83,6 +83,15 @@ def _as_tensor(a: Any, name: str) -> torch.Tensor:
     return a.detach() if a.dtype in (torch.float32, torch.float64) else a.detach().double()
 
 
+def _check_solver_and_target(solver: str, epsilon: Any, sparsity: Any) -> None:
+    if solver not in SOLVERS:
+        msg = f"solver must be one of {SOLVERS}, got {solver!r}"
+        raise ValueError(msg)
+    if (epsilon is None) == (sparsity is None):
+        msg = "give exactly one of epsilon (relative tolerance) and sparsity (target fraction)"
+        raise ValueError(msg)
+
+
 def _check_fraction(value: Any, name: str, *, upper_open: bool) -> float:
     try:
         v = float(value)
@@ -143,12 +152,7 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
     -------
     LayerPruneResult
     """
-    if solver not in SOLVERS:
-        msg = f"solver must be one of {SOLVERS}, got {solver!r}"
-        raise ValueError(msg)
-    if (epsilon is None) == (sparsity is None):
-        msg = "give exactly one of epsilon (relative tolerance) and sparsity (target fraction)"
-        raise ValueError(msg)
+    _check_solver_and_target(solver, epsilon, sparsity)
     if not isinstance(reweight, int) or reweight < 0:
         msg = f"reweight must be a nonnegative integer (rounds), got {reweight!r}"
         raise ValueError(msg)
@@ -454,12 +458,7 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
     if mode not in MODES:
         msg = f"mode must be one of {MODES}, got {mode!r}"
         raise ValueError(msg)
-    if solver not in SOLVERS:
-        msg = f"solver must be one of {SOLVERS}, got {solver!r}"
-        raise ValueError(msg)
-    if (epsilon is None) == (sparsity is None):
-        msg = "give exactly one of epsilon (relative tolerance) and sparsity (target fraction)"
-        raise ValueError(msg)
+    _check_solver_and_target(solver, epsilon, sparsity)
     if not (isinstance(gamma, (int, float)) and gamma >= 1):
         msg = f"gamma must be a number >= 1 (cascade slack), got {gamma!r}"
         raise ValueError(msg)

@@ -168,6 +168,24 @@ def _norm(*ts: torch.Tensor) -> float:
     return math.sqrt(sum(float(torch.linalg.vector_norm(t)) ** 2 for t in ts))
 
 
+def scaled_data(problem: NetTrimProblem, X: torch.Tensor, Y: torch.Tensor, V) -> tuple:
+    """The program's data divided by :func:`data_scale`: ``(X, Y, s, active, bound)``.
+
+    ``bound`` is the upper limit on ``X W^T`` entrywise (inf on the active set, V/s or 0 off
+    it) for a ReLU layer, None for a linear one.
+    """
+    s = data_scale(X)
+    X = X / s
+    Y = Y / s
+    active = problem.active_mask()
+    bound = None
+    if problem.relu:
+        bound = torch.full_like(Y, math.inf).masked_fill_(~active, 0.0)
+        if V is not None:
+            bound = torch.where(active, bound, V / s)
+    return X, Y, s, active, bound
+
+
 def solve_admm(problem: NetTrimProblem, *, W0: Any = None, penalty: Any = None,
                rho: Optional[float] = None, eps_abs: float = ADMMSettings.eps_abs,
                eps_rel: float = ADMMSettings.eps_rel, feas_tol: float = ADMMSettings.feas_tol,
@@ -217,17 +235,8 @@ def solve_admm(problem: NetTrimProblem, *, W0: Any = None, penalty: Any = None,
     dev, dt = X.device, X.dtype
 
     # ---- scaling and constant data --------------------------------------------------------
-    s = data_scale(X)
-    X = X / s
-    Y = Y / s
+    X, Y, s, active, bound = scaled_data(problem, X, Y, V)
     eps = problem.epsilon / s
-    active = problem.active_mask()
-    if problem.relu:
-        bound = torch.full_like(Y, math.inf).masked_fill_(~active, 0.0)
-        if V is not None:
-            bound = torch.where(active, bound, V / s)
-    else:
-        bound = None
     y_scale = float(Y.abs().max())
     # residual allowed to the returned W: epsilon (1 + feas_tol), with an absolute floor of
     # feas_tol^2 ||Y||_F so that epsilon = 0 (exact fit) is reachable in floating point

@@ -74,7 +74,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .admm import RELAX, RHO_ADAPT, TINY, ADMMSettings, data_scale
+from .admm import RELAX, RHO_ADAPT, TINY, ADMMSettings, scaled_data
 from .problem import NetTrimProblem, as_tensor
 from .result import NetTrimResult
 from .status import INFEASIBLE, MAX_ITER, OPTIMAL
@@ -330,16 +330,7 @@ def refit(problem: NetTrimProblem, support: Any, *, W0: Any = None, eps_abs: flo
     W_start = None if W0 is None else problem._weight(W0)
 
     # ---- scaling and constant data --------------------------------------------------------
-    s = data_scale(X)
-    X = X / s
-    Y = Y / s
-    active = problem.active_mask()
-    if problem.relu:
-        bound = torch.full_like(Y, math.inf).masked_fill_(~active, 0.0)
-        if V is not None:
-            bound = torch.where(active, bound, V / s)
-    else:
-        bound = None
+    X, Y, s, active, bound = scaled_data(problem, X, Y, V)
     y_scale = float(Y.abs().max())
     viol_tol = settings.feas_tol * y_scale
     X64 = X.to(torch.float64)

@@ -207,7 +207,6 @@ def test_sparsity_mode_lands_on_target(target):
     res = nettrim.prune_layer(X, Y, sparsity=target, bias=True, W0=W, b0=b)
     assert abs(res.report["sparsity"] - target) <= 0.01
     assert res.report["target_sparsity"] == target and res.report["solves"] >= 1
-    assert SPARSITY_TOL <= 0.01
 
 
 def test_prune_layer_bad_arguments():
@@ -413,7 +412,8 @@ def test_sparsity_mode_trims_when_the_support_jumps():
     """When a block of weights vanishes at once, the search returns the nearest denser solution
     and trims it by magnitude to the target, saying how many weights it trimmed."""
     X, W, b, Y = planted_layer(P=300, N=40, M=10, seed=1, density=0.5)
-    res = nettrim.prune_layer(X, Y, sparsity=0.7, bias=True, W0=W, b0=b)
-    assert abs(res.report["sparsity"] - 0.7) <= 0.01
-    assert res.report["trimmed"] >= 0
-    assert res.report["trimmed"] == 0 or res.report["sparsity"] == pytest.approx(0.7, abs=1e-9)
+    res = nettrim.prune_layer(X, Y, sparsity=0.7, bias=True, W0=W, b0=b, reweight=0, refit=False)
+    # on this layer the support jumps from 66% to 71% between two close epsilons (measured)
+    assert res.report["trimmed"] > 0
+    assert res.report["sparsity"] == pytest.approx(0.7, abs=1e-9)
+    assert abs(res.report["sparsity"] - 0.7) <= SPARSITY_TOL
