@@ -18,8 +18,17 @@
 Net-Trim reaches a target sparsity by bisection on epsilon: its achieved sparsity is within
 0.005 of the target (printed); the baselines hit it exactly.
 
+A full run is long on a small CPU (the Net-Trim cells of the 784 -> 300 layer take minutes
+each). With ``--cache DIR`` every finished cell (weights, bias and figures) is saved there as a
+safetensors file, atomically, and a rerun with the same settings loads it instead of solving
+again: an interrupted run resumes, and several processes can share the work (e.g. one per
+sparsity) before a last run over everything assembles the tables. A cached cell records the
+settings it was computed with and is recomputed when they differ; delete the directory after
+changing the solvers.
+
     python benchmarks/bench_quality.py [--quick] [--data-root DIR] [--samples 5000]
-                                       [--sparsities 0.5 0.8 0.9 0.95] [--out results.json]
+                                       [--sparsities 0.5 0.8 0.9 0.95] [--cache DIR]
+                                       [--out results.json]
 """
 
 from __future__ import annotations
@@ -30,15 +39,17 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 import nettrim
 from nettrim import baselines
+from nettrim.checkpoint import atomic_write
 from nettrim.data import load_mnist
 from nettrim.finetune import finetune
 from nettrim.models import accuracy, pretrained
@@ -82,6 +93,9 @@ def parse_args(argv=None):
                         "--quick 300); a capped solve is flagged in the notes")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration subset and data")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--cache", default=None,
+                   help="directory for finished cells (resume an interrupted run, or split the "
+                        "work between processes); default: no cache")
     p.add_argument("--out", default=None, help="also write all figures as JSON here (atomically)")
     args = p.parse_args(argv)
     q = args.quick
@@ -142,6 +156,44 @@ def run_cell(method, X, Y, W0, b0, relu, s, max_iter=None):
     return dict(weight=W, bias=b, error=err, seconds=seconds, sparsity=achieved, note=note)
 
 
+CELL_FIGURES = ("error", "seconds", "sparsity", "note")
+
+
+def cell_settings(args, lname, method, s):
+    """What a cell's result depends on (besides the code): the cache key."""
+    settings = dict(layer=lname, method=method, sparsity=s, samples=args.samples, seed=args.seed,
+                    max_iter=args.max_iter if method in NETTRIM else None)
+    if lname == "synthetic":
+        settings["synthetic"] = list(args.synthetic)
+    return settings
+
+
+def cached_cell(cache, settings):
+    """The cached cell for ``settings``, or None (missing, or computed with other settings)."""
+    path = Path(cache) / f"{settings['layer']}-{settings['method']}-{settings['sparsity']}.safetensors"
+    if not path.exists():
+        return path, None
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = json.loads(f.metadata()["cell"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+        log(f"cache: ignoring unreadable {path} ({exc})")
+        return path, None
+    if meta["settings"] != settings:
+        return path, None
+    return path, dict(weight=tensors["weight"], bias=tensors.get("bias"),
+                      **{k: meta[k] for k in CELL_FIGURES})
+
+
+def save_cell(path, settings, cell):
+    tensors = {"weight": cell["weight"].contiguous()}
+    if cell["bias"] is not None:
+        tensors["bias"] = cell["bias"].contiguous()
+    meta = json.dumps(dict(settings=settings, **{k: cell[k] for k in CELL_FIGURES}))
+    atomic_write(path, lambda temp: save_file(tensors, temp, metadata={"cell": meta}))
+
+
 def per_layer(args, layers_data, log_prefix=""):
     """Part (a): {layer: {sparsity: {method: cell}}}."""
     results = {}
@@ -150,14 +202,22 @@ def per_layer(args, layers_data, log_prefix=""):
         for s in args.sparsities:
             results[lname][s] = {}
             for method in args.methods:
-                try:
-                    cell = run_cell(method, X, Y, W0, b0, relu, s, args.max_iter)
-                except Exception as exc:  # noqa: BLE001 - report the failure in the table
-                    cell = dict(weight=None, bias=None, error=float("nan"), seconds=float("nan"),
-                                sparsity=float("nan"), note=f"{type(exc).__name__}: {exc}")
+                settings = cell_settings(args, lname, method, s)
+                path, cell = cached_cell(args.cache, settings) if args.cache else (None, None)
+                cached = cell is not None
+                if not cached:
+                    try:
+                        cell = run_cell(method, X, Y, W0, b0, relu, s, args.max_iter)
+                    except Exception as exc:  # noqa: BLE001 - report the failure in the table
+                        cell = dict(weight=None, bias=None, error=float("nan"),
+                                    seconds=float("nan"), sparsity=float("nan"),
+                                    note=f"{type(exc).__name__}: {exc}")
+                    if path is not None and cell["weight"] is not None:
+                        save_cell(path, settings, cell)
                 results[lname][s][method] = cell
                 log(f"{log_prefix}{lname:>10} s={s:.2f} {method:>12}: err {cell['error']:.4f} "
-                    f"sparsity {cell['sparsity']:.4f} {cell['seconds']:.1f}s {cell['note']}")
+                    f"sparsity {cell['sparsity']:.4f} {cell['seconds']:.1f}s {cell['note']}"
+                    + (" (cached)" if cached else ""))
     return results
 
 
@@ -249,17 +309,10 @@ def format_network_table(net, methods, sparsities, acc_dense):
 
 
 def write_json(path, payload):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
+    def write(temp):
+        with open(temp, "w") as f:
             json.dump(payload, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, write)
 
 
 def main(argv=None) -> int:
@@ -326,7 +379,7 @@ def main(argv=None) -> int:
     if args.out:
         payload = {
             "args": {k: v for k, v in vars(args).items()},
-            "layers": {lab: {str(s): {m: {k: c[k] for k in ("error", "seconds", "sparsity", "note")}
+            "layers": {lab: {str(s): {m: {k: c[k] for k in CELL_FIGURES}
                                       for m, c in by_s.items()} for s, by_s in r.items()}
                        for lab, r in results.items()},
             "network": {"dense_accuracy": acc_dense,

@@ -1,0 +1,81 @@
+"""benchmarks/bench_quality.py: the per-cell cache that lets a long run resume or be split
+between processes (a small synthetic layer; no MNIST, no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_quality", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def layer(bench):
+    X, W0, b0 = bench.synthetic_layer(120, 16, 6, seed=0)
+    return X, torch.relu(X @ W0.T + b0), W0, b0, True
+
+
+def _args(bench, tmp_path, *extra):
+    return bench.parse_args(["--quick", "--cache", str(tmp_path), "--sparsities", "0.5",
+                             "--synthetic", "120", "16", "6", *extra])
+
+
+@pytest.mark.parametrize("method", ["magnitude", "nt-plain"])
+def test_cell_round_trip(bench, layer, tmp_path, method):
+    args = _args(bench, tmp_path)
+    cell = bench.run_cell(method, *layer, 0.5, max_iter=args.max_iter)
+    settings = bench.cell_settings(args, "synthetic", method, 0.5)
+    path, missing = bench.cached_cell(tmp_path, settings)
+    assert missing is None and not path.exists()
+    bench.save_cell(path, settings, cell)
+    _, loaded = bench.cached_cell(tmp_path, settings)
+    assert torch.equal(loaded["weight"], cell["weight"])
+    assert torch.equal(loaded["bias"], cell["bias"])
+    assert {k: loaded[k] for k in bench.CELL_FIGURES} == {k: cell[k] for k in bench.CELL_FIGURES}
+    # no temporary file is left beside it
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_cell_with_other_settings_is_recomputed(bench, layer, tmp_path):
+    args = _args(bench, tmp_path)
+    cell = bench.run_cell("magnitude", *layer, 0.5)
+    settings = bench.cell_settings(args, "synthetic", "magnitude", 0.5)
+    path, _ = bench.cached_cell(tmp_path, settings)
+    bench.save_cell(path, settings, cell)
+    other = bench.cell_settings(_args(bench, tmp_path, "--samples", "999"), "synthetic",
+                                "magnitude", 0.5)
+    assert bench.cached_cell(tmp_path, other)[1] is None
+
+
+def test_unreadable_cell_is_ignored(bench, tmp_path, capsys):
+    settings = bench.cell_settings(_args(bench, tmp_path), "synthetic", "magnitude", 0.5)
+    path, _ = bench.cached_cell(tmp_path, settings)
+    path.write_bytes(b"not a safetensors file")
+    assert bench.cached_cell(tmp_path, settings)[1] is None
+    assert "ignoring unreadable" in capsys.readouterr().err
+
+
+def test_per_layer_uses_the_cache(bench, layer, tmp_path, monkeypatch):
+    args = _args(bench, tmp_path, "--methods", "magnitude", "wanda")
+    first = bench.per_layer(args, {"synthetic": layer})
+    assert len(list(tmp_path.iterdir())) == 2
+
+    def fail(*a, **k):
+        raise AssertionError("a cached cell was solved again")
+
+    monkeypatch.setattr(bench, "run_cell", fail)
+    second = bench.per_layer(args, {"synthetic": layer})
+    for method in ("magnitude", "wanda"):
+        a, b = first["synthetic"][0.5][method], second["synthetic"][0.5][method]
+        assert a["error"] == b["error"] and torch.equal(a["weight"], b["weight"])
