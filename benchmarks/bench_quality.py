@@ -9,7 +9,10 @@
       * the baselines of :mod:`nettrim.baselines`: magnitude, Wanda, L-OBS, SparseGPT
         (bias kept).
     Layers: the three layers of LeNet-300-100 trained on MNIST (calibration: a seeded random
-    subset of the training images) and one synthetic dense ReLU layer.
+    subset of the training images) and one synthetic dense ReLU layer. The same error is also
+    measured on held-out inputs (other training images, never in the calibration set; fresh
+    draws for the synthetic layer): a method that fits the calibration rows too closely shows
+    it there.
 (b) The whole network: every layer pruned at the same sparsity with each method, from the
     ORIGINAL network's layer inputs (parallel, i.e. the per-layer solutions of (a) put
     together; no method sees the inputs of already-pruned layers), then MNIST test accuracy
@@ -80,6 +83,8 @@ def parse_args(argv=None):
     p.add_argument("--layers", nargs="+", default=None,
                    help="layers to run: fc1 fc2 fc3 synthetic (default all); the whole-network "
                         "part (b) needs fc1 fc2 fc3")
+    p.add_argument("--heldout", type=int, default=None,
+                   help="held-out inputs for the per-layer error (default 5000; --quick 500)")
     p.add_argument("--finetune-samples", type=int, default=None,
                    help="training images for the one fine-tuning epoch (default all 60000; "
                         "--quick 5000)")
@@ -101,6 +106,7 @@ def parse_args(argv=None):
     q = args.quick
     args.samples = args.samples or (300 if q else 5000)
     args.sparsities = args.sparsities or ([0.9] if q else [0.5, 0.8, 0.9, 0.95])
+    args.heldout = args.heldout or (500 if q else 5000)
     args.finetune_samples = args.finetune_samples or (2000 if q else 60000)
     args.test_samples = args.test_samples or (1000 if q else 10000)
     if q and args.max_iter is None:
@@ -122,14 +128,21 @@ def relative_error(X, W, b, Y, relu):
     return float(torch.linalg.vector_norm(out - Y) / torch.linalg.vector_norm(Y))
 
 
-def synthetic_layer(P, N, M, seed):
-    """A dense ReLU layer on nonnegative, correlated inputs: (X, W0, b0, Y)."""
+def synthetic_layer(P, N, M, seed, heldout=0):
+    """A dense ReLU layer on nonnegative, correlated inputs: (X, W0, b0, X_heldout).
+
+    ``X_heldout`` (heldout, N) are fresh draws from the same input distribution.
+    """
     g = torch.Generator().manual_seed(seed + 100)
-    base = torch.randn(P, N // 4, generator=g) @ torch.randn(N // 4, N, generator=g) / math.sqrt(N / 4)
-    X = torch.relu(base + 0.3 * torch.randn(P, N, generator=g))
+    latent = torch.randn(P, N // 4, generator=g)
+    mixing = torch.randn(N // 4, N, generator=g)
+    X = torch.relu(latent @ mixing / math.sqrt(N / 4) + 0.3 * torch.randn(P, N, generator=g))
     W0 = torch.randn(M, N, generator=g) / math.sqrt(N)
     b0 = 0.1 * torch.randn(M, generator=g)
-    return X, W0, b0
+    g_held = torch.Generator().manual_seed(seed + 200)
+    latent = torch.randn(heldout, N // 4, generator=g_held)
+    X_held = torch.relu(latent @ mixing / math.sqrt(N / 4) + 0.3 * torch.randn(heldout, N, generator=g_held))
+    return X, W0, b0, X_held
 
 
 def run_cell(method, X, Y, W0, b0, relu, s, max_iter=None):
@@ -194,8 +207,13 @@ def save_cell(path, settings, cell):
     atomic_write(path, lambda temp: save_file(tensors, temp, metadata={"cell": meta}))
 
 
-def per_layer(args, layers_data, log_prefix=""):
-    """Part (a): {layer: {sparsity: {method: cell}}}."""
+def per_layer(args, layers_data, heldout=None):
+    """Part (a): {layer: {sparsity: {method: cell}}}.
+
+    ``heldout`` maps a layer to its held-out ``(X, Y)``; each cell then also gets
+    ``heldout_error`` (computed from its weights, so cached cells get it too).
+    """
+    heldout = heldout or {}
     results = {}
     for lname, (X, Y, W0, b0, relu) in layers_data.items():
         results[lname] = {}
@@ -214,35 +232,55 @@ def per_layer(args, layers_data, log_prefix=""):
                                     note=f"{type(exc).__name__}: {exc}")
                     if path is not None and cell["weight"] is not None:
                         save_cell(path, settings, cell)
+                cell["heldout_error"] = float("nan")
+                if lname in heldout and cell["weight"] is not None:
+                    cell["heldout_error"] = relative_error(*heldout[lname][:1], cell["weight"],
+                                                           cell["bias"], heldout[lname][1], relu)
                 results[lname][s][method] = cell
-                log(f"{log_prefix}{lname:>10} s={s:.2f} {method:>12}: err {cell['error']:.4f} "
-                    f"sparsity {cell['sparsity']:.4f} {cell['seconds']:.1f}s {cell['note']}"
+                log(f"{lname:>10} s={s:.2f} {method:>12}: err {cell['error']:.4f} "
+                    f"(held-out {cell['heldout_error']:.4f}) sparsity {cell['sparsity']:.4f} {cell['seconds']:.1f}s {cell['note']}"
                     + (" (cached)" if cached else ""))
     return results
 
 
-def format_layer_table(results, shapes, methods, sparsities):
+#: Ratio columns of the layer table: Net-Trim variant / SparseGPT.
+RATIOS = ("nt-refit", "nt-rw+refit")
+
+
+def _error_rows(by_s, methods, sparsities, key, seconds):
+    """One row per sparsity: each method's ``key`` error, ratios to SparseGPT, the best."""
+    width = 17 if seconds else 12
+    ratios = [m for m in RATIOS if m in methods] if "sparsegpt" in methods else []
+    head = f"{'sparsity':>8} " + "".join(f"{m:>{width}}" for m in methods)
+    head += "".join(f"{m.replace('nt-', '') + '/sgpt':>14}" for m in ratios) + f"{'best':>13}"
+    lines = [head]
+    for s in sparsities:
+        cells = by_s[s]
+        row = f"{100 * s:>7.0f}% "
+        for m in methods:
+            c = cells[m]
+            txt = "fail" if math.isnan(c[key]) else f"{c[key]:.4f}"
+            if seconds and not math.isnan(c[key]):
+                txt += f" ({c['seconds']:.1f})"
+            row += f"{txt:>{width}}"
+        for m in ratios:
+            a, b = cells[m][key], cells["sparsegpt"][key]
+            row += f"{(a / b if b > 0 else float('nan')):>14.3f}"
+        finite = {m: cells[m][key] for m in methods if not math.isnan(cells[m][key])}
+        row += f"{(min(finite, key=finite.get) if finite else '-'):>13}"
+        lines.append(row)
+    return lines
+
+
+def format_layer_table(results, shapes, methods, sparsities, heldout_note=""):
     lines = []
-    width = 17
     for lname, by_s in results.items():
         lines.append(f"\nlayer {lname}  {shapes[lname]}")
-        lines.append("relative output error (seconds)")
-        head = f"{'sparsity':>8} " + "".join(f"{m:>{width}}" for m in methods)
-        extra = "nt-refit/sgpt" if {"nt-refit", "sparsegpt"} <= set(methods) else ""
-        lines.append(head + (f"{extra:>15}{'best':>14}" if extra else f"{'best':>14}"))
-        for s in sparsities:
-            cells = by_s[s]
-            row = f"{100 * s:>7.0f}% "
-            for m in methods:
-                c = cells[m]
-                txt = "fail" if math.isnan(c["error"]) else f"{c['error']:.4f} ({c['seconds']:.1f})"
-                row += f"{txt:>{width}}"
-            finite = {m: c["error"] for m, c in cells.items() if m in methods and not math.isnan(c["error"])}
-            if extra:
-                a, b = cells["nt-refit"]["error"], cells["sparsegpt"]["error"]
-                row += f"{(a / b if b > 0 else float('nan')):>15.3f}"
-            row += f"{(min(finite, key=finite.get) if finite else '-'):>14}"
-            lines.append(row)
+        lines.append("relative output error on the calibration inputs (seconds)")
+        lines += _error_rows(by_s, methods, sparsities, "error", seconds=True)
+        if not all(math.isnan(by_s[s][m]["heldout_error"]) for s in sparsities for m in methods):
+            lines.append(f"relative output error on held-out inputs{heldout_note}")
+            lines += _error_rows(by_s, methods, sparsities, "heldout_error", seconds=False)
         nt = [m for m in methods if m in NETTRIM]
         if nt:
             lines.append("  Net-Trim achieved sparsity: " + "; ".join(
@@ -327,13 +365,15 @@ def main(argv=None) -> int:
     g = torch.Generator().manual_seed(args.seed)
     perm = torch.randperm(x_train.shape[0], generator=g)
     calib = x_train[perm[:args.samples]]
+    held = x_train[perm[args.samples:args.samples + args.heldout]]
     x_ft, y_ft = x_train[perm[:args.finetune_samples]], y_train[perm[:args.finetune_samples]]
     x_test, y_test = x_test[:args.test_samples], y_test[:args.test_samples]
 
     data = nettrim.capture(model, calib)
+    data_held = nettrim.capture(model, held)
     modules = dict(model.named_modules())
     names = list(data)
-    layers_data, shapes = {}, {}
+    layers_data, heldout, shapes = {}, {}, {}
     for i, n in enumerate(names):
         d = data[n]
         relu = d.activation == "relu"
@@ -341,11 +381,13 @@ def main(argv=None) -> int:
         b0 = modules[n].bias.detach()
         label = f"fc{i + 1}"
         layers_data[label] = (d.X, d.post, W0, b0, relu)
+        heldout[label] = (data_held[n].X, data_held[n].post)
         shapes[label] = (f"{W0.shape[1]}->{W0.shape[0]}, {'relu' if relu else 'linear'}, "
                          f"P={d.X.shape[0]} MNIST calibration images")
     P, N, M = args.synthetic
-    X, W0, b0 = synthetic_layer(P, N, M, args.seed)
+    X, W0, b0, X_held = synthetic_layer(P, N, M, args.seed, heldout=args.heldout)
     layers_data["synthetic"] = (X, torch.relu(X @ W0.T + b0), W0, b0, True)
+    heldout["synthetic"] = (X_held, torch.relu(X_held @ W0.T + b0))
     shapes["synthetic"] = f"{N}->{M}, relu, P={P} correlated nonnegative random inputs"
 
     if args.layers is not None:
@@ -356,7 +398,7 @@ def main(argv=None) -> int:
         layers_data = {k: v for k, v in layers_data.items() if k in args.layers}
         shapes = {k: shapes[k] for k in layers_data}
     log(f"calibration: {args.samples} images; methods {args.methods}; sparsities {args.sparsities}")
-    results = per_layer(args, layers_data)
+    results = per_layer(args, layers_data, heldout)
     acc_dense = accuracy(model, x_test, y_test)
     labels = [f"fc{i + 1}" for i in range(len(names))]
     net = None
@@ -367,7 +409,8 @@ def main(argv=None) -> int:
     print(f"bench_quality: LeNet-300-100 on MNIST, {args.samples} calibration images "
           f"(seed {args.seed}); torch {torch.__version__}, {torch.get_num_threads()} threads"
           + (" [--quick]" if args.quick else ""))
-    print(format_layer_table(results, shapes, args.methods, args.sparsities))
+    print(format_layer_table(results, shapes, args.methods, args.sparsities,
+                             f" ({args.heldout} inputs outside the calibration set)"))
     if net is None:
         print("\nwhole network: skipped (--layers does not include fc1 fc2 fc3)")
         net = {}
@@ -379,7 +422,7 @@ def main(argv=None) -> int:
     if args.out:
         payload = {
             "args": {k: v for k, v in vars(args).items()},
-            "layers": {lab: {str(s): {m: {k: c[k] for k in CELL_FIGURES}
+            "layers": {lab: {str(s): {m: {k: c[k] for k in CELL_FIGURES + ("heldout_error",)}
                                       for m, c in by_s.items()} for s, by_s in r.items()}
                        for lab, r in results.items()},
             "network": {"dense_accuracy": acc_dense,

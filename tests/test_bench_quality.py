@@ -22,7 +22,7 @@ def bench():
 
 @pytest.fixture(scope="module")
 def layer(bench):
-    X, W0, b0 = bench.synthetic_layer(120, 16, 6, seed=0)
+    X, W0, b0, _ = bench.synthetic_layer(120, 16, 6, seed=0)
     return X, torch.relu(X @ W0.T + b0), W0, b0, True
 
 
@@ -66,16 +66,30 @@ def test_unreadable_cell_is_ignored(bench, tmp_path, capsys):
     assert "ignoring unreadable" in capsys.readouterr().err
 
 
+def test_synthetic_heldout_draws_share_the_distribution(bench):
+    X, W0, b0, X_held = bench.synthetic_layer(400, 16, 6, seed=0, heldout=300)
+    X_again, W0_again, _, _ = bench.synthetic_layer(400, 16, 6, seed=0)
+    assert torch.equal(X, X_again) and torch.equal(W0, W0_again)   # held-out draws change nothing
+    assert X_held.shape == (300, 16) and not torch.equal(X_held[:10], X[:10])
+    # same input distribution: the column means agree within sampling error
+    assert torch.allclose(X.mean(0), X_held.mean(0), atol=0.15)
+
+
 def test_per_layer_uses_the_cache(bench, layer, tmp_path, monkeypatch):
     args = _args(bench, tmp_path, "--methods", "magnitude", "wanda")
-    first = bench.per_layer(args, {"synthetic": layer})
+    X, Y, W0, b0, relu = layer
+    heldout = {"synthetic": (X[:40] * 1.1, Y[:40])}
+    first = bench.per_layer(args, {"synthetic": layer}, heldout)
     assert len(list(tmp_path.iterdir())) == 2
 
     def fail(*a, **k):
         raise AssertionError("a cached cell was solved again")
 
     monkeypatch.setattr(bench, "run_cell", fail)
-    second = bench.per_layer(args, {"synthetic": layer})
+    second = bench.per_layer(args, {"synthetic": layer}, heldout)
     for method in ("magnitude", "wanda"):
         a, b = first["synthetic"][0.5][method], second["synthetic"][0.5][method]
         assert a["error"] == b["error"] and torch.equal(a["weight"], b["weight"])
+        # the held-out error is recomputed from the cached weights
+        expected = bench.relative_error(X[:40] * 1.1, a["weight"], a["bias"], Y[:40], relu)
+        assert b["heldout_error"] == pytest.approx(expected) and expected != a["error"]
