@@ -1,7 +1,11 @@
 """nettrim.capture / prune / surgery on tiny models (an MLP and a small CNN)."""
 
 import copy
+import dataclasses
+import functools
+import importlib
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +16,8 @@ from torch import nn
 import nettrim
 from nettrim.capture import capture_cascade, layer_matrix
 from nettrim.prune import SPARSITY_TOL
-from solvers import OPTIMAL
+from solvers import MAX_ITER, OPTIMAL
+from solvers.refit import refit as refit_fn
 
 
 def mlp(seed=0, sizes=(12, 24, 16, 4), normalize=False):
@@ -417,3 +422,63 @@ def test_sparsity_mode_trims_when_the_support_jumps():
     assert res.report["trimmed"] > 0
     assert res.report["sparsity"] == pytest.approx(0.7, abs=1e-9)
     assert abs(res.report["sparsity"] - 0.7) <= SPARSITY_TOL
+
+
+def test_capped_refit_is_kept_when_feasible_and_better(monkeypatch):
+    """A refit stopped by its iteration cap replaces the l1 weights only when it keeps the
+    inequalities and does not raise the residual; the layer's status stays the l1 program's and
+    ``refit_status`` says the refit was capped."""
+    prune_module = importlib.import_module("nettrim.prune")
+    X, W, b, Y = planted_layer(P=300, N=30, M=6, seed=4, density=0.4)
+    plain = nettrim.prune_layer(X, Y, epsilon=0.2, bias=True, refit=False, reweight=0)
+    monkeypatch.setattr(prune_module, "refit_support", functools.partial(refit_fn, max_iter=3))
+    capped = nettrim.prune_layer(X, Y, epsilon=0.2, bias=True, refit=True, reweight=0)
+    assert capped.report["refit_status"] == MAX_ITER
+    assert capped.report["status"] == OPTIMAL
+    assert not bool(((capped.weight != 0) & (plain.weight == 0)).any())  # inside the support
+    assert capped.report["residual"] <= plain.report["residual"] * (1 + 1e-9)
+    assert capped.report["violation"] <= 1e-3 * float(Y.abs().max()) * (1 + 1e-6)
+    # the rule itself: a capped refit that raises the residual or breaks the inequalities is not
+    # used
+    l1 = SimpleResult(residual=1.0)
+    ok = replace(l1, status=MAX_ITER, residual=0.5, violation=0.0)
+    assert prune_module._refit_usable(ok, l1, y_max=1.0)
+    assert not prune_module._refit_usable(replace(ok, residual=1.5), l1, y_max=1.0)
+    assert not prune_module._refit_usable(replace(ok, violation=0.1), l1, y_max=1.0)
+    assert not prune_module._refit_usable(replace(ok, status="SOLVER_ERROR"), l1, y_max=1.0)
+    assert prune_module._refit_usable(replace(ok, status=OPTIMAL, residual=9.0), l1, y_max=1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class SimpleResult:
+    """The fields of a NetTrimResult that ``_refit_usable`` reads."""
+
+    residual: float
+    status: str = OPTIMAL
+    violation: float = 0.0
+
+
+def test_reweighting_takes_its_penalty_from_the_refit_weights(monkeypatch):
+    """Each reweighting round's penalty is built from the previous solution refit on its support
+    (not from the shrunk l1 weights)."""
+    prune_module = importlib.import_module("nettrim.prune")
+    X, W, b, Y = planted_layer(P=300, N=30, M=6, seed=4, density=0.4)
+    seen, refits = [], []
+    real_penalty, real_refit = prune_module.reweighted_penalty, prune_module.refit_support
+
+    def spy_penalty(Wp, *a, **k):
+        seen.append(torch.as_tensor(Wp).clone())
+        return real_penalty(Wp, *a, **k)
+
+    def spy_refit(*a, **k):
+        out = real_refit(*a, **k)
+        refits.append(torch.as_tensor(out.W).clone())
+        return out
+
+    monkeypatch.setattr(prune_module, "reweighted_penalty", spy_penalty)
+    monkeypatch.setattr(prune_module, "refit_support", spy_refit)
+    res = nettrim.prune_layer(X, Y, epsilon=0.2, bias=True, refit=True, reweight=2)
+    assert len(seen) == 2 and len(refits) == 3   # two pilots, one final refit
+    for pilot, fitted in zip(seen, refits):
+        assert torch.equal(pilot, fitted)
+    assert res.report["refit_status"] == OPTIMAL
