@@ -85,14 +85,22 @@ def _nonneg_float(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def _nonneg_int(text: str) -> int:
+    return _int_at_least(text, 0)
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -158,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cascade slack gamma >= 1 (default 1.1)")
     p.add_argument("--max-iter", type=_positive_int, metavar="N",
                    help="ADMM iteration cap per solve (default: the solver's)")
+    p.add_argument("--reweight", type=_nonneg_int, default=1, metavar="K",
+                   help="rounds of reweighted l1 before the refit (default 1; 0 with --no-refit "
+                        "is the papers' plain program)")
+    p.add_argument("--no-refit", dest="refit", action="store_false",
+                   help="keep the l1 weights as they are instead of refitting them on their "
+                        "support (default: refit, which undoes the l1 shrinkage)")
     p.add_argument("--lenient", action="store_true",
                    help="warn and keep going when a layer's solver stops short of an optimal "
                         "status (default: fail with exit status 1 naming the layer)")
@@ -412,7 +426,7 @@ def _cmd_prune(args) -> int:
         result = prune(model, x.to(device), epsilon, sparsity=args.sparsity, mode=args.mode,
                        solver=args.solver, layers=selected, seed=args.seed, device=device,
                        gamma=args.gamma, strict=not args.lenient, progress=not args.quiet,
-                       solver_options=solver_options)
+                       solver_options=solver_options, refit=args.refit, reweight=args.reweight)
     except (ValueError, TypeError) as err:
         # prune validates its options and the model structure; anything it rejects is ours
         from .prune import PruningError

@@ -22,6 +22,7 @@ import pytest
 import torch
 from torch import nn
 
+import nettrim
 from nettrim.cli import build_parser, main, report_path_for
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -220,6 +221,26 @@ def test_safetensors_in_and_out(env, tmp_path):
     assert doc["output"]["format"] == "safetensors"
     for row in doc["layers"]:
         assert row["sparsity"] >= 0.3  # a 0.5 target lands near 0.5
+
+
+def test_plain_program_flags(env, tmp_path):
+    """--reweight 0 --no-refit runs the papers' plain l1 program, as the library does."""
+    root = env["root"]
+    out = tmp_path / "plain.pt"
+    assert main(prune_args(root, "sd.pt", out, "--arch", "tinyarch:mlp", "--reweight", "0",
+                           "--no-refit")) == 0
+    doc = json.loads(report_path_for(out).read_text())
+    assert doc["options"]["prune"]["refit"] is False
+    assert doc["options"]["prune"]["reweight"] == 0
+    x = torch.from_numpy(np.load(root / "calib.npz")["x"])
+    expected = nettrim.prune(env["model"], x, 0.05, refit=False, reweight=0).model.state_dict()
+    state = torch.load(out, weights_only=True)
+    for name, value in expected.items():
+        assert torch.allclose(state[name], value, atol=1e-6), name
+    default = tmp_path / "default.pt"
+    assert main(prune_args(root, "sd.pt", default, "--arch", "tinyarch:mlp")) == 0
+    doc = json.loads(report_path_for(default).read_text())
+    assert doc["options"]["prune"]["refit"] is True and doc["options"]["prune"]["reweight"] == 1
 
 
 def test_export_program_roundtrip(env, tmp_path):
@@ -422,6 +443,8 @@ BAD_CASES = {
                       "{root}/sd.pt", "--arch", "tinyarch:mlp"], "--overwrite"),
     "bad sparsity": (["prune", "{root}/sd.pt", "--data", "{root}/calib.npz", "--out",
                       "{tmp}/o.pt", "--arch", "tinyarch:mlp", "--sparsity", "1.5"], "[0, 1)"),
+    "bad reweight": (["prune", "{root}/sd.pt", "--data", "{root}/calib.npz", "--out",
+                      "{tmp}/o.pt", "--arch", "tinyarch:mlp", "--reweight", "-1"], ">= 0"),
     "evaluate unlabelled shape": (["evaluate", "{root}/sd.pt", "{root}/sd.pt", "--data",
                                    "{root}/wrong_shape.npz", "--arch", "tinyarch:mlp"],
                                   "does not fit the model"),
