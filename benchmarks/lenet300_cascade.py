@@ -23,6 +23,7 @@ import time
 import torch
 
 import nettrim
+from nettrim.checkpoint import atomic_write
 from nettrim.data import load_mnist
 from nettrim.models import accuracy, pretrained
 
@@ -76,10 +77,13 @@ def main(argv=None) -> int:
     compacted = nettrim.compact(result.model, x_test[:1000])
     print(compacted.summary())
     if args.json:
-        with open(args.json, "w") as out:
-            json.dump({"accuracy_before": acc_before, "accuracy_after": acc_after,
-                       "weights_kept": kept, "seconds": seconds, **result.to_dict()}, out,
-                      indent=2, default=str)
+        payload = {"accuracy_before": acc_before, "accuracy_after": acc_after,
+                   "weights_kept": kept, "seconds": seconds, **result.to_dict()}
+
+        def write(temp):
+            with open(temp, "w") as out:
+                json.dump(payload, out, indent=2, default=str)
+        atomic_write(args.json, write)
     return 0
 
 
