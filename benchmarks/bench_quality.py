@@ -62,7 +62,7 @@ NETTRIM = {  # column name -> prune_layer flags
     "nt-plain": dict(refit=False, reweight=0),
     "nt-refit": dict(refit=True, reweight=0),
     "nt-rw+refit": dict(refit=True, reweight=1),
-    "nt-rw3+refit": dict(refit=True, reweight=3),   # opt-in (--methods): three times the work
+    "nt-rw3+refit": dict(refit=True, reweight=3),   # opt-in (--methods): 2-3x the time
 }
 BASELINE_COLUMNS = {"magnitude": "magnitude", "wanda": "wanda", "lobs": "lobs",
                     "sparsegpt": "sparsegpt"}
@@ -139,12 +139,16 @@ def synthetic_layer(P, N, M, seed, heldout=0):
     g = torch.Generator().manual_seed(seed + 100)
     latent = torch.randn(P, N // 4, generator=g)
     mixing = torch.randn(N // 4, N, generator=g)
-    X = torch.relu(latent @ mixing / math.sqrt(N / 4) + 0.3 * torch.randn(P, N, generator=g))
+
+    def inputs(latent, gen):  # nonnegative inputs correlated through the shared mixing
+        noise = torch.randn(len(latent), N, generator=gen)
+        return torch.relu(latent @ mixing / math.sqrt(N / 4) + 0.3 * noise)
+
+    X = inputs(latent, g)
     W0 = torch.randn(M, N, generator=g) / math.sqrt(N)
     b0 = 0.1 * torch.randn(M, generator=g)
     g_held = torch.Generator().manual_seed(seed + 200)
-    latent = torch.randn(heldout, N // 4, generator=g_held)
-    X_held = torch.relu(latent @ mixing / math.sqrt(N / 4) + 0.3 * torch.randn(heldout, N, generator=g_held))
+    X_held = inputs(torch.randn(heldout, N // 4, generator=g_held), g_held)
     return X, W0, b0, X_held
 
 
