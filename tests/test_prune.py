@@ -5,7 +5,6 @@ import dataclasses
 import functools
 import importlib
 import math
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -436,11 +435,15 @@ def test_capped_refit_is_kept_when_feasible_and_better(monkeypatch):
     assert capped.report["refit_status"] == MAX_ITER
     assert capped.report["status"] == OPTIMAL
     assert not bool(((capped.weight != 0) & (plain.weight == 0)).any())  # inside the support
-    assert capped.report["residual"] <= plain.report["residual"] * (1 + 1e-9)
+    # the capped refit was used, not discarded: it fits clearly better than the l1 weights
+    # (measured here: residual 22.3 -> 11.5 after 3 iterations)
+    assert capped.report["residual"] < 0.9 * plain.report["residual"]
+    assert capped.report["relative_error"] < plain.report["relative_error"]
     assert capped.report["violation"] <= 1e-3 * float(Y.abs().max()) * (1 + 1e-6)
     # the rule itself: a capped refit that raises the residual or breaks the inequalities is not
     # used
     l1 = SimpleResult(residual=1.0)
+    replace = dataclasses.replace
     ok = replace(l1, status=MAX_ITER, residual=0.5, violation=0.0)
     assert prune_module._refit_usable(ok, l1, y_max=1.0)
     assert not prune_module._refit_usable(replace(ok, residual=1.5), l1, y_max=1.0)
