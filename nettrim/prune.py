@@ -21,7 +21,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from solvers import MAX_ITER, SUCCESS, ADMMSettings, NetTrimProblem, solve_admm, solve_cvxpy
+from solvers import (INFEASIBLE, MAX_ITER, OPTIMAL, SUCCESS, ADMMSettings, NetTrimProblem,
+                     NetTrimResult, solve_admm, solve_cvxpy)
+from solvers.problem import as_tensor, check_finite, safe_norm
 from solvers.refit import refit as refit_support
 from solvers.refit import reweighted_penalty
 
@@ -40,6 +42,8 @@ SPARSITY_EPS_RANGE = (1e-4, 1.0)
 SPARSITY_TOL = 0.005
 #: Sparsity mode: at most this many solves per layer.
 SPARSITY_MAX_SOLVES = 14
+#: dtypes the solvers take; prune() solves other floating layers (float16, bfloat16) in float32.
+_SOLVE_DTYPES = (torch.float32, torch.float64)
 
 
 class PruningWarning(UserWarning):
@@ -119,7 +123,9 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
     Parameters
     ----------
     X : ndarray or Tensor of shape (P, N)
-        Layer input, one row per sample (for a conv layer: unfolded patches).
+        Layer input, one row per sample (for a conv layer: unfolded patches). float32 or
+        float64 (integers are promoted to float64); float16 and bfloat16 are refused, as
+        :class:`solvers.NetTrimProblem` refuses them: convert with ``.float()``.
     Y : ndarray or Tensor of shape (P, M)
         Target outputs: post-ReLU when ``relu=True``.
     epsilon : float
@@ -128,6 +134,8 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
     sparsity : float in [0, 1)
         Target fraction of zero weights instead of an epsilon: the epsilon reaching it is found
         by log-bisection with warm starts (within :data:`SPARSITY_TOL`); both are reported.
+        ``sparsity=0`` means no pruning: ``W0`` (and ``b0``) come back unchanged, with a
+        ``note`` in the report saying so (it needs ``W0``).
     relu : bool, default True
         False for a layer with no activation.
     bias : bool, default False
@@ -137,7 +145,7 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
         Inequality bound off the active set (cascade: ``X-hat W0^T + b0``); default 0.
     solver : {"admm", "cvxpy"}
     W0, b0 : optional
-        Warm start (the original weights): shapes (M, N) and (M,).
+        Warm start (the original weights): shapes (M, N) and (M,), finite.
     refit : bool, default True
         After the l1 solve fixes the support, re-solve on it for the least active-set
         residual under the same inequalities (undoes l1 shrinkage).
@@ -162,8 +170,8 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
     if not isinstance(reweight, int) or reweight < 0:
         msg = f"reweight must be a nonnegative integer (rounds), got {reweight!r}"
         raise ValueError(msg)
-    X = _as_tensor(X, "X")
-    Y = _as_tensor(Y, "Y").to(device=X.device, dtype=X.dtype)
+    X = as_tensor(X, name="X")
+    Y = as_tensor(Y, name="Y").to(device=X.device, dtype=X.dtype)
     P, N = X.shape
     M = Y.shape[1]
     if Y.shape[0] != P:
@@ -171,21 +179,12 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
         raise ValueError(msg)
     Xa = torch.cat([X, torch.ones(P, 1, dtype=X.dtype, device=X.device)], 1) if bias else X
     Na = Xa.shape[1]
-    W_start = None
-    if W0 is not None:
-        W_start = _as_tensor(W0, "W0").to(device=X.device, dtype=X.dtype)
-        if tuple(W_start.shape) != (M, N):
-            msg = f"W0 must have shape (M, N) = ({M}, {N}), got {tuple(W_start.shape)}"
-            raise ValueError(msg)
-        if bias:
-            b = torch.zeros(M, dtype=X.dtype, device=X.device) if b0 is None else \
-                torch.as_tensor(b0, dtype=X.dtype, device=X.device).reshape(M)
-            W_start = torch.cat([W_start, b[:, None]], 1)
+    W_start = None if W0 is None else _warm_start(W0, b0, bias, M, N, X)
     penalty = None
     if bias and not penalize_bias:
         penalty = torch.ones(M, Na, dtype=X.dtype, device=X.device)
         penalty[:, -1] = 0.0
-    y_norm = float(torch.linalg.vector_norm(Y))
+    y_norm = float(safe_norm(Y))
     y_max = float(Y.abs().max()) if Y.numel() else 0.0
     opts = dict(solver_options or {})
     t0 = time.perf_counter()
@@ -206,7 +205,17 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
                          progress, refit_on)
 
     report: dict = {}
-    if sparsity is None:
+    if sparsity is not None and _check_fraction(sparsity, "sparsity", upper_open=True) == 0.0:
+        # no pruning: the original weights, measured against the program they satisfy
+        if W_start is None:
+            msg = ("sparsity=0 keeps the layer as it is, which needs its weights: pass W0 "
+                   "(and b0 with bias=True)")
+            raise ValueError(msg)
+        result, eps_value = _unpruned(problem_for, W_start, penalty)
+        iterations, refit = 0, False
+        report.update(target_sparsity=0.0, solves=0, trimmed=0,
+                      note="sparsity 0: weights kept as they are (no pruning)")
+    elif sparsity is None:
         eps_value = float(epsilon) if absolute else \
             _check_fraction(epsilon, "epsilon", upper_open=False) * y_norm
         result, iterations = solve(eps_value, W_start)
@@ -233,11 +242,44 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
     report.update(
         nonzeros=nonzeros, total=M * N, sparsity=1.0 - nonzeros / (M * N),
         epsilon=eps_value / y_norm if y_norm > 0 else float("nan"), epsilon_abs=eps_value,
-        relative_error=float(torch.linalg.vector_norm(out - Y)) / y_norm if y_norm > 0 else 0.0,
+        relative_error=float(safe_norm(out - Y)) / y_norm if y_norm > 0 else 0.0,
         status=result.status, iterations=iterations, seconds=time.perf_counter() - t0,
         solver=result.solver, objective=result.objective, residual=result.residual,
         violation=result.violation)
     return LayerPruneResult(weight=weight, bias=b, report=report)
+
+
+def _warm_start(W0: Any, b0: Any, bias: bool, M: int, N: int, X: torch.Tensor) -> torch.Tensor:
+    """W0 (with b0 as a last column when ``bias``) checked for shape and finiteness."""
+    W = as_tensor(W0, name="W0").to(device=X.device, dtype=X.dtype)
+    if tuple(W.shape) != (M, N):
+        msg = f"W0 must have shape (M, N) = ({M}, {N}), got {tuple(W.shape)}"
+        raise ValueError(msg)
+    check_finite(W, "W0", what="weights")
+    if not bias:
+        return W
+    b = torch.zeros(M, dtype=X.dtype, device=X.device)
+    if b0 is not None:
+        b = torch.as_tensor(b0).detach().to(device=X.device, dtype=X.dtype)
+        if tuple(b.shape) != (M,):
+            msg = f"b0 must have shape (M,) = ({M},), got {tuple(b.shape)}"
+            raise ValueError(msg)
+        check_finite(b, "b0", what="weights")
+    return torch.cat([W, b[:, None]], 1)
+
+
+def _unpruned(problem_for, W: torch.Tensor, penalty) -> tuple[NetTrimResult, float]:
+    """The weights ``W`` as a solution of the program at the epsilon they meet (their own
+    residual): OPTIMAL when they also meet its inequalities."""
+    probe = problem_for(0.0)
+    residual, violation = probe.residual(W), probe.violation(W)
+    problem = problem_for(residual)
+    result = NetTrimResult(
+        W=W, status=OPTIMAL if problem.is_feasible(W) else INFEASIBLE, iterations=0,
+        objective=0.0, residual=residual, violation=violation, epsilon=residual,
+        primal_residual=float("nan"), dual_residual=float("nan"), solve_time=0.0,
+        solver="none")
+    return _with_objective(result, penalty), residual
 
 
 def _solve_l1(problem, solver, W_init, penalty, opts, reweight, rho, progress, refit_on):
@@ -381,6 +423,7 @@ class LayerReport:
     iterations: int
     seconds: float
     solver: str
+    note: str = ""
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -524,10 +567,12 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
             data = capture_cascade(model, target, inputs, name, **cap)
         module = modules[name]
         relu = data.activation == "relu"
+        # half-precision records are solved in float32 (written back in the layer's dtype)
+        X, Y, V = (data.X, data.post, None) if data.X.dtype in _SOLVE_DTYPES else \
+            (data.X.float(), data.post.float(), None)
         # clones: the write-back below overwrites the module's tensors
-        W_orig = module.weight.detach().flatten(1).to(data.X, copy=True)
-        b_orig = None if module.bias is None else module.bias.detach().to(data.X, copy=True)
-        X, Y, V = data.X, data.post, None
+        W_orig = module.weight.detach().flatten(1).to(X, copy=True)
+        b_orig = None if module.bias is None else module.bias.detach().to(X, copy=True)
         kwargs = dict(relu=relu, bias=module.bias is not None, solver=solver, W0=W_orig,
                       b0=b_orig, refit=refit, reweight=reweight, solver_options=solver_options,
                       progress=progress)
@@ -566,7 +611,7 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
             total=rep["total"], sparsity=rep["sparsity"], epsilon=rep["epsilon"],
             epsilon_abs=rep["epsilon_abs"], relative_error=rep["relative_error"],
             status=rep["status"], iterations=rep["iterations"], seconds=rep["seconds"],
-            solver=rep["solver"]))
+            solver=rep["solver"], note=rep.get("note", "")))
     if masks:
         apply_masks(target, selected)
     out = PruneResult(model=target, report=rows, options=options)

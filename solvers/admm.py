@@ -44,9 +44,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from .problem import NetTrimProblem, as_tensor
+from .problem import NetTrimProblem, as_tensor, check_finite, safe_norm
 from .result import NetTrimResult
-from .status import MAX_ITER, OPTIMAL
+from .status import MAX_ITER, OPTIMAL, SOLVER_ERROR
 
 __all__ = ["solve_admm", "soft_threshold", "project_ball", "project_constraints",
            "ADMMSettings", "data_scale"]
@@ -61,6 +61,10 @@ RHO_START = 1.0
 RELAX = 1.7
 #: The authors' data-scaling factor: divide the data by SCALE_FACTOR * max column norm of X.
 SCALE_FACTOR = 0.3
+#: Residual balancing keeps rho within [rho_0 / RHO_RANGE, rho_0 * RHO_RANGE] of its start:
+#: unbounded, it collapsed to 1e-54 on a layer with an unpenalized bias and a warm start, and
+#: the iterate diverged (issue 14).
+RHO_RANGE = 1e6
 
 
 @dataclass(frozen=True)
@@ -136,8 +140,9 @@ def _project_with(Z: torch.Tensor, D: torch.Tensor, bound: Optional[torch.Tensor
 
 
 def data_scale(X: torch.Tensor) -> float:
-    """The authors' scaling ``0.3 sqrt(max diag(X^T X))`` (1 for an all-zero X)."""
-    s = SCALE_FACTOR * float(torch.linalg.vector_norm(X, dim=0).max())
+    """The authors' scaling ``0.3 sqrt(max diag(X^T X))`` (1 for an all-zero X), computed in
+    float64 without overflow or underflow (:func:`solvers.problem.safe_norm`)."""
+    s = SCALE_FACTOR * float(safe_norm(X, dim=0).max())
     return s if s > 0 else 1.0
 
 
@@ -175,6 +180,9 @@ def scaled_data(problem: NetTrimProblem, X: torch.Tensor, Y: torch.Tensor, V) ->
     it) for a ReLU layer, None for a linear one.
     """
     s = data_scale(X)
+    _check_scaled_range(Y, "Y", s)
+    if V is not None:
+        _check_scaled_range(V, "V", s)
     X = X / s
     Y = Y / s
     active = problem.active_mask()
@@ -184,6 +192,54 @@ def scaled_data(problem: NetTrimProblem, X: torch.Tensor, Y: torch.Tensor, V) ->
         if V is not None:
             bound = torch.where(active, bound, V / s)
     return X, Y, s, active, bound
+
+
+def _check_scaled_range(A: torch.Tensor, name: str, s: float) -> None:
+    """Refuse data that the scaling by ``s`` (from X) would push out of the dtype's accurate
+    range: its largest entry over ``s`` must stay between ``tiny / eps`` and ``max * eps``."""
+    info = torch.finfo(A.dtype)
+    ratio = float(A.abs().max()) / s
+    if ratio and not info.tiny / info.eps <= ratio <= info.max * info.eps:
+        msg = (f"{name} is {ratio:.3g} times the scale of X (0.3 x its largest column norm): "
+               f"outside what {A.dtype} resolves; rescale {name} and epsilon, or pass float64 "
+               "data")
+        raise ValueError(msg)
+
+
+def _check_warm_start(problem: NetTrimProblem, W0: Any, X: torch.Tensor) -> torch.Tensor:
+    """W0 as the solver's ``(N, M)`` iterate; ValueError naming W0 when it has the wrong shape,
+    NaN/Inf entries, or a size whose products with the (scaled) X overflow."""
+    W = problem._weight(W0, name="W0")
+    check_finite(W, "W0", what="warm starts")
+    if not bool(torch.isfinite(X @ W.T).all()):
+        msg = f"W0 is too large for the data: X W0^T overflows {W.dtype}"
+        raise ValueError(msg)
+    return W.T.contiguous()
+
+
+def _zero_result(problem: NetTrimProblem, X: torch.Tensor, Y: torch.Tensor,
+                 active: torch.Tensor, bound: Optional[torch.Tensor], res_tol: float,
+                 viol_tol: float, s: float, rho: float, t0: float) -> Optional[NetTrimResult]:
+    """The answer W = 0 when it is feasible (then it is optimal: the objective is >= 0 and
+    vanishes there); None otherwise. Scaled units."""
+    P, N, M = problem.shape
+    W = torch.zeros(N, M, device=X.device, dtype=X.dtype)
+    res, viol = _feasibility(X @ W, Y, active, bound, problem.relu)
+    if not (res <= res_tol and viol <= viol_tol):
+        return None
+    W = W.T.contiguous()
+    return NetTrimResult(
+        W=W.cpu().numpy() if problem.is_numpy else W, status=OPTIMAL, iterations=0,
+        objective=0.0, residual=res * s, violation=viol * s, epsilon=problem.epsilon,
+        primal_residual=0.0, dual_residual=0.0, solve_time=time.perf_counter() - t0,
+        solver="admm", rho=rho)
+
+
+def _clamp_rho(rho: float, ratio: float, rho_0: float) -> float:
+    """The rescaling factor of residual balancing, cut so that rho stays within RHO_RANGE of
+    its start ``rho_0`` (returns the factor actually applied)."""
+    target = min(max(rho * ratio, rho_0 / RHO_RANGE), rho_0 * RHO_RANGE)
+    return target / rho
 
 
 def solve_admm(problem: NetTrimProblem, *, W0: Any = None, penalty: Any = None,
@@ -222,7 +278,15 @@ def solve_admm(problem: NetTrimProblem, *, W0: Any = None, penalty: Any = None,
     Returns
     -------
     NetTrimResult
-        ``status`` is ``OPTIMAL`` or ``MAX_ITER``; ``W`` has exact zeros.
+        ``status`` is ``OPTIMAL``, ``MAX_ITER``, or ``SOLVER_ERROR`` when the last iterate is
+        not finite; ``W`` has exact zeros. A problem that W = 0 satisfies returns it at once
+        (iterations 0).
+
+    Raises
+    ------
+    ValueError
+        W0 or penalty of the wrong shape or not finite; Y or V out of the dtype's range once
+        scaled by X's scale (see :func:`scaled_data`).
     """
     settings = ADMMSettings(rho=1.0 if rho is None else rho, eps_abs=eps_abs, eps_rel=eps_rel,
                             feas_tol=feas_tol, max_iter=max_iter)
@@ -241,6 +305,7 @@ def solve_admm(problem: NetTrimProblem, *, W0: Any = None, penalty: Any = None,
     # residual allowed to the returned W: epsilon (1 + feas_tol), with an absolute floor of
     # feas_tol^2 ||Y||_F so that epsilon = 0 (exact fit) is reachable in floating point
     res_tol = eps * (1 + feas_tol) + feas_tol ** 2 * float(torch.linalg.vector_norm(Y))
+    W3_start = None if W0 is None else _check_warm_start(problem, W0, X)
     thr_weight = None
     if penalty is not None:
         thr_weight = as_tensor(penalty, name="penalty").to(device=dev, dtype=dt)
@@ -251,11 +316,15 @@ def solve_admm(problem: NetTrimProblem, *, W0: Any = None, penalty: Any = None,
             msg = "penalty must be finite and nonnegative"
             raise ValueError(msg)
         thr_weight = thr_weight.T.contiguous()
+    zero = _zero_result(problem, X, Y, active, bound, res_tol, settings.feas_tol * y_scale, s,
+                        settings.rho, t0)
+    if zero is not None:
+        return zero
     factor = _Factor(X)
 
     # ---- initial point --------------------------------------------------------------------
-    if W0 is not None:
-        W3 = problem._weight(W0).T.contiguous()
+    if W3_start is not None:
+        W3 = W3_start
     else:
         W3 = torch.zeros(N, M, device=dev, dtype=dt)
     W2 = W3.clone()
@@ -267,9 +336,10 @@ def solve_admm(problem: NetTrimProblem, *, W0: Any = None, penalty: Any = None,
         # with W the warm start or the ridge solution (X^T X + I)^{-1} X^T Y.
         W_ref = W3 if W0 is not None else factor.solve(X.T @ Y)[0]
         w_mean = float(W_ref.abs().mean())
-        rho_k = RHO_START / w_mean if w_mean > 0 else 1.0
+        rho_k = RHO_START / w_mean if 0 < w_mean < math.inf else 1.0
     else:
         rho_k = settings.rho
+    rho_0 = rho_k
     sqrt_dim = math.sqrt(P * M + N * M)
 
     status, it = MAX_ITER, 0
@@ -326,6 +396,7 @@ def solve_admm(problem: NetTrimProblem, *, W0: Any = None, penalty: Any = None,
         if it % settings.adapt_every == 0 and r_rel > 0 and s_rel > 0:
             ratio = math.sqrt(r_rel / s_rel)
             if math.isfinite(ratio) and (ratio > RHO_ADAPT or ratio < 1.0 / RHO_ADAPT):
+                ratio = _clamp_rho(rho_k, ratio, rho_0)
                 rho_k *= ratio
                 U1.div_(ratio)
                 U2.div_(ratio)
@@ -333,6 +404,9 @@ def solve_admm(problem: NetTrimProblem, *, W0: Any = None, penalty: Any = None,
     if status != OPTIMAL:
         W2 = soft_threshold(W3 - U2, (1.0 / rho_k) if thr_weight is None else thr_weight / rho_k)
     res, viol = _feasibility(X @ W2, Y, active, bound, problem.relu)
+    if status == OPTIMAL and not (math.isfinite(res * s) and math.isfinite(viol * s)
+                                  and bool(torch.isfinite(W2).all())):
+        status = SOLVER_ERROR   # never OPTIMAL with a non-finite answer or residual
     W = W2.T.contiguous()
     objective = float((W.abs() if thr_weight is None else W.abs() * thr_weight.T).sum())
     if problem.is_numpy:

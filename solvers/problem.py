@@ -28,12 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["NetTrimProblem", "as_tensor", "ACTIVE_THRESHOLD"]
+__all__ = ["NetTrimProblem", "as_tensor", "check_finite", "safe_norm", "ACTIVE_THRESHOLD"]
 
 #: An output entry is active (in Omega) when it is strictly above this value.
 ACTIVE_THRESHOLD = 0.0
 
 _FLOATS = (torch.float32, torch.float64)
+#: float64 magnitudes whose squares (and sums of up to 1e12 squares) stay normal in float64.
+_SAFE_SQUARE = (1e-140, 1e140)
 
 
 def as_tensor(a: Any, *, name: str) -> torch.Tensor:
@@ -50,20 +52,33 @@ def as_tensor(a: Any, *, name: str) -> torch.Tensor:
         raise ValueError(msg)
     if t.dtype not in _FLOATS:
         if t.dtype.is_floating_point or t.dtype.is_complex:
-            msg = f"{name} must be float32 or float64, got {t.dtype}"
+            msg = f"{name} must be float32 or float64, got {t.dtype} (convert it, e.g. .float())"
             raise TypeError(msg)
         t = t.to(torch.float64)  # integer or boolean data: promote exactly
     return t
 
 
-def _check_finite(t: torch.Tensor, name: str) -> None:
+def check_finite(t: torch.Tensor, name: str, what: str = "activations") -> None:
+    """Raise ValueError naming ``name`` when ``t`` has NaN or Inf entries."""
     bad = ~torch.isfinite(t)
     if bool(bad.any()):
         n_nan = int(torch.isnan(t).sum())
         n_inf = int(bad.sum()) - n_nan
         msg = (f"{name} contains {n_nan} NaN and {n_inf} Inf entries (of {t.numel()}); "
-               "Net-Trim needs finite activations")
+               f"Net-Trim needs finite {what}")
         raise ValueError(msg)
+
+
+def safe_norm(t: torch.Tensor, dim: Any = None) -> torch.Tensor:
+    """Euclidean norm (over ``dim``, default all entries) in float64, free of overflow and
+    underflow for any finite ``t``: float32 squares always fit float64; float64 data whose
+    squares leave float64's range is divided by its largest magnitude first."""
+    n = torch.linalg.vector_norm(t, dim=dim, dtype=torch.float64)
+    if t.dtype == torch.float64 and t.numel():
+        m = float(t.abs().max())
+        if m > 0 and not _SAFE_SQUARE[0] <= m <= _SAFE_SQUARE[1]:
+            n = torch.linalg.vector_norm(t / m, dim=dim) * m
+    return n
 
 
 @dataclass(frozen=True)
@@ -111,8 +126,8 @@ class NetTrimProblem:
             msg = f"empty problem: X has shape {tuple(X.shape)}, Y has shape {tuple(Y.shape)}"
             raise ValueError(msg)
         Y = Y.to(X.dtype)
-        _check_finite(X, "X")
-        _check_finite(Y, "Y")
+        check_finite(X, "X")
+        check_finite(Y, "Y")
         try:
             epsilon = float(self.epsilon)
         except (TypeError, ValueError):
@@ -135,7 +150,7 @@ class NetTrimProblem:
                 msg = f"V is on {V.device} but X is on {X.device}; put both on one device"
                 raise ValueError(msg)
             V = V.to(X.dtype)
-            _check_finite(V, "V")
+            check_finite(V, "V")
         if self.relu:
             n_neg = int((Y < 0).sum())
             if n_neg:
@@ -172,12 +187,12 @@ class NetTrimProblem:
             return torch.ones_like(Y, dtype=torch.bool)
         return Y > ACTIVE_THRESHOLD
 
-    def _weight(self, W: Any) -> torch.Tensor:
+    def _weight(self, W: Any, name: str = "W") -> torch.Tensor:
         X, _, _ = self.tensors()
-        W = as_tensor(W, name="W").to(device=X.device, dtype=X.dtype)
+        W = as_tensor(W, name=name).to(device=X.device, dtype=X.dtype)
         M, N = self.shape[2], self.shape[1]
         if tuple(W.shape) != (M, N):
-            msg = f"W must have shape (M, N) = ({M}, {N}), got {tuple(W.shape)}"
+            msg = f"{name} must have shape (M, N) = ({M}, {N}), got {tuple(W.shape)}"
             raise ValueError(msg)
         return W
 
@@ -188,7 +203,7 @@ class NetTrimProblem:
         D = X @ self._weight(W).T - Y
         if self.relu:
             D = D.masked_fill(~self.active_mask(), 0.0)
-        return float(torch.linalg.vector_norm(D))
+        return float(safe_norm(D))
 
     def violation(self, W: Any) -> float:
         """Largest inequality violation ``max(0, max_{not Omega} (X W^T - V))`` (0 if linear)."""
@@ -205,6 +220,6 @@ class NetTrimProblem:
         """Feasible within ``rtol``: violation <= rtol max|Y| and residual <= epsilon (1 + rtol)
         + rtol^2 ||Y||_F (the last term lets epsilon = 0 be met in floating point)."""
         _, Y, _ = self.tensors()
-        res_tol = self.epsilon * (1 + rtol) + rtol ** 2 * float(torch.linalg.vector_norm(Y))
+        res_tol = self.epsilon * (1 + rtol) + rtol ** 2 * float(safe_norm(Y))
         return (self.residual(W) <= res_tol
                 and self.violation(W) <= rtol * float(Y.abs().max()))
