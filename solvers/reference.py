@@ -7,6 +7,20 @@ The program is written exactly as in :mod:`solvers.problem`, vectorised over all
                 vec(X W^T)[not Omega] <= vec(V)[not Omega]
 
 and handed to a conic solver (Clarabel by default).
+
+Support rule. An interior-point method returns no exact zeros (the entries that are zero at the
+optimum come back near 1e-10), so the solver's W is thresholded by a documented rule before it
+is returned: penalized entries are removed in increasing order of ``|w|`` as long as the W
+without them stays feasible, i.e. the largest ``k`` (found by bisection on ``k``) such that
+zeroing the ``k`` smallest keeps::
+
+    residual  <= max(epsilon, r0) (1 + SUPPORT_RTOL) + SUPPORT_RTOL ||Y||_F
+    violation <= v0 + SUPPORT_RTOL max|Y|
+
+with ``r0``, ``v0`` those of the solver's own W. Then the program is solved again with W = 0 off
+that support (the *polish*), so the returned W is optimal on its support and feasible to the
+backend's accuracy. On a well-posed problem this gives the support of the exact solution, the
+one the ADMM (whose soft threshold makes exact zeros) finds.
 """
 
 from __future__ import annotations
@@ -20,7 +34,7 @@ from .problem import NetTrimProblem, as_tensor
 from .result import NetTrimResult
 from .status import INFEASIBLE, MAX_ITER, OPTIMAL, OPTIMAL_INACCURATE, SOLVER_ERROR
 
-__all__ = ["solve_cvxpy", "STATUS_MAP", "MAX_REFERENCE_SIZE"]
+__all__ = ["solve_cvxpy", "STATUS_MAP", "MAX_REFERENCE_SIZE", "SUPPORT_RTOL"]
 
 #: cvxpy status -> project status.
 STATUS_MAP = {
@@ -34,6 +48,11 @@ STATUS_MAP = {
     "user_limit": MAX_ITER,
     "solver_error": SOLVER_ERROR,
 }
+
+#: Relative slack of the support rule (module docstring): the removed entries may raise the
+#: residual by this fraction of epsilon (plus this fraction of ||Y||_F) and the violation by this
+#: fraction of max|Y|.
+SUPPORT_RTOL = 1e-6
 
 #: Largest ``P * N * M`` (nonzeros of the constraint matrix) solved without ``force=True``:
 #: about 3e7 takes Clarabel about a minute on 2 cores, 1e8 tens of minutes, 1e9 hours.
@@ -64,7 +83,9 @@ def solve_cvxpy(problem: NetTrimProblem, *, solver: str = "CLARABEL", penalty: A
     Returns
     -------
     NetTrimResult
-        ``status`` from :data:`STATUS_MAP`; W is all NaN when no solution came back.
+        ``status`` from :data:`STATUS_MAP`; W is all NaN when no solution came back. W has
+        exact zeros off the support chosen by the rule in the module docstring (solved twice:
+        once for the support, once polished on it; ``iterations`` counts both).
     """
     import cvxpy as cp  # imported lazily: the ADMM path never needs it
 
@@ -89,30 +110,27 @@ def solve_cvxpy(problem: NetTrimProblem, *, solver: str = "CLARABEL", penalty: A
             msg = f"penalty must be nonnegative with shape ({M}, {N}), got {weights.shape}"
             raise ValueError(msg)
 
-    W = cp.Variable((M, N))
-    Z = X @ W.T                                       # (P, M) pre-activations
-    z = cp.vec(Z, order="C")
-    on = np.flatnonzero(active.ravel())
-    off = np.flatnonzero(~active.ravel())
-    constraints = [cp.norm(z[on] - Y.ravel()[on], 2) <= problem.epsilon]
-    if problem.relu and off.size:
-        V = np.zeros_like(Y) if Vt is None else Vt.detach().cpu().double().numpy()
-        constraints.append(z[off] <= V.ravel()[off])
-    objective = cp.sum(cp.abs(W)) if weights is None else cp.sum(cp.multiply(weights, cp.abs(W)))
-    prog = cp.Problem(cp.Minimize(objective), constraints)
-    try:
-        prog.solve(solver=solver, verbose=verbose, **(solver_options or {}))
-        status = STATUS_MAP.get(prog.status, SOLVER_ERROR)
-    except cp.error.SolverError:
-        status = SOLVER_ERROR
-    iterations = int(getattr(prog.solver_stats, "num_iters", None) or 0) if prog.solver_stats else 0
+    V = None if Vt is None else Vt.detach().cpu().double().numpy()
 
-    if W.value is None:
+    def solve(fixed_zero=None):
+        return _solve_program(cp, X, Y, active, V, problem.epsilon, problem.relu, weights,
+                              fixed_zero, dict(solver=solver, verbose=verbose,
+                                               **(solver_options or {})))
+
+    W_np, status, iterations = solve()
+    if W_np is not None and status in (OPTIMAL, OPTIMAL_INACCURATE):
+        support = _support(X, Y, active, V, W_np, weights, problem.epsilon, problem.relu)
+        polished, polish_status, its = solve(~support)
+        iterations += its
+        if polished is not None and polish_status in (OPTIMAL, OPTIMAL_INACCURATE):
+            W_np, status = polished, max(status, polish_status, key=_RANK.index)
+        W_np = np.where(support, W_np, 0.0)
+
+    if W_np is None:
         W_np = np.full((M, N), np.nan)
         res = viol = obj = float("nan")
     else:
-        W_np = W.value
-        res, viol = problem_residuals(X, Y, active, Vt, W_np, problem.relu)
+        res, viol = _residuals(X, Y, active, V, W_np, problem.relu)
         obj = float(np.abs(W_np).sum() if weights is None else (weights * np.abs(W_np)).sum())
     if problem.is_numpy:
         W_out = W_np.astype(problem.X.dtype)
@@ -126,14 +144,65 @@ def solve_cvxpy(problem: NetTrimProblem, *, solver: str = "CLARABEL", penalty: A
         solver=f"cvxpy:{solver}")
 
 
-def problem_residuals(X: np.ndarray, Y: np.ndarray, active: np.ndarray, V: Any,
-                      W: np.ndarray, relu: bool) -> tuple[float, float]:
-    """Active-set residual and largest violation of W, in float64 numpy."""
+#: Of two success statuses, the result takes the less accurate one.
+_RANK = (OPTIMAL, OPTIMAL_INACCURATE)
+
+
+def _solve_program(cp, X, Y, active, V, epsilon, relu, weights, fixed_zero, options):
+    """One cvxpy solve of the program (W = 0 where ``fixed_zero``): (W or None, status, its)."""
+    M, N = Y.shape[1], X.shape[1]
+    W = cp.Variable((M, N))
+    Z = X @ W.T                                       # (P, M) pre-activations
+    z = cp.vec(Z, order="C")
+    on = np.flatnonzero(active.ravel())
+    off = np.flatnonzero(~active.ravel())
+    constraints = [cp.norm(z[on] - Y.ravel()[on], 2) <= epsilon]
+    if relu and off.size:
+        bound = np.zeros_like(Y) if V is None else V
+        constraints.append(z[off] <= bound.ravel()[off])
+    if fixed_zero is not None and fixed_zero.any():
+        constraints.append(cp.vec(W, order="C")[np.flatnonzero(fixed_zero.ravel())] == 0)
+    objective = cp.sum(cp.abs(W)) if weights is None else cp.sum(cp.multiply(weights, cp.abs(W)))
+    prog = cp.Problem(cp.Minimize(objective), constraints)
+    try:
+        prog.solve(**options)
+        status = STATUS_MAP.get(prog.status, SOLVER_ERROR)
+    except cp.error.SolverError:
+        status = SOLVER_ERROR
+    iterations = int(getattr(prog.solver_stats, "num_iters", None) or 0) if prog.solver_stats else 0
+    return W.value, status, iterations
+
+
+def _support(X, Y, active, V, W, weights, epsilon, relu) -> np.ndarray:
+    """The support rule of the module docstring: True where W keeps an entry."""
+    r0, v0 = _residuals(X, Y, active, V, W, relu)
+    res_tol = max(epsilon, r0) * (1 + SUPPORT_RTOL) + SUPPORT_RTOL * float(np.linalg.norm(Y))
+    viol_tol = v0 + SUPPORT_RTOL * float(np.abs(Y).max())
+    candidates = (W != 0) if weights is None else (W != 0) & (weights > 0)
+    flat = np.flatnonzero(candidates.ravel())
+    order = flat[np.argsort(np.abs(W.ravel()[flat]), kind="stable")]
+
+    def without(k):
+        Wk = W.copy().ravel()
+        Wk[order[:k]] = 0.0
+        return Wk.reshape(W.shape)
+
+    lo, hi = 0, order.size     # zeroing lo entries is feasible; find the largest such count
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        res, viol = _residuals(X, Y, active, V, without(mid), relu)
+        if res <= res_tol and viol <= viol_tol:
+            lo = mid
+        else:
+            hi = mid - 1
+    return without(lo) != 0 if weights is None else (without(lo) != 0) | (weights == 0)
+
+
+def _residuals(X, Y, active, V, W, relu) -> tuple[float, float]:
+    """Active-set residual and largest violation of W (V an array or None), float64 numpy."""
     Z = X @ W.T
     if not relu:
         return float(np.linalg.norm(Z - Y)), 0.0
     res = float(np.linalg.norm((Z - Y)[active]))
-    if V is not None:
-        Z = Z - V.detach().cpu().double().numpy()
-    off = Z[~active]
+    off = (Z if V is None else Z - V)[~active]
     return res, max(0.0, float(off.max())) if off.size else 0.0

@@ -161,3 +161,30 @@ def test_prune_solves_a_half_precision_model_in_float32():
     assert result.model[0].weight.dtype == torch.bfloat16
     assert all(row.status == OPTIMAL for row in result.report)
     assert result.report[0].nonzeros_after < result.report[0].nonzeros_before
+
+
+# ---- 1: the cvxpy reference returns a support (the ADMM's), not an interior point -----------------
+@pytest.mark.parametrize("relu, seed", [(True, 0), (False, 1), (True, 3)])
+def test_cvxpy_support_matches_the_admm_support(relu, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((60, 20))
+    Z = X @ (rng.standard_normal((6, 20)) / np.sqrt(20)).T
+    Y = np.maximum(Z, 0) if relu else Z
+    problem = NetTrimProblem(X, Y, 0.1 * np.linalg.norm(Y), relu=relu)
+    reference = solve_cvxpy(problem)
+    admm = solve_admm(problem, eps_abs=1e-9, eps_rel=1e-7, max_iter=50000)
+    assert reference.status == OPTIMAL and admm.status == OPTIMAL
+    assert 0 < reference.nonzeros < 0.9 * X.shape[1] * Y.shape[1]
+    np.testing.assert_array_equal(reference.W != 0, admm.W != 0)
+    assert problem.is_feasible(reference.W)
+    assert reference.objective == pytest.approx(admm.objective, rel=1e-6)
+
+
+def test_prune_layer_with_cvxpy_prunes():
+    X, Y = relu_layer(P=60, N=20, M=6)
+    ref = nettrim.prune_layer(X, Y, epsilon=0.1, solver="cvxpy")
+    admm = nettrim.prune_layer(X, Y, epsilon=0.1, solver="admm")
+    assert ref.report["status"] == OPTIMAL
+    assert ref.report["nonzeros"] < 0.9 * ref.report["total"]
+    assert ref.report["relative_error"] <= 0.1 * 1.002
+    assert abs(ref.report["nonzeros"] - admm.report["nonzeros"]) <= 0.1 * admm.report["nonzeros"]
