@@ -33,7 +33,8 @@ or a single idx images file. Integer images are scaled to [0, 1]; 3-D idx images
 axis, as :func:`nettrim.data.load_mnist` does.
 
 Every problem a user can cause (missing or corrupt file, unknown format, wrong factory, keys or
-shapes that do not match) raises :class:`CheckpointError` (a :class:`ValueError`) with a one-line
+shapes that do not match, NaN/Inf weights or samples, an idx directory without the split asked
+for) raises :class:`CheckpointError` (a :class:`ValueError`) with a one-line
 message naming the file. Writes go to a temporary file in the destination directory that is
 renamed into place (:func:`atomic_write`): an interrupted write leaves no partial file.
 """
@@ -47,6 +48,7 @@ import logging
 import os
 import pathlib
 import pickle
+import pickletools
 import struct
 import tempfile
 import zipfile
@@ -56,6 +58,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from torch import nn
+
+from .formats import FORMATS
 
 __all__ = [
     "FORMATS",
@@ -73,8 +77,6 @@ __all__ = [
     "sequential_from_program",
 ]
 
-#: Checkpoint formats, as :func:`detect_format` names them.
-FORMATS = ("state_dict", "module", "export", "safetensors")
 
 #: File suffix written for each format when the CLI picks an output name.
 SUFFIXES = {"state_dict": ".pt", "module": ".pt", "export": ".pt2", "safetensors": ".safetensors"}
@@ -366,6 +368,10 @@ def load_checkpoint(path: str | os.PathLike, *, arch: Optional[str] = None,
         if "weights only load failed" not in str(err).lower():
             msg = f"checkpoint {path}: corrupt or not a torch checkpoint ({err})"
             raise CheckpointError(_one_line(msg)) from err
+        if not _holds_pickle(path):  # torch's advice (weights_only=False) would be wrong here
+            msg = (f"checkpoint {path}: corrupt or not a torch checkpoint (neither a torch zip "
+                   "archive nor a pickle)")
+            raise CheckpointError(msg) from err
         if not trust_pickle:
             msg = (f"checkpoint {path} holds pickled Python objects (a whole module?), and "
                    "loading it would run code from the file: refused. Pass --trust-pickle only "
@@ -380,10 +386,44 @@ def load_checkpoint(path: str | os.PathLike, *, arch: Optional[str] = None,
         if arch is not None:
             notes.append(f"--arch {arch} ignored: the file holds a whole module")
         _fold_module_pruning(obj, notes)
+        _check_finite_parameters(obj, path)
         return Checkpoint(model=obj.cpu().eval(), format="module", path=path, notes=notes)
     state = _as_state_dict(obj, path)
     model = _model_from_state(state, arch, path, "state_dict", notes)
     return Checkpoint(model=model.eval(), format="state_dict", path=path, arch=arch, notes=notes)
+
+
+def _holds_pickle(path: pathlib.Path) -> bool:
+    """Whether the file really is a pickle (a torch zip archive with a ``data.pkl``, or a
+    legacy file starting with a pickle of protocol 2 to 5 that parses): only then may the user
+    be told about ``--trust-pickle``."""
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return any(n.endswith("data.pkl") for n in archive.namelist())
+        except (zipfile.BadZipFile, OSError):
+            return False
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(2)[:1] != b"\x80":
+                return False
+            handle.seek(0)
+            for _ in pickletools.genops(handle):
+                pass
+    except Exception:  # noqa: BLE001 - any parse failure: not a pickle
+        return False
+    return True
+
+
+def _check_finite_parameters(model: nn.Module, path: pathlib.Path) -> None:
+    """CheckpointError naming the first parameter with NaN/Inf entries (nothing can be pruned
+    or measured with it)."""
+    for name, param in model.named_parameters():
+        bad = int((~torch.isfinite(param.detach())).sum()) if param.is_floating_point() else 0
+        if bad:
+            msg = (f"checkpoint {path}: parameter {name!r} has {bad} NaN/Inf entries (of "
+                   f"{param.numel()}); nettrim needs finite weights")
+            raise CheckpointError(msg)
 
 
 def _load_pickle(path: pathlib.Path) -> Any:
@@ -420,6 +460,7 @@ def _model_from_state(state: dict, arch: Optional[str], path: pathlib.Path, kind
         raise CheckpointError(msg)
     model = build_model(arch)
     _load_strict(model, state, f"checkpoint {path} does not fit --arch {arch}")
+    _check_finite_parameters(model, path)
     return model
 
 
@@ -477,6 +518,7 @@ def _load_program(path: pathlib.Path, arch: Optional[str], notes: list) -> Check
     else:
         model = sequential_from_program(program, path)
         notes.append("rebuilt the exported graph as an nn.Sequential (no --arch given)")
+    _check_finite_parameters(model, path)
     return Checkpoint(model=model.eval(), format="export", path=path, arch=arch,
                       example_shape=shape, example_dtype=dtype, notes=notes)
 
@@ -648,7 +690,8 @@ def load_data(path: str | os.PathLike, *, split: str = "train"
         ``x`` and optional ``y``; read with ``weights_only=True``), an MNIST-style directory of
         idx files, or one idx images file.
     split : {"train", "test"}, default "train"
-        Which pair of files to read from an idx directory holding both.
+        Which pair of files to read from an idx directory; a directory without that split's
+        images is an error naming the missing file (never the other split in its place).
 
     Returns
     -------
@@ -736,16 +779,16 @@ def _load_idx_dir(path: pathlib.Path, split: str):
                 return path / name
         return None
 
-    order = [split] + [s for s in _IDX_FILES if s != split]
-    for which in order:
-        images_file, labels_file = (find(stem) for stem in _IDX_FILES[which])
-        if images_file is not None:
-            x = _load_idx_file(images_file)
-            y = torch.from_numpy(read_idx(labels_file).astype(np.int64)) if labels_file else None
-            return x, y
-    names = ", ".join(f"{a}[.gz]" for a, _ in _IDX_FILES.values())
-    msg = f"data {path}: a directory without idx images (looked for {names})"
-    raise CheckpointError(msg)
+    images_file, labels_file = (find(stem) for stem in _IDX_FILES[split])
+    if images_file is None:
+        others = [s for s in _IDX_FILES if s != split and find(_IDX_FILES[s][0])]
+        hint = f"; it holds the {others[0]} split (--split {others[0]})" if others else ""
+        msg = (f"data {path}: the {split} split's images {_IDX_FILES[split][0]}[.gz] are "
+               f"missing{hint}")
+        raise CheckpointError(msg)
+    x = _load_idx_file(images_file)
+    y = torch.from_numpy(read_idx(labels_file).astype(np.int64)) if labels_file else None
+    return x, y
 
 
 def _check_xy(x: torch.Tensor, y: Optional[torch.Tensor], path: pathlib.Path):
@@ -758,6 +801,11 @@ def _check_xy(x: torch.Tensor, y: Optional[torch.Tensor], path: pathlib.Path):
         msg = f"data {path}: expected numeric samples, got dtype {x.dtype}"
         raise CheckpointError(msg)
     x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        msg = (f"data {path}: {bad} of the {x.numel()} sample values are NaN or Inf (as float32); "
+               "nettrim needs finite data")
+        raise CheckpointError(msg)
     if y is not None:
         if y.is_floating_point() or y.ndim != 1 or y.shape[0] != x.shape[0]:
             msg = (f"data {path}: labels 'y' must be integers of shape ({x.shape[0]},), got "

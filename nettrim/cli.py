@@ -13,36 +13,47 @@
 
 Exit status: 0 success; 1 a layer's solver failed (``PruningError``, strict by default); 2 a
 usage error (bad option, missing or corrupt file, wrong ``--arch``, data that does not fit the
-model, no prunable layers), printed as one line ``nettrim: error: ...`` on stderr; 130
-interrupted (Ctrl-C), leaving no partial output file.
+model, no prunable layers, an output path that cannot be written), printed as one line
+``nettrim: error: ...`` on stderr; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), each with
+one line on stderr and no partial output file left behind.
 
 The command line only builds options and calls the library: :func:`nettrim.prune.prune`,
-:mod:`nettrim.checkpoint` (file formats), :mod:`nettrim.report` and :mod:`nettrim.plots`.
+:mod:`nettrim.checkpoint` (file formats), :mod:`nettrim.report` and :mod:`nettrim.plots`. torch
+and the library are imported only once the arguments are parsed (``--help`` and ``--version``
+stay fast), inside the handlers of Ctrl-C and SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import pathlib
+import signal
 import sys
+import tempfile
+import threading
 import time
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-import torch
+from .formats import FORMATS
 
-from . import checkpoint as ckpt_io
-from . import report as rep
-from .checkpoint import CheckpointError
+if TYPE_CHECKING:  # imported lazily at run time (see the module docstring)
+    import torch
 
-__all__ = ["main", "build_parser", "UsageError", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE",
-           "EXIT_INTERRUPTED", "DEFAULT_EPSILON", "report_path_for"]
+    from . import checkpoint as ckpt_io
+
+__all__ = ["main", "build_parser", "UsageError", "Terminated", "EXIT_OK", "EXIT_FAILURE",
+           "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "DEFAULT_EPSILON",
+           "report_path_for"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+#: 128 + SIGTERM, as a shell reports a process killed by it.
+EXIT_TERMINATED = 143
 #: Relative epsilon used when neither --epsilon nor --sparsity is given.
 DEFAULT_EPSILON = 0.05
 #: Demo defaults: a couple of minutes on two CPU cores.
@@ -55,6 +66,11 @@ _PROBE_ROWS = 2
 
 class UsageError(Exception):
     """A mistake in the invocation or the input files; printed as one line, exit status 2."""
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM (like KeyboardInterrupt on SIGINT), so that every
+    ``finally`` and :func:`nettrim.checkpoint.atomic_write` cleans up; exit status 143."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,7 +122,8 @@ def _nonneg_int(text: str) -> int:
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", metavar="MODULE:CALLABLE",
                    help="factory that builds the model, e.g. nettrim.models:lenet_300_100; needed "
-                        "for state_dict and safetensors checkpoints (optional for .pt2 programs)")
+                        "for state_dict and safetensors checkpoints (optional for .pt2 programs); "
+                        "the current directory is on the import path, as with python -m")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow loading a whole pickled module (this runs code from the file; "
                         "only for files you trust)")
@@ -175,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lenient", action="store_true",
                    help="warn and keep going when a layer's solver stops short of an optimal "
                         "status (default: fail with exit status 1 naming the layer)")
-    p.add_argument("--format", dest="out_format", choices=ckpt_io.FORMATS,
+    p.add_argument("--format", dest="out_format", choices=FORMATS,
                    help="output format (default: export for an OUT ending in .pt2, safetensors "
                         "for .safetensors, else the input's)")
     p.add_argument("--report", metavar="REPORT.json",
@@ -254,8 +271,6 @@ def build_parser() -> argparse.ArgumentParser:
 # ---- entry point --------------------------------------------------------------------------------
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``nettrim`` command line; returns the exit status (see the module docstring)."""
-    from .prune import PruningError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
@@ -263,6 +278,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as stop:  # --help, --version, usage errors
         return int(stop.code or 0) if not isinstance(stop.code, str) else EXIT_USAGE
     args.argv = argv
+    with _signals_raise():
+        try:
+            return _run(args)
+        except KeyboardInterrupt:
+            return _stopped("interrupted", EXIT_INTERRUPTED)
+        except Terminated:
+            return _stopped("terminated (SIGTERM)", EXIT_TERMINATED)
+        except BrokenPipeError:  # stdout closed early (``nettrim report ... | head``)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return EXIT_FAILURE
+
+
+def _run(args) -> int:
+    """Import what the command needs (torch, the library) and run it; user errors -> 2,
+    solver failures -> 1."""
+    _import_path_has_cwd()
+    import torch
+
+    from .checkpoint import CheckpointError
+    from .prune import PruningError
+
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -273,14 +310,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except PruningError as err:
         _error(f"pruning failed: {err}")
         return EXIT_FAILURE
-    except KeyboardInterrupt:
-        print("nettrim: interrupted (files are written whole or not at all)", file=sys.stderr,
-              flush=True)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:  # stdout closed early (``nettrim report ... | head``)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_FAILURE
+
+
+def _stopped(what: str, code: int) -> int:
+    print(f"nettrim: {what}; files are written whole or not at all", file=sys.stderr, flush=True)
+    return code
+
+
+def _raise_once(signum, frame):
+    """Signal handler: stop the run by an exception; a repeated signal is ignored so that the
+    clean-up it triggers (removing temporary files) is not cut short."""
+    signal.signal(signum, signal.SIG_IGN)
+    raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
+
+
+@contextlib.contextmanager
+def _signals_raise():
+    """SIGINT -> KeyboardInterrupt, SIGTERM -> :class:`Terminated` while the command runs
+    (main thread only; the previous handlers are restored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_once) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _import_path_has_cwd() -> None:
+    """Put the working directory first on the import path, as ``python -m`` does, so that
+    ``--arch mymodule:build`` finds a module there also through the installed script."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 def _error(message: str) -> None:
@@ -316,12 +379,16 @@ def _sha256(path: pathlib.Path) -> str:
 
 
 def _device(name: str) -> torch.device:
+    import torch
+
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available to torch on this machine")
     return torch.device(name)
 
 
 def _subset(x: torch.Tensor, y: Optional[torch.Tensor], samples: Optional[int], seed: int):
+    import torch
+
     if samples is None or samples >= x.shape[0]:
         return x, y
     order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:samples]
@@ -330,20 +397,25 @@ def _subset(x: torch.Tensor, y: Optional[torch.Tensor], samples: Optional[int], 
 
 
 def _load_data(path: str, split: str, samples: Optional[int], seed: int):
+    from . import checkpoint as ckpt_io
+
     x, y = ckpt_io.load_data(path, split=split)
     n_available = x.shape[0]
     x, y = _subset(x, y, samples, seed)
     return x, y, n_available
 
 
-@torch.no_grad()
 def _check_fits(model: torch.nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
-    """Run the model on a couple of rows; a failure is a shape mismatch between data and model."""
+    """Run the model on a couple of rows; a failure is a shape mismatch between data and model,
+    a non-finite output a model (or data) that gives no usable measurement."""
+    import torch
+
     was_training = model.training
     model.eval()
     try:
         device = next(iter(model.parameters()), torch.empty(0)).device
-        out = model(x[:_PROBE_ROWS].to(device))
+        with torch.no_grad():
+            out = model(x[:_PROBE_ROWS].to(device))
     except Exception as err:  # noqa: BLE001 - whatever the model raises on the wrong input
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         msg = (f"{what} (samples of shape {tuple(x.shape[1:])}) does not fit the model: {first}")
@@ -352,6 +424,9 @@ def _check_fits(model: torch.nn.Module, x: torch.Tensor, what: str) -> torch.Ten
         model.train(was_training)
     if not isinstance(out, torch.Tensor):
         msg = f"the model returns a {type(out).__name__}, not a tensor: nettrim needs one output"
+        raise UsageError(msg)
+    if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+        msg = f"the model's output on {what} has NaN/Inf entries: nothing can be measured on it"
         raise UsageError(msg)
     return out
 
@@ -372,7 +447,29 @@ def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Optio
 
 
 def _load(path: str, args) -> ckpt_io.Checkpoint:
+    from . import checkpoint as ckpt_io
+
     return ckpt_io.load_checkpoint(path, arch=args.arch, trust_pickle=args.trust_pickle)
+
+
+def _check_writable(path: pathlib.Path, what: str, *, is_dir: bool = False) -> None:
+    """UsageError unless ``path`` (a file, or a directory with ``is_dir``) can be written: its
+    nearest existing ancestor must be a directory that takes new files, probed with an anonymous
+    temporary file (no name is left behind, even if interrupted)."""
+    if path.exists() and path.is_dir() != is_dir:
+        raise UsageError(f"{what} {path} is {'a directory' if path.is_dir() else 'a file'}; "
+                         f"name a {'directory' if is_dir else 'file'}")
+    existing = path if is_dir else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{what} {path}: {existing} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise UsageError(f"{what} {path}: cannot write in {existing} "
+                         f"({err.strerror or type(err).__name__})") from err
 
 
 def _same_file(a: pathlib.Path, b: pathlib.Path) -> bool:
@@ -384,22 +481,25 @@ def _same_file(a: pathlib.Path, b: pathlib.Path) -> bool:
 
 # ---- prune --------------------------------------------------------------------------------------
 def _cmd_prune(args) -> int:
+    from . import checkpoint as ckpt_io
+    from . import report as rep
     from .prune import prune
 
     start = time.perf_counter()
     source = pathlib.Path(args.checkpoint)
     out = pathlib.Path(args.out)
     report_file = pathlib.Path(args.report) if args.report else report_path_for(out)
-    if not source.exists():
-        raise UsageError(f"checkpoint {source} does not exist")
+    ckpt_io.detect_format(source)  # missing, a directory, empty: one line before any work
     if _same_file(out, source) and not args.overwrite:
         raise UsageError(f"--out {out} is the input checkpoint; pass --overwrite to replace it "
                          "(the input is otherwise never modified)")
     if _same_file(report_file, source) or report_file.resolve() == out.resolve():
         raise UsageError(f"the report path {report_file} collides with the input or output "
                          "checkpoint; pass --report elsewhere")
-    if out.exists() and out.is_dir():
-        raise UsageError(f"--out {out} is a directory; name the output file")
+    _check_writable(out, "--out")
+    _check_writable(report_file, "--report")
+    if args.plot:
+        _check_writable(pathlib.Path(args.plot), "--plot", is_dir=True)
     source_hash = _sha256(source)
     loaded = _load(args.checkpoint, args)
     out_format = args.out_format or _format_from_suffix(out) or loaded.format
@@ -434,6 +534,7 @@ def _cmd_prune(args) -> int:
             raise
         raise UsageError(f"prune rejected the input: {err}") from err
     pruned = result.model.cpu()
+    notes += [f"layer {row.name}: {row.note}" for row in result.report if row.note]
     ckpt_io.save_checkpoint(pruned, out, format=out_format, example_input=example,
                             dynamic_batch=dynamic)
     rows = [r.as_dict() for r in result.report]
@@ -503,6 +604,9 @@ def _original_from_report(path: pathlib.Path) -> tuple[Optional[str], Optional[s
 
 
 def _cmd_report(args) -> int:
+    from . import checkpoint as ckpt_io
+    from . import report as rep
+
     loaded = _load(args.checkpoint, args)
     model = loaded.model
     _select(model, args.layers, args.ignore)
@@ -547,6 +651,7 @@ def _cmd_report(args) -> int:
 
 # ---- evaluate -----------------------------------------------------------------------------------
 def _cmd_evaluate(args) -> int:
+    from . import report as rep
     from .surgery import count_nonzeros, count_parameters
 
     original = _load(args.original, args).model
@@ -591,10 +696,17 @@ def _cmd_evaluate(args) -> int:
 
 # ---- demo ---------------------------------------------------------------------------------------
 def _cmd_demo(args) -> int:
+    import torch
+
+    from . import checkpoint as ckpt_io
+    from . import report as rep
     from .data import data_root, load_mnist
     from .models import lenet_300_100, train_classifier
     from .prune import prune
 
+    for path, what in ((args.out, "--out"), (args.plot, "--plot")):
+        if path:
+            _check_writable(pathlib.Path(path), what, is_dir=True)
     root = data_root(args.data_root)
     _say(args, f"MNIST from {root} (downloaded with checksum verification if missing)")
     try:

@@ -188,3 +188,220 @@ def test_prune_layer_with_cvxpy_prunes():
     assert ref.report["nonzeros"] < 0.9 * ref.report["total"]
     assert ref.report["relative_error"] <= 0.1 * 1.002
     assert abs(ref.report["nonzeros"] - admm.report["nonzeros"]) <= 0.1 * admm.report["nonzeros"]
+
+
+# ---- the command line ----------------------------------------------------------------------------
+import json  # noqa: E402
+import os  # noqa: E402
+import pathlib  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from nettrim.cli import main, report_path_for  # noqa: E402
+from test_cli import REPO, env, one_error_line, prune_args, run_cli, sha256  # noqa: E402,F401
+
+
+def cli_env(*paths):
+    environ = dict(os.environ)
+    environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *map(str, paths)])
+    environ["OMP_NUM_THREADS"] = "1"
+    return environ
+
+
+def test_idx_directory_without_the_split_is_an_error_naming_the_file(env, tmp_path, capsys):
+    import gzip
+    import struct
+
+    images = np.zeros((5, 2, 3), dtype=np.uint8)
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">4B3I", 0, 0, 8, 3, 5, 2, 3) + images.tobytes())
+    out = tmp_path / "out" / "p.pt"
+    assert main(["prune", str(env["root"] / "sd.pt"), "--data", str(tmp_path), "--out", str(out),
+                 "--arch", "tinyarch:mlp", "-q"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "train-images-idx3-ubyte" in line and "--split test" in line
+    assert not out.parent.exists()
+
+
+def test_non_finite_data_and_weights_are_refused(env, tmp_path, capsys):
+    root = env["root"]
+    x = env["x"].numpy().copy()
+    x[3, 0, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x, y=env["y"].numpy())
+    for argv in (["report", str(root / "sd.pt"), "--arch", "tinyarch:mlp", "--data",
+                  str(tmp_path / "nan.npz")],
+                 ["evaluate", str(root / "sd.pt"), str(root / "sd.pt"), "--arch", "tinyarch:mlp",
+                  "--data", str(tmp_path / "nan.npz")]):
+        assert main(argv) == 2
+        assert "NaN or Inf" in one_error_line(capsys.readouterr().err)
+    state = {k: v.clone() for k, v in env["model"].state_dict().items()}
+    state["3.weight"][0, 0] = float("inf")
+    torch.save(state, tmp_path / "inf.pt")
+    assert main(["evaluate", str(root / "sd.pt"), str(tmp_path / "inf.pt"), "--arch",
+                 "tinyarch:mlp", "--data", str(root / "calib.npz")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "'3.weight'" in line and "NaN/Inf" in line
+
+
+def test_directory_or_random_bytes_as_checkpoint(env, tmp_path, capsys):
+    root = env["root"]
+    (tmp_path / "adir").mkdir()
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    before = sha256(noise)
+    for source in ("adir", "noise.pt"):
+        for argv in (prune_args(root, tmp_path / source, tmp_path / "o.pt", "--arch",
+                                "tinyarch:mlp"),
+                     ["report", str(tmp_path / source), "--arch", "tinyarch:mlp"]):
+            assert main(argv) == 2
+            line = one_error_line(capsys.readouterr().err)
+            assert source in line and "trust-pickle" not in line and "weights_only" not in line
+    assert sha256(noise) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "noise.pt"]
+
+
+def test_unwritable_out_is_refused_before_any_work(env, tmp_path, capsys, monkeypatch):
+    def no_pruning(*args, **kwargs):
+        raise AssertionError("pruning started although the output cannot be written")
+
+    monkeypatch.setattr(sys.modules["nettrim.prune"], "prune", no_pruning)
+    root = env["root"]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cases = [("--out", prune_args(root, "sd.pt", blocker / "p.pt", "--arch", "tinyarch:mlp")),
+             ("--report", prune_args(root, "sd.pt", tmp_path / "p.pt", "--arch", "tinyarch:mlp",
+                                     "--report", str(blocker / "sub" / "r.json"))),
+             ("--plot", prune_args(root, "sd.pt", tmp_path / "p.pt", "--arch", "tinyarch:mlp",
+                                   "--plot", str(blocker))),
+             ("--out", prune_args(root, "sd.pt", tmp_path, "--arch", "tinyarch:mlp"))]
+    for flag, argv in cases:
+        assert main(argv) == 2, flag
+        assert one_error_line(capsys.readouterr().err).startswith(f"nettrim: error: {flag} ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_sparsity_zero_on_the_command_line_keeps_the_model(env, tmp_path):
+    root = env["root"]
+    out = tmp_path / "p.pt"
+    assert main(prune_args(root, "sd.pt", out, "--arch", "tinyarch:mlp", "--sparsity", "0")) == 0
+    state = torch.load(out, weights_only=True)
+    for name, value in env["model"].state_dict().items():
+        assert torch.equal(state[name], value), name
+    doc = json.loads(report_path_for(out).read_text())
+    assert sum("no pruning" in note for note in doc["notes"]) == 3
+
+
+def test_help_and_version_do_not_import_torch():
+    code = ("import sys\nfrom nettrim.cli import main\n"
+            "codes = [main(['--version']), main(['prune', '--help'])]\n"
+            "print(codes, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "current directory is on the import path" in " ".join(proc.stdout.split())
+    assert proc.stdout.strip().splitlines()[-1] == "[0, 0] False"
+
+
+def test_arch_module_in_the_working_directory_through_a_script(env, tmp_path):
+    """The installed ``nettrim`` script has its own folder, not the working directory, first
+    on sys.path; a launcher elsewhere stands in for it."""
+    root = env["root"]
+    launcher = tmp_path / "bin" / "nettrim"
+    launcher.parent.mkdir()
+    launcher.write_text("import sys\nfrom nettrim.cli import main\nsys.exit(main())\n")
+    proc = subprocess.run([sys.executable, str(launcher), "prune", "sd.pt", "--data", "calib.npz",
+                           "--out", str(tmp_path / "p.pt"), "--arch", "tinyarch:mlp", "-q"],
+                          cwd=root, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "p.pt").is_file()
+
+
+def _wait_for_torch_loading(proc, timeout=30.0):
+    """Poll /proc until the child has mapped torch's C library (it is importing torch)."""
+    deadline = time.monotonic() + timeout
+    maps = pathlib.Path(f"/proc/{proc.pid}/maps")
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if "torch" in maps.read_text():
+                return
+        except OSError:
+            pass
+        time.sleep(0.005)
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_ctrl_c_while_torch_imports_is_one_line(env, tmp_path):
+    root = env["root"]
+    proc = subprocess.Popen([sys.executable, "-m", "nettrim.cli", "prune", "sd.pt", "--data",
+                             "calib.npz", "--out", str(tmp_path / "p.pt"), "--arch",
+                             "tinyarch:mlp"], cwd=root, env=cli_env(root),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_torch_loading(proc)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("nettrim: interrupted"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+# A stand-in for the nettrim script whose writer receives SIGTERM in the middle of the output:
+# the first half is on disk, the signal arrives, the writer would go on for seconds.
+SIGTERM_LAUNCHER = '''
+import os, signal, sys, time
+import torch
+from nettrim.cli import main
+
+def interrupted(real):
+    def write(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"half a file")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+        real(obj, f, *args, **kwargs)
+    return write
+
+torch.save = interrupted(torch.save)
+torch.export.save = interrupted(torch.export.save)
+sys.exit(main())
+'''
+
+
+@pytest.mark.parametrize("out_name", ["p.pt", "p.pt2"])
+def test_sigterm_while_writing_leaves_no_file(env, tmp_path, out_name):
+    root = env["root"]
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(SIGTERM_LAUNCHER)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    before = sha256(root / "sd.pt")
+    proc = subprocess.run([sys.executable, str(launcher), "prune", "sd.pt", "--data", "calib.npz",
+                           "--out", str(out_dir / out_name), "--arch", "tinyarch:mlp", "-q"],
+                          cwd=root, env=cli_env(root), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("nettrim: terminated"), proc.stderr
+    assert list(out_dir.iterdir()) == []
+    assert sha256(root / "sd.pt") == before
+
+
+# ---- 17: the README states prune_layer's signature as it is --------------------------------------
+def test_readme_prune_layer_defaults_match_the_signature():
+    import inspect
+
+    text = (REPO / "README.md").read_text()
+    calls = re.findall(r"prune_layer\(X, Y,[^)]*\)", text)
+    assert calls, "README shows no prune_layer(X, Y, ...) call"
+    params = inspect.signature(nettrim.prune_layer).parameters
+    for call in calls:
+        for name, value in re.findall(r"(\w+)=(True|False)", call):
+            assert repr(params[name].default) == value, (call, name)

@@ -1,0 +1,8 @@
+"""Names of the checkpoint formats, in a module free of torch so that the command line's parser
+(``nettrim --help``) builds without importing it. :mod:`nettrim.checkpoint` reads and writes them.
+"""
+
+__all__ = ["FORMATS"]
+
+#: Checkpoint formats, as :func:`nettrim.checkpoint.detect_format` names them.
+FORMATS = ("state_dict", "module", "export", "safetensors")
