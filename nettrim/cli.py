@@ -513,8 +513,9 @@ def _cmd_prune(args) -> int:
     if out_format == "export":
         if loaded.format == "export":
             example, dynamic = ckpt_io.example_from_program(loaded, x)
-        else:
-            example, dynamic = x[:2], True
+        else:  # two rows: an example of batch 1 would fix the exported batch size to 1
+            example = x[:2].repeat(2 if x.shape[0] == 1 else 1, *[1] * (x.ndim - 1))
+            dynamic = True
         notes.append(f"re-exported with torch.export.export on an example input of shape "
                      f"{tuple(example.shape)}{' (batch dimension dynamic)' if dynamic else ''}")
     epsilon = args.epsilon if args.sparsity is None and args.epsilon is not None else (

@@ -405,3 +405,12 @@ def test_readme_prune_layer_defaults_match_the_signature():
     for call in calls:
         for name, value in re.findall(r"(\w+)=(True|False)", call):
             assert repr(params[name].default) == value, (call, name)
+
+
+def test_export_from_one_calibration_sample_keeps_the_batch_dynamic(env, tmp_path):
+    """Found by the fuzz: an example input of one row fixed the exported batch size to 1."""
+    out = tmp_path / "p.pt2"
+    assert main(prune_args(env["root"], "sd.pt", out, "--arch", "tinyarch:mlp",
+                           "--samples", "1")) == 0
+    program = torch.export.load(str(out)).module()
+    assert program(env["x"][:5]).shape == (5, 3)
