@@ -56,6 +56,10 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 #: Relative epsilon used when neither --epsilon nor --sparsity is given.
 DEFAULT_EPSILON = 0.05
+#: torch CPU threads unless --threads says otherwise. torch's own default (one per core) stalls
+#: the solver's small matrix products whenever another process holds a core: the demo took
+#: 19 min with it and 6.5 min with one thread on a busy 2-core machine (issue 11).
+DEFAULT_THREADS = 1
 #: Demo defaults: a couple of minutes on two CPU cores.
 DEMO_EPOCHS = 2
 DEMO_SAMPLES = 5000
@@ -130,9 +134,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=_positive_int, metavar="N",
-                   help="torch CPU threads (default: torch's choice; 1 is fastest for small "
-                        "layers on a busy machine)")
+    p.add_argument("--threads", type=_positive_int, metavar="N", default=DEFAULT_THREADS,
+                   help=f"torch CPU threads (default {DEFAULT_THREADS}: measured fastest for "
+                        "the solver's small matrix products on a busy machine; more can pay "
+                        "for large layers on an idle one)")
 
 
 def _add_selection(p: argparse.ArgumentParser) -> None:
@@ -300,7 +305,7 @@ def _run(args) -> int:
     from .checkpoint import CheckpointError
     from .prune import PruningError
 
-    if args.threads:
+    if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     try:
         return int(args.func(args) or EXIT_OK)

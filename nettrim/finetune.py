@@ -164,7 +164,7 @@ def finetune(model: nn.Module, loader: Any, *, epochs: int = 1, lr: float = 1e-3
         if progress:
             from tqdm.auto import tqdm
             total = len(data) * epochs if hasattr(data, "__len__") else None
-            bar = tqdm(total=total, desc="finetune", leave=False)
+            bar = tqdm(total=total, desc="finetune", leave=False, disable=None)
         fork = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=fork):
             torch.manual_seed(seed)

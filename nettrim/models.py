@@ -232,7 +232,8 @@ def train_classifier(
     loss_fn = nn.CrossEntropyLoss()
     was_training = model.training
     fork_devices = [device] if device.type == "cuda" else []
-    bar = tqdm(total=epochs * len(loader), desc="train", disable=not progress, leave=False)
+    bar = tqdm(total=epochs * len(loader), desc="train", disable=None if progress else True,
+               leave=False)   # None: off when stderr is not a terminal (a log file)
     try:
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(seed)

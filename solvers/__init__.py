@@ -12,11 +12,12 @@ from .problem import NetTrimProblem
 from .reference import MAX_REFERENCE_SIZE, solve_cvxpy
 from .refit import refit, reweighted_penalty
 from .result import NetTrimResult
-from .status import (INFEASIBLE, MAX_ITER, OPTIMAL, OPTIMAL_INACCURATE, SOLVER_ERROR, STATUSES,
+from .lagrangian import solve_lagrangian
+from .status import (INFEASIBLE, MAX_ITER, OPTIMAL, OPTIMAL_INACCURATE, SETTLED, SOLVER_ERROR, STATUSES,
                      SUCCESS)
 
 __all__ = [
-    "NetTrimProblem", "NetTrimResult", "solve_admm", "solve_cvxpy", "ADMMSettings",
+    "NetTrimProblem", "NetTrimResult", "solve_admm", "solve_cvxpy", "solve_lagrangian", "SETTLED", "ADMMSettings",
     "soft_threshold", "project_ball", "project_constraints", "MAX_REFERENCE_SIZE",
     "OPTIMAL", "OPTIMAL_INACCURATE", "INFEASIBLE", "MAX_ITER", "SOLVER_ERROR", "STATUSES",
     "SUCCESS", "refit", "reweighted_penalty",

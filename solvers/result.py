@@ -37,6 +37,9 @@ class NetTrimResult:
         ``"admm"`` or ``"cvxpy:<BACKEND>"``.
     rho : float
         Final ADMM penalty (NaN for cvxpy); pass it back to warm-start a related solve.
+    lam : float
+        Final Lagrangian weight of :func:`solvers.lagrangian.solve_lagrangian` (scaled data;
+        pass it back to warm-start a related solve); NaN for the other solvers.
     """
 
     W: Any
@@ -51,6 +54,7 @@ class NetTrimResult:
     solve_time: float
     solver: str
     rho: float = float("nan")
+    lam: float = float("nan")
 
     @property
     def nonzeros(self) -> int:

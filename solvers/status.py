@@ -11,6 +11,7 @@ __all__ = [
     "INFEASIBLE",
     "MAX_ITER",
     "SOLVER_ERROR",
+    "SETTLED",
     "STATUSES",
     "SUCCESS",
 ]
@@ -26,6 +27,10 @@ MAX_ITER = "MAX_ITER"
 #: The backend failed (numerical trouble, missing solver, ...).
 SOLVER_ERROR = "SOLVER_ERROR"
 
-STATUSES = (OPTIMAL, OPTIMAL_INACCURATE, INFEASIBLE, MAX_ITER, SOLVER_ERROR)
+#: Stopped once the support settled (``solve_lagrangian(settle_tol=...)``) before the iterate
+#: met the inequalities: a support to refit on, not a solution.
+SETTLED = "SETTLED"
+
+STATUSES = (OPTIMAL, OPTIMAL_INACCURATE, INFEASIBLE, MAX_ITER, SOLVER_ERROR, SETTLED)
 #: Statuses whose W can be used as a solution.
 SUCCESS = (OPTIMAL, OPTIMAL_INACCURATE)

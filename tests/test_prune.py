@@ -15,7 +15,7 @@ from torch import nn
 import nettrim
 from nettrim.capture import capture_cascade, layer_matrix
 from nettrim.prune import SPARSITY_TOL
-from solvers import MAX_ITER, OPTIMAL
+from solvers import MAX_ITER, OPTIMAL, SUCCESS
 from solvers.refit import refit as refit_fn
 
 
@@ -186,7 +186,9 @@ def test_prune_layer_reports_and_meets_epsilon():
     res = nettrim.prune_layer(X, Y, epsilon=0.1, bias=True, W0=W, b0=b)
     r = res.report
     assert res.weight.shape == W.shape and res.bias.shape == b.shape
-    assert r["status"] == OPTIMAL
+    # with the default refit the l1 solve may stop once its support settles (OPTIMAL_INACCURATE);
+    # either success status means the returned weights meet the program
+    assert r["status"] in SUCCESS
     assert r["relative_error"] <= 0.1 * (1 + 1e-3) + 1e-6
     assert r["nonzeros"] == int((res.weight != 0).sum()) and r["total"] == W.numel()
     assert 0 < r["sparsity"] < 1
@@ -200,8 +202,10 @@ def test_bias_is_not_penalized_by_default():
     X, W, b, Y = planted_layer(seed=2)
     b = b + 3.0
     Y = torch.relu(X @ W.T + b)
-    free = nettrim.prune_layer(X, Y, epsilon=0.3, bias=True)
-    taxed = nettrim.prune_layer(X, Y, epsilon=0.3, bias=True, penalize_bias=True)
+    # the l1 program itself (a refit re-solves the bias freely in both cases)
+    plain = dict(refit=False, reweight=0)
+    free = nettrim.prune_layer(X, Y, epsilon=0.3, bias=True, **plain)
+    taxed = nettrim.prune_layer(X, Y, epsilon=0.3, bias=True, penalize_bias=True, **plain)
     assert free.bias.abs().sum() > taxed.bias.abs().sum()
 
 
@@ -252,7 +256,7 @@ def test_parallel_bound_on_final_outputs():
         bound += e * gain
     err = float(torch.linalg.vector_norm(res.model(x) - model(x)))
     assert err <= bound * (1 + 1e-3) + 1e-6
-    assert all(r.status == OPTIMAL for r in res.report)
+    assert all(r.status in SUCCESS for r in res.report)
 
 
 def test_cascade_bound_on_final_outputs():
@@ -402,8 +406,10 @@ def test_refit_and_reweight_flags():
     X, W, b, Y = planted_layer(P=300, N=30, M=6, seed=4, density=0.4)
     plain = nettrim.prune_layer(X, Y, epsilon=0.2, bias=True, refit=False, reweight=0)
     fitted = nettrim.prune_layer(X, Y, epsilon=0.2, bias=True, refit=True, reweight=0)
-    assert torch.equal(plain.weight != 0, fitted.weight != 0)  # the support is kept
+    # the default pipeline picks its support by its own (early-stopped) l1 solve, so the
+    # supports may differ; the refit weights meet epsilon with a lower error
     assert fitted.report["relative_error"] <= plain.report["relative_error"] + 1e-9
+    assert fitted.report["relative_error"] <= 0.2 * (1 + 1e-3)
     assert fitted.report["refit_status"] == OPTIMAL
     sparser = nettrim.prune_layer(X, Y, epsilon=0.2, bias=True, refit=False, reweight=2)
     assert sparser.report["nonzeros"] <= plain.report["nonzeros"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import nettrim
-from solvers import OPTIMAL, NetTrimProblem, solve_admm, solve_cvxpy
+from solvers import OPTIMAL, SUCCESS, NetTrimProblem, solve_admm, solve_cvxpy
 from solvers.admm import RHO_RANGE
 
 
@@ -54,7 +54,7 @@ def test_prune_layer_tiny_scale_reports_the_true_error():
     X, Y = relu_layer()
     out = nettrim.prune_layer((X * 1e-30).astype(np.float32), (Y * 1e-30).astype(np.float32),
                               epsilon=0.1)
-    assert out.report["status"] == OPTIMAL
+    assert out.report["status"] in SUCCESS   # the default pipeline: OPTIMAL_INACCURATE
     assert 0.0 < out.report["relative_error"] <= 0.1 * 1.002
     assert out.report["nonzeros"] > 0
 
@@ -159,7 +159,7 @@ def test_prune_solves_a_half_precision_model_in_float32():
                                 torch.nn.Linear(16, 3)).to(torch.bfloat16)
     result = nettrim.prune(model, torch.randn(100, 6, dtype=torch.bfloat16), 0.1)
     assert result.model[0].weight.dtype == torch.bfloat16
-    assert all(row.status == OPTIMAL for row in result.report)
+    assert all(row.status in SUCCESS for row in result.report)
     assert result.report[0].nonzeros_after < result.report[0].nonzeros_before
 
 
