@@ -8,7 +8,7 @@ Quick use::
     pruned = result.model
 """
 
-from . import baselines
+from . import baselines, budget
 from .baselines import BASELINES, hptd, prune_baseline, prune_structured
 from .capture import LayerData, capture, detect_activations, prunable_layers
 from .prune import (LayerPruneResult, LayerReport, PruneResult, PruningError, PruningWarning,
@@ -23,7 +23,7 @@ __all__ = [
     "output_discrepancy", "prune", "prune_layer",
     "CompactResult", "apply_masks", "compact", "count_nonzeros", "count_parameters",
     "fold_pruning_state_dict", "remove_masks", "remove_units", "set_layer_weight",
-    "baselines", "BASELINES", "hptd", "prune_baseline", "prune_structured",
+    "baselines", "budget", "BASELINES", "hptd", "prune_baseline", "prune_structured",
     "FinetuneResult", "finetune",
 ]
 __version__ = "0.1.0"

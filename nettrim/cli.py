@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
                            f"{DEFAULT_EPSILON}; in cascade mode: the first layer's)")
     goal.add_argument("--sparsity", type=_fraction, metavar="S",
                       help="target fraction of zero weights per layer instead of an epsilon")
+    p.add_argument("--global", dest="global_budget", action="store_true",
+                   help="--sparsity is the fraction of all the selected weights together; "
+                        "Net-Trim picks each layer's share (one epsilon for all layers)")
+    p.add_argument("--min-per-unit", type=_nonneg_int, metavar="K",
+                   help="with --global: every layer keeps at least K weights per output unit "
+                        "(layer-collapse guard; default 4)")
     p.add_argument("--mode", choices=("parallel", "cascade"), default="parallel",
                    help="parallel: each layer from the original activations; cascade: from the "
                         "pruned layers before it (default parallel)")
@@ -417,6 +423,10 @@ def _cmd_prune(args) -> int:
             example, dynamic = x[:2], True
         notes.append(f"re-exported with torch.export.export on an example input of shape "
                      f"{tuple(example.shape)}{' (batch dimension dynamic)' if dynamic else ''}")
+    if (args.global_budget or args.min_per_unit is not None) and args.sparsity is None:
+        raise UsageError("--global and --min-per-unit need --sparsity (the model-wide fraction)")
+    if args.min_per_unit is not None and not args.global_budget:
+        raise UsageError("--min-per-unit is the guard of a global budget: add --global")
     epsilon = args.epsilon if args.sparsity is None and args.epsilon is not None else (
         DEFAULT_EPSILON if args.sparsity is None else None)
     solver_options = None
@@ -426,7 +436,9 @@ def _cmd_prune(args) -> int:
         result = prune(model, x.to(device), epsilon, sparsity=args.sparsity, mode=args.mode,
                        solver=args.solver, layers=selected, seed=args.seed, device=device,
                        gamma=args.gamma, strict=not args.lenient, progress=not args.quiet,
-                       solver_options=solver_options, refit=args.refit, reweight=args.reweight)
+                       solver_options=solver_options, refit=args.refit, reweight=args.reweight,
+                       scope="global" if args.global_budget else "layer",
+                       min_per_unit=args.min_per_unit)
     except (ValueError, TypeError) as err:
         # prune validates its options and the model structure; anything it rejects is ours
         from .prune import PruningError
