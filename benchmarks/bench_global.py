@@ -106,7 +106,14 @@ def main(argv=None) -> int:
         for s in args.sparsities:
             for method in args.methods:
                 t0 = time.perf_counter()
-                result = run_method(method, model, calib, s, args)
+                try:
+                    result = run_method(method, model, calib, s, args)
+                except nettrim.PruningError as err:   # recorded, not hidden
+                    out["rows"].append(dict(model=name, method=method, sparsity=s,
+                                            error=str(err)))
+                    lines.append(f"{s:>7.0%} {method:<18} failed: {err}")
+                    print(lines[-1], flush=True)
+                    continue
                 seconds = time.perf_counter() - t0
                 kept = {r.name: r.nonzeros_after for r in result.report}
                 total = sum(r.total for r in result.report)

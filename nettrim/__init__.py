@@ -14,6 +14,7 @@ from .capture import LayerData, capture, detect_activations, prunable_layers
 from .prune import (LayerPruneResult, LayerReport, PruneResult, PruningError, PruningWarning,
                     output_discrepancy, prune, prune_layer)
 from .finetune import FinetuneResult, finetune
+from .sparse import load_sparse, save_sparse, sparsify
 from .surgery import (CompactResult, apply_masks, compact, count_nonzeros, count_parameters,
                       fold_pruning_state_dict, remove_masks, remove_units, set_layer_weight)
 
@@ -24,6 +25,6 @@ __all__ = [
     "CompactResult", "apply_masks", "compact", "count_nonzeros", "count_parameters",
     "fold_pruning_state_dict", "remove_masks", "remove_units", "set_layer_weight",
     "baselines", "budget", "BASELINES", "hptd", "prune_baseline", "prune_structured",
-    "FinetuneResult", "finetune",
+    "FinetuneResult", "finetune", "sparsify", "save_sparse", "load_sparse",
 ]
 __version__ = "0.1.0"

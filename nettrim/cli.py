@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="REPORT.json",
                    help="where to write the JSON report (default: OUT's stem + .report.json)")
     p.add_argument("--plot", metavar="DIR", help="write sparsity and error plots (PNG) into DIR")
+    p.add_argument("--latency", action="store_true",
+                   help="add a 'latency' section to the report: the pruned model's CPU latency "
+                        "at batch 1 and 256, dense, compacted and on sparse CSR kernels")
     p.add_argument("--overwrite", action="store_true",
                    help="allow --out to be the input checkpoint itself (replaced atomically)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no table")
@@ -212,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", dest="fmt", choices=("table", "json", "csv"), default="table",
                    help="output format (default table)")
     p.add_argument("--plot", metavar="DIR", help="write sparsity (and error) plots into DIR")
+    p.add_argument("--latency", action="store_true",
+                   help="also measure CPU latency at batch 1 and 256: as stored (dense), with "
+                        "dead units removed (compacted) and on sparse CSR kernels where faster "
+                        "(needs --data for the input shape)")
     _add_threads(p)
     p.set_defaults(func=_cmd_report)
 
@@ -469,6 +476,7 @@ def _cmd_prune(args) -> int:
         "totals": rep.totals(rows),
         "output_error": result.output_error,
         **summary,
+        **_latency(args, pruned),
         "seconds": time.perf_counter() - start,
     }
     ckpt_io.atomic_write(report_file, lambda tmp: pathlib.Path(tmp).write_text(
@@ -550,11 +558,28 @@ def _cmd_report(args) -> int:
     if args.plot:
         from .plots import plot_report
         summary["plots"] = [str(p) for p in plot_report(rows, args.plot)]
+    latency = _latency(args, model)
     if args.fmt == "csv":
         print(rep.format_csv(rows), end="")
+    elif args.fmt == "json":
+        print(rep.render(rows, args.fmt, summary=dict(summary, **latency)))
     else:
         print(rep.render(rows, args.fmt, summary=summary))
+        if latency:
+            from .sparse import format_latency
+            print(format_latency(latency["latency"]))
     return EXIT_OK
+
+
+def _latency(args, model) -> dict:
+    """``{"latency": nettrim.sparse.latency_report(...)}`` with --latency, else {}."""
+    if not getattr(args, "latency", False):
+        return {}
+    if not args.data:
+        raise UsageError("--latency needs --data: a batch of inputs gives the input shape")
+    from .sparse import latency_report
+    x, _, _ = _load_data(args.data, getattr(args, "split", "train"), 8, args.seed)
+    return {"latency": latency_report(model.cpu(), x[:8].cpu())}
 
 
 # ---- evaluate -----------------------------------------------------------------------------------

@@ -68,3 +68,27 @@ def test_prune_global_flag_errors(env, tmp_path, capsys, extra, expected):
     assert main(prune_args(env, tmp_path / "o.pt", *extra)) != 0
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "o.pt").exists()
+
+
+def test_report_latency(env, tmp_path, capsys):
+    args = ["report", str(env / "sd.pt"), "--arch", "arch13:mlp", "--data", str(env / "calib.npz"),
+            "--latency", "--threads", "1"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "CPU latency (ms)" in text and "batch 256" in text
+    assert main(args + ["--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    for key in ("batch_1", "batch_256"):
+        assert {"dense", "compacted", "sparse", "sparse_layers"} <= set(doc["latency"][key])
+
+
+def test_report_latency_needs_data(env, capsys):
+    assert main(["report", str(env / "sd.pt"), "--arch", "arch13:mlp", "--latency"]) != 0
+    assert "--latency needs --data" in capsys.readouterr().err
+
+
+def test_prune_latency_section_in_report_json(env, tmp_path):
+    out = tmp_path / "l.pt"
+    assert main(prune_args(env, out, "--sparsity", "0.5", "--latency")) == 0
+    doc = json.loads(report_path_for(out).read_text())
+    assert doc["latency"]["batch_1"]["dense"] > 0
