@@ -6,6 +6,8 @@ Fashion-MNIST. Each is pruned to 90 / 95 / 98% of all its weights together
 
 * ``nettrim`` : ``nettrim.prune(..., sparsity=s, scope="global")``: one relative epsilon for
   all layers, searched to the global count (parallel mode);
+* ``nettrim-marginal`` : the same search, then the split equalizing the marginal error per
+  weight removed over the solutions computed (``allocation="marginal"``);
 * ``nettrim-magsplit`` : the per-layer counts of global magnitude, each reached by Net-Trim's
   per-layer sparsity search (``allocation="magnitude"``): the cheaper split, measured to choose;
 * ``magnitude`` / ``wanda`` / ``sparsegpt`` : :func:`nettrim.baselines.prune_baseline` with
@@ -44,7 +46,7 @@ MODELS = {
     "narrow": dict(dataset="fashion-mnist", sizes=[784, 64, 32, 10], epochs=5),
 }
 SPARSITIES = (0.9, 0.95, 0.98)
-METHODS = ("nettrim", "nettrim-magsplit", "magnitude", "wanda", "sparsegpt", "magnitude-uniform")
+METHODS = ("nettrim", "nettrim-marginal", "nettrim-magsplit", "magnitude", "wanda", "sparsegpt", "magnitude-uniform")
 
 
 def trained(name: str, root: str, seed: int = 0):
@@ -61,6 +63,9 @@ def run_method(method, model, calib, s, args):
     nt = dict(reweight=args.reweight, refit=True, solver_options={"max_iter": args.max_iter})
     if method == "nettrim":
         return nettrim.prune(model, calib, sparsity=s, scope="global", **nt)
+    if method == "nettrim-marginal":
+        return nettrim.prune(model, calib, sparsity=s, scope="global", allocation="marginal",
+                             **nt)
     if method == "nettrim-magsplit":
         return nettrim.prune(model, calib, sparsity=s, scope="global", allocation="magnitude",
                              **nt)

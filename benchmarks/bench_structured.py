@@ -42,6 +42,15 @@ MODELS = {"lenet": (lenet_300_100, 3), "cnn": (plain_cnn, 2)}
 CRITERIA = ("l1", "apoz", "taylor")
 
 
+def trained(name: str, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
+    """MODELS[name] trained on (x, y) with Adam, seed 0, in eval mode."""
+    factory, epochs = MODELS[name]
+    torch.manual_seed(0)
+    model = factory()
+    train_classifier(model, x, y, epochs=epochs, seed=0)
+    return model.eval()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -85,11 +94,7 @@ def main(argv=None) -> int:
         save()
 
     for name in args.models:
-        factory, epochs = MODELS[name]
-        torch.manual_seed(0)
-        model = factory()
-        train_classifier(model, x, y, epochs=epochs, seed=0)
-        model.eval()
+        model = trained(name, x, y)
         lines.append(f"{name}: units kept per layer; no fine-tuning")
         lines.append(f"{'frac':>6} {'method':<10} {'test acc':>8} {'params':>9} {'MACs':>9} "
                      f"{'b1 ms':>8} {'b256 ms':>9} {'seconds':>8}  units per pruned layer")

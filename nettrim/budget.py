@@ -7,6 +7,8 @@ layers' weights *together*; how many each layer keeps is Net-Trim's choice:
   searched until the layers' nonzeros add up to the budget (DESIGN.md section 7). A layer whose
   outputs are easy to reproduce with few weights ends sparser than a layer that needs many: each
   layer's sparsity reflects its redundancy, measured by its own program.
+* ``allocation="marginal"``: the same search, then the split that equalizes the marginal error
+  per weight removed over the solutions it computed (:func:`marginal_split`; no extra solves).
 * ``allocation="magnitude"``: the per-layer counts that one global magnitude threshold picks,
   each reached by Net-Trim's per-layer sparsity search (a cheaper, data-free split; compared
   with the epsilon split in ``benchmarks/bench_global.py``).
@@ -32,12 +34,12 @@ from torch import nn
 
 __all__ = ["DEFAULT_MIN_PER_UNIT", "SCOPES", "ALLOCATIONS", "GLOBAL_TOL", "check_budget",
            "check_scope", "layer_floors", "global_keep_masks", "interpolated_counts",
-           "prune_global"]
+           "marginal_split", "prune_global"]
 
 #: Layer-collapse guard: kept weights per output unit (on average) a global budget leaves a layer.
 DEFAULT_MIN_PER_UNIT = 4
 SCOPES = ("layer", "global")
-ALLOCATIONS = ("epsilon", "magnitude")
+ALLOCATIONS = ("epsilon", "marginal", "magnitude")
 #: The global sparsity reached is within this of the target (0.5 points).
 GLOBAL_TOL = 0.005
 #: Relative epsilons searched for the global count (log scale); at the upper end W = 0 is feasible.
@@ -58,18 +60,8 @@ def check_budget(sparsity: Any, name: str = "sparsity") -> float:
     if isinstance(sparsity, Mapping):
         msg = f"{name} must be one model-wide fraction in [0, 1) with scope='global', got a dict"
         raise TypeError(msg)
-    if sparsity is None or isinstance(sparsity, bool):
-        msg = f"{name} must be a number in [0, 1) with scope='global', got {sparsity!r}"
-        raise TypeError(msg)
-    try:
-        value = float(sparsity)
-    except (TypeError, ValueError):
-        msg = f"{name} must be a number in [0, 1), got {sparsity!r}"
-        raise TypeError(msg) from None
-    if not 0.0 <= value < 1.0:
-        msg = f"{name} must be in [0, 1), got {value}"
-        raise ValueError(msg)
-    return value
+    from .baselines import _check_sparsity
+    return _check_sparsity(sparsity, name)
 
 
 def _check_min_per_unit(min_per_unit: Any) -> int:
@@ -312,6 +304,9 @@ def prune_global(model: nn.Module, inputs: Any, sparsity: Any, *, allocation: st
             break
         for n in low:  # layer-collapse guard: hold it at its floor, share the rest again
             fixed[n] = _floor_solution(state[n], floors[n])
+    eps_of = {layer.name: dense for layer in free}
+    if allocation == "marginal" and free:
+        eps_of, counts = marginal_split(free, left, floors)
 
     target = model if inplace else copy.deepcopy(model)
     modules = dict(target.named_modules())
@@ -320,7 +315,7 @@ def prune_global(model: nn.Module, inputs: Any, sparsity: Any, *, allocation: st
         if name in fixed:
             result = fixed[name]
         else:
-            result = layer.solve(dense)
+            result = layer.solve(eps_of[name])
             if counts[name] < result.report["nonzeros"]:  # between two epsilons: trim
                 trimmed = _keep_largest(result.weight, counts[name])
                 redo = _finish("nettrim", layer.W0, trimmed, layer.data.X, result.bias,
@@ -350,7 +345,48 @@ def prune_global(model: nn.Module, inputs: Any, sparsity: Any, *, allocation: st
     out = PruneResult(model=target, report=rows, options=options)
     if isinstance(inputs, torch.Tensor) or iter(inputs) is not inputs:
         out.output_error = output_discrepancy(model, target, inputs, device=device)
-    return _finish_global(out, target_s, total, "epsilon", min_per_unit, sorted(fixed))
+    out.options["epsilon_per_layer"] = {n: eps_of.get(n) for n in state}
+    return _finish_global(out, target_s, total, allocation, min_per_unit, sorted(fixed))
+
+
+def marginal_split(layers, budget: int, floors: Mapping[str, int]):
+    """Equalize the marginal error per weight removed over the solutions already computed.
+
+    Each layer has solutions at several epsilons (from the common-epsilon search), each with a
+    kept count k and a relative output error e. Starting from every layer's densest solution,
+    repeatedly move the layer whose next sparser solution costs the least increase of e^2 per
+    weight removed, until the total is at most ``budget``; the last move is partial (that
+    layer's solution trimmed by magnitude to the count that meets the budget).
+
+    Returns ``({layer: epsilon}, {layer: kept count})``.
+    """
+    paths = {}
+    for layer in layers:
+        pts = sorted(((r.report["nonzeros"], r.report["relative_error"] ** 2, eps)
+                      for eps, r in layer.solved.items()), reverse=True)
+        pts = [p for p in pts if p[0] >= floors[layer.name]] or pts[:1]
+        paths[layer.name] = pts
+    pos = {n: 0 for n in paths}
+    total = sum(paths[n][0][0] for n in paths)
+    while total > budget:
+        best = None
+        for n, pts in paths.items():
+            i = pos[n]
+            if i + 1 < len(pts) and pts[i + 1][0] < pts[i][0]:
+                rate = (pts[i + 1][1] - pts[i][1]) / (pts[i][0] - pts[i + 1][0])
+                if best is None or rate < best[0]:
+                    best = (rate, n)
+        if best is None:
+            break
+        n = best[1]
+        step = paths[n][pos[n]][0] - paths[n][pos[n] + 1][0]
+        if total - step < budget:  # partial move: trim the current solution instead
+            counts = {m: paths[m][pos[m]][0] for m in paths}
+            counts[n] -= total - budget
+            return {m: paths[m][pos[m]][2] for m in paths}, counts
+        pos[n] += 1
+        total -= step
+    return ({m: paths[m][pos[m]][2] for m in paths}, {m: paths[m][pos[m]][0] for m in paths})
 
 
 def _floor_solution(layer: _Layer, floor: int):

@@ -29,7 +29,7 @@ import math
 import time
 import warnings
 from dataclasses import replace
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -135,20 +135,6 @@ def model_cost(model: nn.Module, example: torch.Tensor, *, batches=(1, 256),
         lat[f"batch_{b}"] = measure_latency(model, x, repeats=repeats)
     return dict(parameters=count_parameters(model), macs=count_flops(model, example[:1]),
                 latency_ms=lat)
-
-
-def _rel(value, names, what):
-    if isinstance(value, Mapping):
-        unknown = sorted(set(value) - set(names))
-        if unknown:
-            msg = f"{what} names layers {unknown} that structured=True does not prune; it prunes {names}"
-            raise ValueError(msg)
-        missing = [n for n in names if n not in value]
-        if missing:
-            msg = f"{what} dict misses layers {missing}"
-            raise ValueError(msg)
-        return dict(value)
-    return {n: value for n in names}
 
 
 class _Solver:
@@ -266,7 +252,7 @@ def prune_units(model: nn.Module, inputs: Any, epsilon: Any = None, *, sparsity:
         and CPU latency (ms, batch 1 and 256; :func:`model_cost`).
     """
     from .baselines import _report_row
-    from .prune import PruneResult, PruningError, PruningWarning, output_discrepancy
+    from .prune import PruneResult, PruningError, PruningWarning, _per_layer, output_discrepancy
     from .surgery import apply_masks
 
     if scope != "layer":
@@ -286,8 +272,12 @@ def prune_units(model: nn.Module, inputs: Any, epsilon: Any = None, *, sparsity:
         msg = "structured=True: no layer of the model takes another layer's units as inputs"
         raise ValueError(msg)
     names = list(groups_of)
-    targets = _rel(epsilon if sparsity is None else sparsity, names,
-                   "epsilon" if sparsity is None else "sparsity")
+    what = "epsilon" if sparsity is None else "sparsity"
+    targets = _per_layer(epsilon if sparsity is None else sparsity, names, what)
+    missing = [n for n in names if n not in targets]
+    if missing:
+        msg = f"{what} dict misses layers {missing} (structured=True prunes {names})"
+        raise ValueError(msg)
     for n, v in targets.items():
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (
             v >= 0 if sparsity is None else 0 <= v < 1)

@@ -181,24 +181,15 @@ def solve_group_cvxpy(problem: NetTrimProblem, groups: Any, *, solver: str = "CL
     """The group-l1 program in cvxpy (the reference for small layers); see the module docstring."""
     import cvxpy as cp
 
-    from .reference import STATUS_MAP, problem_residuals
+    from .reference import STATUS_MAP, problem_residuals, program_constraints
     from .status import SOLVER_ERROR
 
     t0 = time.perf_counter()
     P, N, M = problem.shape
     g = check_groups(groups, N).numpy()
-    Xt, Yt, Vt = problem.tensors()
-    X = Xt.detach().cpu().double().numpy()
-    Y = Yt.detach().cpu().double().numpy()
-    active = problem.active_mask().cpu().numpy()
+    Xt, _, Vt = problem.tensors()
     W = cp.Variable((M, N))
-    z = cp.vec(X @ W.T, order="C")
-    on = np.flatnonzero(active.ravel())
-    off = np.flatnonzero(~active.ravel())
-    constraints = [cp.norm(z[on] - Y.ravel()[on], 2) <= problem.epsilon]
-    if problem.relu and off.size:
-        V = np.zeros_like(Y) if Vt is None else Vt.detach().cpu().double().numpy()
-        constraints.append(z[off] <= V.ravel()[off])
+    constraints, X, Y, active = program_constraints(problem, W)
     terms = [cp.norm(W[:, np.flatnonzero(g == j)], "fro") for j in range(int(g.max()) + 1)
              if (g == j).any()]
     prog = cp.Problem(cp.Minimize(cp.sum(cp.hstack(terms))), constraints)

@@ -78,10 +78,7 @@ def solve_cvxpy(problem: NetTrimProblem, *, solver: str = "CLARABEL", penalty: A
                "hours; use solve_admm, subsample rows, or pass force=True to solve anyway")
         raise ValueError(msg)
     t0 = time.perf_counter()
-    Xt, Yt, Vt = problem.tensors()
-    X = Xt.detach().cpu().double().numpy()
-    Y = Yt.detach().cpu().double().numpy()
-    active = problem.active_mask().cpu().numpy()
+    Xt, _, Vt = problem.tensors()
     weights = None
     if penalty is not None:
         weights = as_tensor(penalty, name="penalty").detach().cpu().double().numpy()
@@ -90,14 +87,7 @@ def solve_cvxpy(problem: NetTrimProblem, *, solver: str = "CLARABEL", penalty: A
             raise ValueError(msg)
 
     W = cp.Variable((M, N))
-    Z = X @ W.T                                       # (P, M) pre-activations
-    z = cp.vec(Z, order="C")
-    on = np.flatnonzero(active.ravel())
-    off = np.flatnonzero(~active.ravel())
-    constraints = [cp.norm(z[on] - Y.ravel()[on], 2) <= problem.epsilon]
-    if problem.relu and off.size:
-        V = np.zeros_like(Y) if Vt is None else Vt.detach().cpu().double().numpy()
-        constraints.append(z[off] <= V.ravel()[off])
+    constraints, X, Y, active = program_constraints(problem, W)
     objective = cp.sum(cp.abs(W)) if weights is None else cp.sum(cp.multiply(weights, cp.abs(W)))
     prog = cp.Problem(cp.Minimize(objective), constraints)
     try:
@@ -124,6 +114,27 @@ def solve_cvxpy(problem: NetTrimProblem, *, solver: str = "CLARABEL", penalty: A
         violation=viol, epsilon=problem.epsilon, primal_residual=float("nan"),
         dual_residual=float("nan"), solve_time=time.perf_counter() - t0,
         solver=f"cvxpy:{solver}")
+
+
+def program_constraints(problem: NetTrimProblem, W: Any) -> tuple:
+    """The program's constraints on a cvxpy variable ``W`` of shape (M, N).
+
+    Returns ``(constraints, X, Y, active)`` with the data as float64 numpy arrays.
+    """
+    import cvxpy as cp
+
+    Xt, Yt, Vt = problem.tensors()
+    X = Xt.detach().cpu().double().numpy()
+    Y = Yt.detach().cpu().double().numpy()
+    active = problem.active_mask().cpu().numpy()
+    z = cp.vec(X @ W.T, order="C")                    # (P, M) pre-activations, row-major
+    on = np.flatnonzero(active.ravel())
+    off = np.flatnonzero(~active.ravel())
+    constraints = [cp.norm(z[on] - Y.ravel()[on], 2) <= problem.epsilon]
+    if problem.relu and off.size:
+        V = np.zeros_like(Y) if Vt is None else Vt.detach().cpu().double().numpy()
+        constraints.append(z[off] <= V.ravel()[off])
+    return constraints, X, Y, active
 
 
 def problem_residuals(X: np.ndarray, Y: np.ndarray, active: np.ndarray, V: Any,

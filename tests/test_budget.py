@@ -58,9 +58,10 @@ def test_interpolated_counts_hit_target():
     assert 40 <= counts["a"] <= 100 and 30 <= counts["b"] <= 50
 
 
-def test_prune_global_reaches_budget_and_reports_allocation(tiny):
+@pytest.mark.parametrize("allocation", ["epsilon", "marginal"])
+def test_prune_global_reaches_budget_and_reports_allocation(tiny, allocation):
     model, x = tiny
-    result = nettrim.prune(model, x, sparsity=0.75, scope="global", **FAST)
+    result = nettrim.prune(model, x, sparsity=0.75, scope="global", allocation=allocation, **FAST)
     total = sum(r.total for r in result.report)
     reached = 1 - _kept(result) / total
     assert abs(reached - 0.75) <= budget.GLOBAL_TOL
@@ -75,6 +76,7 @@ def test_prune_global_reaches_budget_and_reports_allocation(tiny):
     assert all(int((modules[n].weight != 0).sum()) == a["kept"] for n, a in alloc.items())
     assert int((model[0].weight != 0).sum()) == 40 * 30
     assert result.options["search"] and result.options["epsilon_common"] > 0
+    assert result.options["allocation_rule"] == allocation
 
 
 def test_prune_global_guard_floors_a_layer(tiny):
@@ -133,3 +135,18 @@ def test_baseline_global_bad_input(tiny):
         prune_baseline(model, x, "wanda", 1.0, scope="global")
     with pytest.raises(ValueError, match="scope must be one of"):
         prune_baseline(model, x, "wanda", 0.5, scope="all")
+
+
+def test_marginal_split_prefers_the_cheaper_layer():
+    class Fake:
+        def __init__(self, name, pts):
+            self.name = name
+            self.solved = {eps: type("R", (), {"report": {"nonzeros": k, "relative_error": e}})()
+                           for eps, k, e in pts}
+    a = Fake("a", [(0.1, 100, 0.0), (0.2, 50, 0.1), (0.4, 10, 0.5)])   # cheap to halve
+    b = Fake("b", [(0.1, 100, 0.0), (0.2, 50, 0.6)])                   # expensive
+    eps, counts = budget.marginal_split([a, b], 150, {"a": 0, "b": 0})
+    assert counts == {"a": 50, "b": 100} and eps == {"a": 0.2, "b": 0.1}
+    eps, counts = budget.marginal_split([a, b], 120, {"a": 0, "b": 0})
+    assert counts == {"a": 20, "b": 100}     # a's last move is partial (trimmed to the budget)
+    assert eps["a"] == 0.2
