@@ -34,7 +34,7 @@ from torch import nn
 
 __all__ = ["DEFAULT_MIN_PER_UNIT", "SCOPES", "ALLOCATIONS", "GLOBAL_TOL", "check_budget",
            "check_scope", "layer_floors", "global_keep_masks", "interpolated_counts",
-           "marginal_split", "prune_global"]
+           "marginal_split", "prune_global", "format_allocation"]
 
 #: Layer-collapse guard: kept weights per output unit (on average) a global budget leaves a layer.
 DEFAULT_MIN_PER_UNIT = 4
@@ -394,6 +394,18 @@ def _floor_solution(layer: _Layer, floor: int):
     from .prune import prune_layer
     return prune_layer(layer.data.X, layer.data.post, sparsity=1.0 - floor / layer.total,
                        W0=layer.W0, b0=layer.b0, **layer.kwargs)
+
+
+def format_allocation(options: Mapping) -> str:
+    """One line for a global budget: target, reached, the split rule, floored layers."""
+    text = (f"global budget: {options['global_sparsity']:.2%} of the selected weights zeroed "
+            f"(target {options['target_sparsity']:.2%}), split by {options['allocation_rule']}")
+    if options.get("epsilon_common") is not None and options["allocation_rule"] == "epsilon":
+        text += f" (common relative epsilon {options['epsilon_common']:.4g})"
+    if options.get("floored"):
+        text += (f"; held at the layer-collapse guard ({options['min_per_unit']} per output "
+                 f"unit): {', '.join(options['floored'])}")
+    return text
 
 
 def _finish_global(out, target: float, total: int, allocation: str, min_per_unit: int,

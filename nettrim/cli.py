@@ -486,6 +486,9 @@ def _cmd_prune(args) -> int:
         from .plots import plot_report
         plots = plot_report(rows, args.plot)
     lines = [rep.format_prune_table(result.report, result.output_error)]
+    if result.options.get("scope") == "global":
+        from .budget import format_allocation
+        lines.append(format_allocation(result.options))
     if y is not None:
         lines.append(f"calibration accuracy: original {summary['accuracy_original']:.2%}, "
                      f"pruned {summary['accuracy_pruned']:.2%}")

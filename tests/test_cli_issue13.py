@@ -46,9 +46,12 @@ def prune_args(root, out, *extra):
             "--reweight", "0", "--no-refit", "--lenient", *extra]
 
 
-def test_prune_global_flag(env, tmp_path):
+def test_prune_global_flag(env, tmp_path, capsys):
     out = tmp_path / "g.pt"
-    assert main(prune_args(env, out, "--sparsity", "0.7", "--global", "--min-per-unit", "2")) == 0
+    args = [a for a in prune_args(env, out, "--sparsity", "0.7", "--global", "--min-per-unit", "2")
+            if a != "-q"]
+    assert main(args) == 0
+    assert "global budget: " in capsys.readouterr().out
     doc = json.loads(report_path_for(out).read_text())
     state = torch.load(out, weights_only=True)
     kept = sum(int((state[f"{r['name']}.weight"] != 0).sum()) for r in doc["layers"])
