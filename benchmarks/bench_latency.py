@@ -34,6 +34,44 @@ from nettrim.sparse import latency_report, save_sparse  # noqa: E402
 
 
 
+def shrunk(name: str, units: dict) -> torch.nn.Module:
+    """The architecture of ``name`` with the given output units per layer (random weights:
+    latency depends on the shapes only)."""
+    from torch import nn
+
+    from nettrim.models import mlp
+    if name == "lenet":
+        return mlp([784, units["1"], units["3"], 10]).eval()
+    return nn.Sequential(nn.Conv2d(1, units["0"], 5), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(units["0"], units["3"], 5), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(units["3"] * 16, units["7"]), nn.ReLU(),
+                         nn.Linear(units["7"], 10)).eval()
+
+
+def structured_latency(results: str, repeats: int, out_path: str) -> None:
+    """Re-time the shapes bench_structured.py produced, dense original vs shrunk, in one run
+    (that run timed them while other benchmarks shared the CPU)."""
+    from nettrim.surgery import measure_latency
+    rows = [r for r in json.loads(Path(results).read_text())["rows"] if r["method"] == "nettrim"
+            or r["method"] == "dense"]
+    lines = ["structured Net-Trim shapes (bench_structured.py), median CPU ms, one thread",
+             f"{'model':<6} {'frac':>5} {'params':>8} | {'b1 ms':>7} {'x dense':>7} | "
+             f"{'b256 ms':>8} {'x dense':>7}"]
+    base = {}
+    for r in rows:
+        model = shrunk(r["model"], r["units"])
+        x = torch.zeros(256, 1, 28, 28).normal_()
+        t1 = measure_latency(model, x[:1], repeats=repeats)
+        t256 = measure_latency(model, x, repeats=repeats)
+        if r["method"] == "dense":
+            base[r["model"]] = (t1, t256)
+        b1, b256 = base[r["model"]]
+        lines.append(f"{r['model']:<6} {r['fraction']:>5.2f} {r['parameters']:>8} | {t1:>7.3f} "
+                     f"{b1 / t1:>6.2f}x | {t256:>8.3f} {b256 / t256:>6.2f}x")
+        print(lines[-1], flush=True)
+    atomic_write(out_path, lambda t: Path(t).write_text("\n".join(lines) + "\n"))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -42,8 +80,13 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--data-root", default=os.environ.get("NETTRIM_DATA", "../shared/data"))
     p.add_argument("--out", default="benchmarks/results/bench_latency")
+    p.add_argument("--structured", metavar="BENCH_STRUCTURED.json",
+                   help="only re-time the shapes of bench_structured.py's Net-Trim rows")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    if args.structured:
+        structured_latency(args.structured, args.repeats, args.out + "_structured.txt")
+        return 0
     x, y = load_mnist(args.data_root, train=True)
     xt, yt = load_mnist(args.data_root, train=False)
     out = {"settings": dict(vars(args), threads=1, torch=torch.__version__), "rows": []}
