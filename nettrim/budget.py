@@ -390,10 +390,12 @@ def marginal_split(layers, budget: int, floors: Mapping[str, int]):
 
 
 def _floor_solution(layer: _Layer, floor: int):
-    """The layer pruned to exactly ``floor`` kept weights by its own sparsity search."""
+    """The layer pruned to about ``floor`` kept weights, never fewer, by its own sparsity
+    search (asked for GLOBAL_TOL denser: the search lands within that of its target)."""
     from .prune import prune_layer
-    return prune_layer(layer.data.X, layer.data.post, sparsity=1.0 - floor / layer.total,
-                       W0=layer.W0, b0=layer.b0, **layer.kwargs)
+    target = max(0.0, 1.0 - floor / layer.total - GLOBAL_TOL)
+    return prune_layer(layer.data.X, layer.data.post, sparsity=target, W0=layer.W0, b0=layer.b0,
+                       **layer.kwargs)
 
 
 def format_allocation(options: Mapping) -> str:
