@@ -492,7 +492,7 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         Layer-collapse guard of ``scope="global"``: every layer keeps at least this many
         weights per output unit on average (default
         :data:`nettrim.budget.DEFAULT_MIN_PER_UNIT`).
-    allocation : {"epsilon", "magnitude"}
+    allocation : {"epsilon", "marginal", "magnitude"}
         How ``scope="global"`` splits the budget (see :mod:`nettrim.budget`).
 
     Returns
