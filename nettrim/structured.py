@@ -34,7 +34,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from solvers import MAX_ITER, OPTIMAL_INACCURATE, SUCCESS, ADMMSettings, NetTrimProblem
+from solvers import (INFEASIBLE, MAX_ITER, OPTIMAL_INACCURATE, SUCCESS, ADMMSettings,
+                     NetTrimProblem)
 from solvers.group import group_norms, solve_group_admm, solve_group_cvxpy
 from solvers.refit import refit as refit_support
 
@@ -203,8 +204,23 @@ class _Solver:
             norms[norms == 0] = math.inf
             drop = torch.argsort(norms)[:want - removed]
             W[:, torch.isin(self.groups, drop.to(self.groups.device))] = 0.0
-            result = replace(result, W=W)
+            # the trimmed weights must be checked again: feasible ones stay at the solve's
+            # status, others are INFEASIBLE until the refit (if any) makes them feasible
+            status = result.status if self.feasible(W, eps) else INFEASIBLE
+            result = replace(result, W=W, status=status)
         return result, eps
+
+    def feasible(self, W, eps_rel: float) -> bool:
+        """Whether ``W`` meets the program at ``eps_rel`` (solve_admm's tolerances)."""
+        Z = self.X @ torch.as_tensor(W).to(self.X).T
+        tol = ADMMSettings.feas_tol
+        if not self.relu:
+            return float(torch.linalg.vector_norm(Z - self.Y)) <= eps_rel * self.y_norm * (1 + tol)
+        active = self.Y > 0
+        res = float(torch.linalg.vector_norm((Z - self.Y).masked_fill(~active, 0.0)))
+        viol = float(Z.masked_fill(active, -float("inf")).max().clamp(min=0.0))
+        return (res <= eps_rel * self.y_norm * (1 + tol)
+                and viol <= tol * float(self.Y.abs().max()))
 
 
 def _refit(solver: _Solver, eps_rel: float, result):
@@ -303,7 +319,7 @@ def prune_units(model: nn.Module, inputs: Any, epsilon: Any = None, *, sparsity:
             result = s.solve(eps)
         else:
             result, eps = s.search(float(targets[name]))
-        if refit and (result.status in SUCCESS or result.status == MAX_ITER):
+        if refit and result.status in SUCCESS + (MAX_ITER, INFEASIBLE):
             result = _refit(s, eps, result)
         if result.status not in SUCCESS:
             msg = (f"layer {name!r}: group-l1 solver status {result.status} after "

@@ -95,6 +95,13 @@ def test_structured_sparsity_mode_hits_the_unit_count():
     result = nettrim.prune(model, x, sparsity=0.5, structured=True, **FAST)
     assert result.options["removed_count"] == {"1": 12, "3": 6}
     assert result.model[1].out_features == 12 and result.model[3].out_features == 6
+    for row in result.report:  # a successful status means the weights meet the program
+        if row.status in ("OPTIMAL", "OPTIMAL_INACCURATE"):
+            assert row.relative_error <= row.epsilon * (1 + 2e-3)
+    from nettrim.structured import _Solver
+    layer = _Solver(nettrim.capture(model, x)["3"], model[3], torch.arange(24), "admm", None)
+    W0 = torch.cat([model[3].weight.detach(), model[3].bias.detach()[:, None]], 1)
+    assert layer.feasible(W0, 1e-4) and not layer.feasible(torch.zeros_like(W0), 0.5)
 
 
 def test_structured_slices_batchnorm_and_flatten():
