@@ -254,7 +254,7 @@ def prune_global(model: nn.Module, inputs: Any, sparsity: Any, *, allocation: st
     """
     import warnings
 
-    from solvers import SUCCESS
+    from solvers import OPTIMAL, OPTIMAL_INACCURATE, SUCCESS, ADMMSettings
 
     from .baselines import _finish, _report_row
     from .capture import capture, prunable_layers
@@ -329,6 +329,10 @@ def prune_global(model: nn.Module, inputs: Any, sparsity: Any, *, allocation: st
                 rep = dict(result.report)
                 rep.update({k: redo.report[k] for k in ("nonzeros", "sparsity",
                                                         "relative_error")})
+                if rep["status"] == OPTIMAL and \
+                        rep["relative_error"] > rep["epsilon"] * (1 + ADMMSettings.feas_tol):
+                    # trimmed past its epsilon: solved weights, no longer that program's optimum
+                    rep["status"] = OPTIMAL_INACCURATE
                 result = type(result)(weight=redo.weight, bias=result.bias, report=rep)
         rep = result.report
         if rep["status"] not in SUCCESS:
