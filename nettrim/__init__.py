@@ -17,7 +17,7 @@ import types
 
 #: Public name -> the submodule defining it.
 _EXPORTS = {
-    "baselines": None, "BASELINES": "baselines", "hptd": "baselines",
+    "baselines": None, "budget": None, "BASELINES": "baselines", "hptd": "baselines",
     "prune_baseline": "baselines", "prune_structured": "baselines",
     "LayerData": "capture", "capture": "capture", "detect_activations": "capture",
     "prunable_layers": "capture",
@@ -29,6 +29,7 @@ _EXPORTS = {
     "count_nonzeros": "surgery", "count_parameters": "surgery",
     "fold_pruning_state_dict": "surgery", "remove_masks": "surgery", "remove_units": "surgery",
     "set_layer_weight": "surgery",
+    "sparsify": "sparse", "save_sparse": "sparse", "load_sparse": "sparse",
 }
 #: Functions named like the submodule defining them: ``nettrim.prune`` is the function.
 _SHADOWED = frozenset(name for name, module in _EXPORTS.items() if name == module)

@@ -56,6 +56,7 @@ from torch import nn
 
 from solvers.status import OPTIMAL
 
+from .budget import DEFAULT_MIN_PER_UNIT, check_budget, check_scope, global_keep_masks
 from .prune import LayerPruneResult, LayerReport, PruneResult, _as_tensor, output_discrepancy
 
 __all__ = [
@@ -632,7 +633,8 @@ def prune_baseline(model: nn.Module, inputs: Any, method: Union[str, Callable], 
                    layers: Any = None, ignore: Iterable[str] = (),
                    activations: Optional[dict] = None, max_samples: Optional[int] = None,
                    seed: int = 0, sequential: bool = True, inplace: bool = False,
-                   device: Any = None, method_options: Optional[dict] = None) -> PruneResult:
+                   device: Any = None, method_options: Optional[dict] = None,
+                   scope: str = "layer", min_per_unit: Optional[int] = None) -> PruneResult:
     """Prune a model's Linear / Conv2d layers with a comparison method.
 
     Parameters
@@ -655,6 +657,16 @@ def prune_baseline(model: nn.Module, inputs: Any, method: Union[str, Callable], 
     inplace : bool, default False
     method_options : dict, optional
         Keyword options of the layer method (``seed``, ``damp``, ``blocksize``, ``nm``, ...).
+    scope : {"layer", "global"}
+        ``"global"``: ``sparsity`` (a float) is the fraction of all the selected weights
+        together, and the mask comes from one ranking over all layers of the method's usual
+        score (:func:`nettrim.budget.global_keep_masks`): ``|W|`` for magnitude,
+        ``|W_ij| ||X_j||_2`` for Wanda, the OBS saliency ``w^2 / [H^-1]_jj`` (H the damped
+        ``X^T X / P``) for SparseGPT, which then applies its weight updates under that mask.
+        Only these three methods have a global rule.
+    min_per_unit : int, optional
+        Layer-collapse guard of ``scope="global"`` (default
+        :data:`nettrim.budget.DEFAULT_MIN_PER_UNIT` kept weights per output unit).
 
     Returns
     -------
@@ -680,7 +692,18 @@ def prune_baseline(model: nn.Module, inputs: Any, method: Union[str, Callable], 
     opts = dict(method_options or {})
     selected = _selected_layers(model, layers, ignore)
     names = [name for name, _ in selected]
-    if is_global:
+    if check_scope(scope) == "global" and name_of_method not in GLOBAL_SCORES:
+        msg = (f"scope='global' has a rule for {sorted(GLOBAL_SCORES)} only, got method "
+               f"{name_of_method!r}")
+        raise ValueError(msg)
+    if min_per_unit is not None and scope != "global":
+        msg = "min_per_unit is the guard of a global budget: it needs scope='global'"
+        raise ValueError(msg)
+    keep_masks = None
+    if scope == "global":
+        check_budget(sparsity)
+        spars_of = {n: None for n in names}
+    elif is_global:
         if isinstance(sparsity, Mapping):
             msg = "global_magnitude takes one model-wide sparsity (a float), not a dict"
             raise TypeError(msg)
@@ -709,6 +732,13 @@ def prune_baseline(model: nn.Module, inputs: Any, method: Union[str, Callable], 
     reference = copy.deepcopy(model) if inplace else model
     target = model if inplace else copy.deepcopy(model)
     modules = dict(target.named_modules())
+    if scope == "global":
+        scores = {n: GLOBAL_SCORES[name_of_method](_layer_matrix(modules[n]), original[n].X,
+                                                   opts.get("damp", DEFAULT_DAMP))
+                  for n in names}
+        keep_masks = global_keep_masks(
+            scores, sparsity,
+            min_per_unit=DEFAULT_MIN_PER_UNIT if min_per_unit is None else min_per_unit)
     globally = None
     if is_global:
         globally = global_magnitude({n: _layer_matrix(modules[n]) for n in names},
@@ -726,7 +756,14 @@ def prune_baseline(model: nn.Module, inputs: Any, method: Union[str, Callable], 
         Xw = X.to(W_orig.dtype) if X.dtype != W_orig.dtype else X
         Yw = data.post.to(Xw.dtype)
         bw = None if b_orig is None else b_orig.to(Xw.device)
-        if is_global:
+        if keep_masks is not None and name_of_method == "sparsegpt":
+            result = fn(W_orig.to(Xw.device), Xw, bias=bw, relu=relu, Y=Yw,
+                        **dict(opts, mask=~keep_masks[name].to(Xw.device)))
+        elif keep_masks is not None:
+            result = _finish(name_of_method, W_orig.to(Xw.device),
+                             W_orig.to(Xw.device).masked_fill(~keep_masks[name].to(Xw.device), 0.0),
+                             Xw, bw, Yw, relu, time.perf_counter())
+        elif is_global:
             t0 = time.perf_counter()
             result = _finish("global_magnitude", W_orig.to(Xw.device), globally[name].to(Xw.device),
                              Xw, bw, Yw, relu, t0)
@@ -738,11 +775,28 @@ def prune_baseline(model: nn.Module, inputs: Any, method: Union[str, Callable], 
         _write(module, weight, bias)
         rows.append(_report_row(name, data, module, W_orig, result.report))
     options = dict(method=name_of_method, sparsity=sparsity, sequential=sequential,
-                   max_samples=max_samples, seed=seed, layers=names, method_options=opts)
+                   max_samples=max_samples, seed=seed, layers=names, method_options=opts,
+                   scope=scope)
     out = PruneResult(model=target, report=rows, options=options)
     if _reiterable(inputs):
         out.output_error = output_discrepancy(reference, target, inputs, device=device)
     return out
+
+
+def _obs_saliency(W: torch.Tensor, X: torch.Tensor, damp: float) -> torch.Tensor:
+    """``w_ij^2 / [H^-1]_jj`` with ``H = X^T X / P + lambda I`` (OBS / SparseGPT's score)."""
+    d = torch.diagonal(_inverse_spd(_damped_hessian(X, damp), "sparsegpt"))
+    return W.to(torch.float64) ** 2 / d.to(W.device)
+
+
+#: Scores of the global rules (scope="global"), ``score(W (M, N), X (P, N), damp) -> (M, N)``;
+#: higher is kept first.
+GLOBAL_SCORES: dict = {
+    "magnitude": lambda W, X, damp: W.abs(),
+    "wanda": lambda W, X, damp: W.to(torch.float64).abs()
+    * torch.linalg.vector_norm(X.to(torch.float64), dim=0).to(W.device),
+    "sparsegpt": _obs_saliency,
+}
 
 
 # ---- structured: whole neurons / channels -----------------------------------------------------

@@ -173,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
                            f"{DEFAULT_EPSILON}; in cascade mode: the first layer's)")
     goal.add_argument("--sparsity", type=_fraction, metavar="S",
                       help="target fraction of zero weights per layer instead of an epsilon")
+    p.add_argument("--global", dest="global_budget", action="store_true",
+                   help="--sparsity is the fraction of all the selected weights together; "
+                        "Net-Trim picks each layer's share (one epsilon for all layers)")
+    p.add_argument("--min-per-unit", type=_nonneg_int, metavar="K",
+                   help="with --global: every layer keeps at least K weights per output unit "
+                        "(layer-collapse guard; default 4)")
     p.add_argument("--mode", choices=("parallel", "cascade"), default="parallel",
                    help="parallel: each layer from the original activations; cascade: from the "
                         "pruned layers before it (default parallel)")
@@ -203,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="REPORT.json",
                    help="where to write the JSON report (default: OUT's stem + .report.json)")
     p.add_argument("--plot", metavar="DIR", help="write sparsity and error plots (PNG) into DIR")
+    p.add_argument("--latency", action="store_true",
+                   help="add a 'latency' section to the report: the pruned model's CPU latency "
+                        "at batch 1 and 256, dense, compacted and on sparse CSR kernels")
     p.add_argument("--overwrite", action="store_true",
                    help="allow --out to be the input checkpoint itself (replaced atomically)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no table")
@@ -228,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", dest="fmt", choices=("table", "json", "csv"), default="table",
                    help="output format (default table)")
     p.add_argument("--plot", metavar="DIR", help="write sparsity (and error) plots into DIR")
+    p.add_argument("--latency", action="store_true",
+                   help="also measure CPU latency at batch 1 and 256: as stored (dense), with "
+                        "dead units removed (compacted) and on sparse CSR kernels where faster "
+                        "(needs --data for the input shape)")
     _add_threads(p)
     p.set_defaults(func=_cmd_report)
 
@@ -523,6 +536,10 @@ def _cmd_prune(args) -> int:
             dynamic = True
         notes.append(f"re-exported with torch.export.export on an example input of shape "
                      f"{tuple(example.shape)}{' (batch dimension dynamic)' if dynamic else ''}")
+    if (args.global_budget or args.min_per_unit is not None) and args.sparsity is None:
+        raise UsageError("--global and --min-per-unit need --sparsity (the model-wide fraction)")
+    if args.min_per_unit is not None and not args.global_budget:
+        raise UsageError("--min-per-unit is the guard of a global budget: add --global")
     epsilon = args.epsilon if args.sparsity is None and args.epsilon is not None else (
         DEFAULT_EPSILON if args.sparsity is None else None)
     solver_options = None
@@ -532,7 +549,9 @@ def _cmd_prune(args) -> int:
         result = prune(model, x.to(device), epsilon, sparsity=args.sparsity, mode=args.mode,
                        solver=args.solver, layers=selected, seed=args.seed, device=device,
                        gamma=args.gamma, strict=not args.lenient, progress=not args.quiet,
-                       solver_options=solver_options, refit=args.refit, reweight=args.reweight)
+                       solver_options=solver_options, refit=args.refit, reweight=args.reweight,
+                       scope="global" if args.global_budget else "layer",
+                       min_per_unit=args.min_per_unit)
     except (ValueError, TypeError) as err:
         # prune validates its options and the model structure; anything it rejects is ours
         from .prune import PruningError
@@ -564,6 +583,7 @@ def _cmd_prune(args) -> int:
         "totals": rep.totals(rows),
         "output_error": result.output_error,
         **summary,
+        **_latency(args, pruned),
         "seconds": time.perf_counter() - start,
     }
     ckpt_io.atomic_write(report_file, lambda tmp: pathlib.Path(tmp).write_text(
@@ -573,6 +593,9 @@ def _cmd_prune(args) -> int:
         from .plots import plot_report
         plots = plot_report(rows, args.plot)
     lines = [rep.format_prune_table(result.report, result.output_error)]
+    if result.options.get("scope") == "global":
+        from .budget import format_allocation
+        lines.append(format_allocation(result.options))
     if y is not None:
         lines.append(f"calibration accuracy: original {summary['accuracy_original']:.2%}, "
                      f"pruned {summary['accuracy_pruned']:.2%}")
@@ -648,11 +671,28 @@ def _cmd_report(args) -> int:
     if args.plot:
         from .plots import plot_report
         summary["plots"] = [str(p) for p in plot_report(rows, args.plot)]
+    latency = _latency(args, model)
     if args.fmt == "csv":
         print(rep.format_csv(rows), end="")
+    elif args.fmt == "json":
+        print(rep.render(rows, args.fmt, summary=dict(summary, **latency)))
     else:
         print(rep.render(rows, args.fmt, summary=summary))
+        if latency:
+            from .sparse import format_latency
+            print(format_latency(latency["latency"]))
     return EXIT_OK
+
+
+def _latency(args, model) -> dict:
+    """``{"latency": nettrim.sparse.latency_report(...)}`` with --latency, else {}."""
+    if not getattr(args, "latency", False):
+        return {}
+    if not args.data:
+        raise UsageError("--latency needs --data: a batch of inputs gives the input shape")
+    from .sparse import latency_report
+    x, _, _ = _load_data(args.data, getattr(args, "split", "train"), 8, args.seed)
+    return {"latency": latency_report(model.cpu(), x[:8].cpu())}
 
 
 # ---- evaluate -----------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from solvers.problem import as_tensor, check_finite, safe_norm
 from solvers.refit import refit as refit_support
 from solvers.refit import reweighted_penalty
 
+from .budget import check_scope
 from .capture import capture, capture_cascade, prunable_layers
 from .report import format_prune_table
 from .surgery import apply_masks, set_layer_weight
@@ -608,7 +609,9 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
           gamma: float = 1.1, kappa: float = 1.0, max_samples: Optional[int] = None,
           seed: int = 0, device: Any = None, inplace: bool = False, masks: bool = False,
           strict: bool = False, progress: bool = False, refit: bool = True, reweight: int = 1,
-          solver_options: Optional[dict] = None) -> PruneResult:
+          solver_options: Optional[dict] = None, scope: str = "layer",
+          structured: bool = False, min_per_unit: Optional[int] = None,
+          allocation: str = "epsilon") -> PruneResult:
     """Prune a model's Linear and Conv2d layers with Net-Trim.
 
     Parameters
@@ -653,6 +656,20 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         tqdm bars per layer (and per ADMM solve).
     refit, reweight, solver_options
         Passed to :func:`prune_layer`.
+    scope : {"layer", "global"}
+        ``"layer"``: ``sparsity`` is each layer's target. ``"global"``: ``sparsity`` (one float)
+        is the fraction of all the selected weights together; Net-Trim picks the split (one
+        relative epsilon for all layers, searched to the global count in parallel mode; see
+        :mod:`nettrim.budget`). The allocation is in ``result.options["allocation"]``.
+    structured : bool
+        Group-l1 Net-Trim: remove whole input units of each layer (the output units of the
+        layer before) and return a physically smaller model (see :mod:`nettrim.structured`).
+    min_per_unit : int, optional
+        Layer-collapse guard of ``scope="global"``: every layer keeps at least this many
+        weights per output unit on average (default
+        :data:`nettrim.budget.DEFAULT_MIN_PER_UNIT`).
+    allocation : {"epsilon", "marginal", "magnitude"}
+        How ``scope="global"`` splits the budget (see :mod:`nettrim.budget`).
 
     Returns
     -------
@@ -673,6 +690,29 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
     if not (isinstance(kappa, (int, float)) and 0 < kappa <= 1):
         msg = f"kappa must be in (0, 1], got {kappa!r}"
         raise ValueError(msg)
+    scope = check_scope(scope)
+    if not isinstance(structured, bool):
+        msg = f"structured must be True or False, got {structured!r}"
+        raise TypeError(msg)
+    if min_per_unit is not None and scope != "global":
+        msg = "min_per_unit is the guard of a global budget: it needs scope='global'"
+        raise ValueError(msg)
+    hooked = dict(mode=mode, solver=solver, layers=layers, ignore=ignore,
+                  activations=activations, max_samples=max_samples, seed=seed, device=device,
+                  inplace=inplace, strict=strict, progress=progress, refit=refit,
+                  reweight=reweight, solver_options=solver_options)
+    if structured:
+        from .structured import prune_units
+        return prune_units(model, inputs, epsilon, sparsity=sparsity, scope=scope, masks=masks,
+                           **hooked)
+    if scope == "global":
+        from .budget import DEFAULT_MIN_PER_UNIT, prune_global
+        if epsilon is not None:
+            msg = "scope='global' takes a model-wide sparsity, not an epsilon"
+            raise ValueError(msg)
+        return prune_global(model, inputs, sparsity, allocation=allocation, masks=masks,
+                            min_per_unit=DEFAULT_MIN_PER_UNIT if min_per_unit is None
+                            else min_per_unit, **hooked)
     if mode == "cascade" and not _reiterable(inputs):
         msg = ("inputs must be re-iterable for cascade mode (a tensor, a list of batches or a "
                "DataLoader), got a one-shot iterator")

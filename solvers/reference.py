@@ -34,7 +34,8 @@ from .problem import NetTrimProblem, as_tensor
 from .result import NetTrimResult
 from .status import INFEASIBLE, MAX_ITER, OPTIMAL, OPTIMAL_INACCURATE, SOLVER_ERROR
 
-__all__ = ["solve_cvxpy", "STATUS_MAP", "MAX_REFERENCE_SIZE", "SUPPORT_RTOL"]
+__all__ = ["solve_cvxpy", "STATUS_MAP", "MAX_REFERENCE_SIZE", "SUPPORT_RTOL", "program_constraints",
+           "program_data", "problem_residuals"]
 
 #: cvxpy status -> project status.
 STATUS_MAP = {
@@ -99,18 +100,14 @@ def solve_cvxpy(problem: NetTrimProblem, *, solver: str = "CLARABEL", penalty: A
                "hours; use solve_admm, subsample rows, or pass force=True to solve anyway")
         raise ValueError(msg)
     t0 = time.perf_counter()
-    Xt, Yt, Vt = problem.tensors()
-    X = Xt.detach().cpu().double().numpy()
-    Y = Yt.detach().cpu().double().numpy()
-    active = problem.active_mask().cpu().numpy()
+    Xt = problem.tensors()[0]
+    X, Y, active, V = program_data(problem)
     weights = None
     if penalty is not None:
         weights = as_tensor(penalty, name="penalty").detach().cpu().double().numpy()
         if weights.shape != (M, N) or (weights < 0).any():
             msg = f"penalty must be nonnegative with shape ({M}, {N}), got {weights.shape}"
             raise ValueError(msg)
-
-    V = None if Vt is None else Vt.detach().cpu().double().numpy()
 
     def solve(fixed_zero=None):
         return _solve_program(cp, X, Y, active, V, problem.epsilon, problem.relu, weights,
@@ -130,7 +127,7 @@ def solve_cvxpy(problem: NetTrimProblem, *, solver: str = "CLARABEL", penalty: A
         W_np = np.full((M, N), np.nan)
         res = viol = obj = float("nan")
     else:
-        res, viol = _residuals(X, Y, active, V, W_np, problem.relu)
+        res, viol = problem_residuals(X, Y, active, V, W_np, problem.relu)
         obj = float(np.abs(W_np).sum() if weights is None else (weights * np.abs(W_np)).sum())
     if problem.is_numpy:
         W_out = W_np.astype(problem.X.dtype)
@@ -152,14 +149,7 @@ def _solve_program(cp, X, Y, active, V, epsilon, relu, weights, fixed_zero, opti
     """One cvxpy solve of the program (W = 0 where ``fixed_zero``): (W or None, status, its)."""
     M, N = Y.shape[1], X.shape[1]
     W = cp.Variable((M, N))
-    Z = X @ W.T                                       # (P, M) pre-activations
-    z = cp.vec(Z, order="C")
-    on = np.flatnonzero(active.ravel())
-    off = np.flatnonzero(~active.ravel())
-    constraints = [cp.norm(z[on] - Y.ravel()[on], 2) <= epsilon]
-    if relu and off.size:
-        bound = np.zeros_like(Y) if V is None else V
-        constraints.append(z[off] <= bound.ravel()[off])
+    constraints = _constraints(cp, X, Y, active, V, epsilon, relu, W)
     if fixed_zero is not None and fixed_zero.any():
         constraints.append(cp.vec(W, order="C")[np.flatnonzero(fixed_zero.ravel())] == 0)
     objective = cp.sum(cp.abs(W)) if weights is None else cp.sum(cp.multiply(weights, cp.abs(W)))
@@ -173,9 +163,41 @@ def _solve_program(cp, X, Y, active, V, epsilon, relu, weights, fixed_zero, opti
     return W.value, status, iterations
 
 
+def _constraints(cp, X, Y, active, V, epsilon, relu, W) -> list:
+    """The program's constraints on the cvxpy variable W (M, N), numpy float64 data."""
+    z = cp.vec(X @ W.T, order="C")                    # (P, M) pre-activations, row-major
+    on = np.flatnonzero(active.ravel())
+    off = np.flatnonzero(~active.ravel())
+    constraints = [cp.norm(z[on] - Y.ravel()[on], 2) <= epsilon]
+    if relu and off.size:
+        bound = np.zeros_like(Y) if V is None else V
+        constraints.append(z[off] <= bound.ravel()[off])
+    return constraints
+
+
+def program_data(problem: NetTrimProblem) -> tuple:
+    """``(X, Y, active, V)`` of the program as float64 numpy arrays (V None when absent)."""
+    Xt, Yt, Vt = problem.tensors()
+    X = Xt.detach().cpu().double().numpy()
+    Y = Yt.detach().cpu().double().numpy()
+    active = problem.active_mask().cpu().numpy()
+    V = None if Vt is None else Vt.detach().cpu().double().numpy()
+    return X, Y, active, V
+
+
+def program_constraints(problem: NetTrimProblem, W: Any) -> tuple:
+    """The program's constraints on a cvxpy variable ``W`` of shape (M, N), for other
+    objectives over the same feasible set (the group-l1 reference): ``(constraints, X, Y,
+    active, V)``, the data as float64 numpy arrays."""
+    import cvxpy as cp
+
+    X, Y, active, V = program_data(problem)
+    return _constraints(cp, X, Y, active, V, problem.epsilon, problem.relu, W), X, Y, active, V
+
+
 def _support(X, Y, active, V, W, weights, epsilon, relu) -> np.ndarray:
     """The support rule of the module docstring: True where W keeps an entry."""
-    r0, v0 = _residuals(X, Y, active, V, W, relu)
+    r0, v0 = problem_residuals(X, Y, active, V, W, relu)
     res_tol = max(epsilon, r0) * (1 + SUPPORT_RTOL) + SUPPORT_RTOL * float(np.linalg.norm(Y))
     viol_tol = v0 + SUPPORT_RTOL * float(np.abs(Y).max())
     candidates = (W != 0) if weights is None else (W != 0) & (weights > 0)
@@ -190,7 +212,7 @@ def _support(X, Y, active, V, W, weights, epsilon, relu) -> np.ndarray:
     lo, hi = 0, order.size     # zeroing lo entries is feasible; find the largest such count
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        res, viol = _residuals(X, Y, active, V, without(mid), relu)
+        res, viol = problem_residuals(X, Y, active, V, without(mid), relu)
         if res <= res_tol and viol <= viol_tol:
             lo = mid
         else:
@@ -198,7 +220,7 @@ def _support(X, Y, active, V, W, weights, epsilon, relu) -> np.ndarray:
     return without(lo) != 0 if weights is None else (without(lo) != 0) | (weights == 0)
 
 
-def _residuals(X, Y, active, V, W, relu) -> tuple[float, float]:
+def problem_residuals(X, Y, active, V, W, relu) -> tuple[float, float]:
     """Active-set residual and largest violation of W (V an array or None), float64 numpy."""
     Z = X @ W.T
     if not relu:
