@@ -19,18 +19,20 @@ it runs at a reduced size on the CPU: N = M = 512, P = 5,000.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 import nettrim
 from nettrim import baselines
-from nettrim.checkpoint import atomic_write
 from solvers import NetTrimProblem, solve_admm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quality import write_json  # noqa: E402
 
 SIZES = {"full": (50_000, 4096, 4096), "small": (5_000, 512, 512)}
 
@@ -131,11 +133,7 @@ def main(argv=None) -> int:
                        prune_layer=dict(seconds=t_nt, sparsity=nt.report["sparsity"],
                                         status=nt.report["status"], error=e_nt),
                        sparsegpt=dict(seconds=t_sg, error=e_sg))
-
-        def write(temp):
-            with open(temp, "w") as f:
-                json.dump(payload, f, indent=1)
-        atomic_write(args.out, write)
+        write_json(args.out, payload)
     return 0
 
 

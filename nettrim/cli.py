@@ -63,7 +63,8 @@ DEFAULT_THREADS = 1
 #: Demo defaults: a couple of minutes on two CPU cores.
 DEMO_EPOCHS = 2
 DEMO_SAMPLES = 5000
-DEMO_EPSILON = 0.05
+#: The demo prunes every layer to this sparsity (cascade) unless --epsilon is given.
+DEMO_SPARSITY = 0.9
 #: Rows pushed through a model to check that the data fits it.
 _PROBE_ROWS = 2
 
@@ -264,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train LeNet-300-100 on MNIST briefly, prune it, report",
                        description="Train LeNet-300-100 on MNIST for a couple of epochs, prune it "
-                       "in cascade mode on 5,000 calibration samples, print test accuracy before "
+                       "in cascade mode to 90% sparsity (or --epsilon) on 5,000 calibration samples, "
+                       "print test accuracy before "
                        "and after and the per-layer table. MNIST is read from --data-root (else "
                        "$NETTRIM_DATA, else ~/.cache/nettrim) and downloaded, checksum-verified, "
                        "when missing.")
@@ -272,8 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR",
                    help="also save original.pt, pruned.pt (state_dicts) and pruned.report.json")
     p.add_argument("--plot", metavar="DIR", help="write the sparsity and error plots into DIR")
-    p.add_argument("--epsilon", type=_nonneg_float, default=DEMO_EPSILON,
-                   help=f"first layer's relative epsilon (default {DEMO_EPSILON})")
+    goal = p.add_mutually_exclusive_group()
+    goal.add_argument("--sparsity", type=_fraction, default=None, metavar="S",
+                      help=f"fraction of zero weights per layer (default {DEMO_SPARSITY})")
+    goal.add_argument("--epsilon", type=_nonneg_float, default=None, metavar="E",
+                      help="prune to the first layer's relative epsilon E instead of a sparsity")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     # hidden knobs for quick checks
     p.add_argument("--epochs", type=_positive_int, default=DEMO_EPOCHS, help=argparse.SUPPRESS)
@@ -773,13 +778,18 @@ def _cmd_demo(args) -> int:
     before = _accuracy(model, x_test, y_test)
     calib, _ = _subset(x_train, y_train, args.samples, args.seed + 1)
     t0 = time.perf_counter()
-    result = prune(model, calib, args.epsilon, mode="cascade", seed=args.seed,
+    if args.epsilon is None and args.sparsity is None:
+        args.sparsity = DEMO_SPARSITY
+    goal = {"epsilon": args.epsilon} if args.epsilon is not None else {"sparsity": args.sparsity}
+    result = prune(model, calib, **goal, mode="cascade", seed=args.seed,
                    progress=not args.quiet)
     prune_s = time.perf_counter() - t0
     after = _accuracy(result.model, x_test, y_test)
     rows = [r.as_dict() for r in result.report]
     print(f"LeNet-300-100 trained {args.epochs} epoch(s) on {x_train.shape[0]} images "
-          f"({train_s:.1f} s); cascade Net-Trim, epsilon {args.epsilon}, {calib.shape[0]} "
+          f"({train_s:.1f} s); cascade Net-Trim, "
+          + (f"epsilon {args.epsilon}" if args.epsilon is not None else
+             f"sparsity {args.sparsity}") + f", {calib.shape[0]} "
           f"calibration images ({prune_s:.1f} s)")
     print(rep.format_prune_table(result.report, result.output_error))
     print(f"test accuracy ({x_test.shape[0]} images): before {before:.2%}, after {after:.2%}")

@@ -259,7 +259,14 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
                 refitted, usable = refit_on(problem_for(eps_value), result)
                 iterations += refitted.iterations
                 if usable:
-                    result = _with_objective(replace(refitted, status=result.status), penalty)
+                    result = _with_objective(refitted, penalty)
+                # the program at the epsilon the trimmed weights reach, checked again
+                eps_value = problem_for(0.0).residual(result.W)
+                feasible = problem_for(eps_value).is_feasible(result.W,
+                                                               rtol=ADMMSettings.feas_tol)
+                status = OPTIMAL_INACCURATE if feasible else (
+                    refitted.status if refitted.status not in SUCCESS else INFEASIBLE)
+                result = replace(result, status=status, epsilon=eps_value, residual=eps_value)
             report.update(target_sparsity=target, solves=1 + reweight, trimmed=trimmed)
     if target != 0.0 and not pipeline:
         spent = iterations if report.get("note") else 0

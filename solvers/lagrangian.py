@@ -76,6 +76,8 @@ SETTLE_WINDOW = 5
 #: Count mode: after this many crossings of the target (the count jumps over it), a settled
 #: support with up to JUMP_BAND times the target more weights is accepted (prune trims them).
 MAX_CROSSINGS = 8
+#: ... and STREAK checks in a row on one side of the target give one halving back.
+STREAK = 3
 JUMP_BAND = 0.1
 #: lam stays above LAM_FLOOR times its start (the count is capped at the weights that can
 #: move, so a smaller lam has nothing left to add)
@@ -129,7 +131,8 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
         Steer lam to this many nonzero penalized weights; the result solves the program at
         the epsilon it reaches, ``result.epsilon`` (``problem.epsilon`` is not used).
         Where a group of weights enters and leaves together, so that the count jumps over
-        the target, each crossing halves the controller's gain, and after
+        the target, each crossing halves the controller's gain (STREAK checks in a row on
+        one side give a halving back), and after
         :data:`MAX_CROSSINGS` a support on the denser side is accepted (the result keeps a
         few more weights than asked; prune trims them). The count is
         capped at the weights that can move (an input that is always zero, or a neuron that
@@ -207,7 +210,7 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
 
     status, it = MAX_ITER, 0
     support, calm = None, 0
-    crossings, last_side = 0, 0
+    crossings, last_side, streak = 0, 0, 0
     lam_floor, lam_ceil = LAM_FLOOR * lam_k, LAM_CEIL * lam_k
     r_norm = s_norm = math.inf
     nnz = 0
@@ -290,6 +293,9 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
                 # and leaves together, lam closes in on the jump instead of oscillating
                 side = 1 if nnz > nonzeros else -1
                 crossings += side != last_side and last_side != 0
+                streak = streak + 1 if side == last_side else 0
+                if streak >= STREAK:   # stuck on one side (the crossings were a transient)
+                    crossings, streak = max(crossings - 1, 0), 0
                 last_side = side
                 gain = NNZ_GAIN / 2 ** min(crossings, 30)
                 step = (max(nnz, 1) / max(nonzeros, 1)) ** gain

@@ -491,3 +491,17 @@ def test_reweighting_takes_its_penalty_from_the_refit_weights(monkeypatch):
     for pilot, fitted in zip(seen, refits):
         assert torch.equal(pilot, fitted)
     assert res.report["refit_status"] == OPTIMAL
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_settled_pipeline_reports_an_epsilon_its_weights_meet(relu):
+    """The default pipeline at a target sparsity (trimmed to the count or not) reports the
+    epsilon of the program its weights solve: the output error is within it, and a success
+    status means the inequalities hold."""
+    X, W, b, Y = planted_layer(P=500, N=60, M=16, seed=3, density=0.5)
+    if not relu:
+        Y = X @ W.T + b
+    for target in (0.5, 0.8, 0.9):
+        r = nettrim.prune_layer(X, Y, sparsity=target, relu=relu, bias=True, W0=W, b0=b).report
+        assert r["status"] in SUCCESS
+        assert r["relative_error"] <= r["epsilon"] * (1 + 1e-3) + 1e-9
