@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from solvers import (INFEASIBLE, MAX_ITER, OPTIMAL, OPTIMAL_INACCURATE, SETTLED, SUCCESS,
                      ADMMSettings, NetTrimProblem, NetTrimResult, solve_admm, solve_cvxpy,
                      solve_lagrangian)
+from solvers.lagrangian import SETTLE_TOL
 from solvers.problem import as_tensor, check_finite, safe_norm
 from solvers.refit import refit as refit_support
 from solvers.refit import reweighted_penalty
@@ -43,17 +44,13 @@ MODES = ("parallel", "cascade")
 SPARSITY_EPS_RANGE = (1e-4, 1.0)
 #: Sparsity mode: stop when the achieved sparsity is within this of the target.
 SPARSITY_TOL = 0.005
-#: Default pipeline, sparsity mode: the first (plain l1) solve keeps ``pilot_ratio(s)`` times
-#: the target's weights, ``PILOT_RATIO[0] + PILOT_RATIO[1] * s``; its refit is the pilot whose
+#: Default pipeline, sparsity mode: the first (plain l1) solve keeps r times the target's
+#: weights, ``r = PILOT_RATIO[0] + PILOT_RATIO[1] * s`` at sparsity s; its refit is the pilot whose
 #: penalty picks the target's weights among them. The epsilon search's reweighting had its
 #: pilot at 1.7x on LeNet-300-100's 784 -> 300 layer at 90% (the plain l1 at that epsilon was
 #: 83% sparse); at 50% a 1.7x pilot (85% of the weights kept) overfit (held-out error 0.0227 vs
 #: 0.0157 of the search) where 1.25x gave 0.0150 (and 0.0154 vs 0.0172 on the 300 -> 100 layer).
 PILOT_RATIO = (0.6875, 1.125)
-#: Default pipeline: an l1 solve stops once its support settles (at most this fraction of the
-#: weights changed at each of solvers.lagrangian.SETTLE_WINDOW iterations); the refit then
-#: fixes the values.
-SETTLE_TOL = 2e-3
 #: Default pipeline: iteration cap of each settled l1 solve; one that has not settled by then
 #: (a count that keeps jumping over its target, seen on layers of a few dozen weights) hands
 #: the layer to the epsilon search with solve_admm, noted in the report.
@@ -260,13 +257,7 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
                 iterations += refitted.iterations
                 if usable:
                     result = _with_objective(refitted, penalty)
-                # the program at the epsilon the trimmed weights reach, checked again
-                eps_value = problem_for(0.0).residual(result.W)
-                feasible = problem_for(eps_value).is_feasible(result.W,
-                                                               rtol=ADMMSettings.feas_tol)
-                status = OPTIMAL_INACCURATE if feasible else (
-                    refitted.status if refitted.status not in SUCCESS else INFEASIBLE)
-                result = replace(result, status=status, epsilon=eps_value, residual=eps_value)
+                result, eps_value = _at_reached_epsilon(problem_for, result, refitted.status)
             report.update(target_sparsity=target, solves=1 + reweight, trimmed=trimmed)
     if target != 0.0 and not pipeline:
         spent = iterations if report.get("note") else 0
@@ -388,12 +379,22 @@ def _settled_pipeline(problem_for, keep, penalty, reweight, opts, progress, refi
     final, _ = refit_on(problem, result)
     iterations += final.iterations
     report["refit_status"] = final.status
-    eps_abs = final.residual   # the program at the epsilon the refit weights reach
-    feasible = problem_for(eps_abs).is_feasible(final.W, rtol=ADMMSettings.feas_tol) and \
-        bool(torch.isfinite(torch.as_tensor(final.W)).all())
-    status = OPTIMAL_INACCURATE if feasible else final.status
-    return _with_objective(replace(final, status=status, epsilon=eps_abs), penalty), eps_abs, \
-        iterations
+    result, eps_abs = _at_reached_epsilon(problem_for, _with_objective(final, penalty),
+                                          final.status)
+    return result, eps_abs, iterations
+
+
+def _at_reached_epsilon(problem_for, result, refit_status):
+    """``result`` as a solution of the program at the epsilon its weights reach (their own
+    residual): OPTIMAL_INACCURATE when they also meet the inequalities (``feas_tol``) and are
+    finite, else the refit's status (INFEASIBLE where the refit claimed success). Returns
+    ``(result, epsilon)``."""
+    eps = problem_for(0.0).residual(result.W)
+    feasible = math.isfinite(eps) and \
+        problem_for(eps).is_feasible(result.W, rtol=ADMMSettings.feas_tol)
+    status = OPTIMAL_INACCURATE if feasible else (
+        refit_status if refit_status not in SUCCESS else INFEASIBLE)
+    return replace(result, status=status, epsilon=eps, residual=eps), eps
 
 
 def _solve_l1(problem, solver, W_init, penalty, opts, reweight, rho, progress, refit_on):
