@@ -243,6 +243,13 @@ class _Chunk:
         self.H = torch.zeros_like(L)
         self.g = torch.zeros_like(self.C)
         self.has_H = torch.zeros(len(cols), dtype=torch.bool, device=L.device)
+        # rows each neuron's inequalities can bind: off Omega with some input of the support
+        # nonzero (one GEMM of nonnegative terms: positive exactly when one term is)
+        self.reach = None
+        if self.bound is not None:
+            M_sup = torch.zeros(len(cols), N, dtype=X.dtype, device=X.device)
+            M_sup.scatter_(1, idx, valid.to(X.dtype))
+            self.reach = (~self.active) & ((X.abs() @ M_sup.T) > 0)      # (P, m)
 
     def build_hessians(self, rows: torch.Tensor) -> None:
         """Fill H and g of the working rows ``rows`` not built yet (one small GEMM each, over
@@ -250,7 +257,7 @@ class _Chunk:
         for j in rows[~self.has_H[rows]].tolist():
             sup = self.idx[j][self.valid[j]]
             om = self.active[:, j]
-            Xo = self.X[om][:, sup].to(torch.float64)
+            Xo = self.X[:, sup][om].to(torch.float64)   # columns first: a small gather
             n = len(sup)
             self.H[j, :n, :n] = Xo.T @ Xo
             self.g[j, :n] = Xo.T @ self.Y[om, j].to(torch.float64)
@@ -266,7 +273,7 @@ class _Chunk:
         """Drop the neurons not in ``rows`` (indices into the current working set)."""
         for name in ("idx", "valid", "L", "C", "H", "g", "has_H"):   # one row per neuron
             setattr(self, name, getattr(self, name)[rows])
-        for name in ("Y", "active", "bound"):           # one column per neuron
+        for name in ("Y", "active", "bound", "reach"):   # one column per neuron
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value[:, rows])
@@ -501,19 +508,14 @@ def _polish_rows(ch, rows, XW, U, viol_tol) -> torch.Tensor:
     k = idx.shape[1]
     n_free = valid.sum(1)
     H, g = ch.H[rows], ch.g[rows]
-    om = ch.active[:, rows].T                                    # (d, P)
     w0 = ch.C[rows]
     if ch.bound is None:
-        bound, E = None, torch.zeros_like(om)
+        bound = None
+        E = torch.zeros(d, X.shape[0], dtype=torch.bool, device=X.device)
         candidates = E
     else:
         bound = ch.bound[:, rows].T                              # (d, P), +inf on Omega
-        # rows that can bind: off Omega, and some input of the support nonzero
-        Xabs = X.abs()
-        Xabs = Xabs.to(f64) if Xabs.dtype != f64 else Xabs
-        reach = (Xabs @ ch.dense(valid.to(f64), rows).abs().T.to(f64)).T > 0   # (d, P)
-        candidates = (~om) & reach
-        del Xabs, reach
+        candidates = ch.reach[:, rows].T                         # rows that can bind
         E = candidates & ((XW - U).T >= bound)
         lam_admm = (-U.T).clamp(min=0.0).masked_fill(~E, 0.0)
         # more clipped rows than unknowns (degenerate: tight rows with zero multiplier):
@@ -590,7 +592,7 @@ def _kkt_solve(X, idx, H, g, w0, valid, E, bound, delta):
     K = K0.clone()
     K.diagonal(dim1=1, dim2=2).add_(reg)
     rhs = torch.cat([g, vE], 1)[..., None]
-    LU, piv, info = torch.linalg.lu_factor_ex(K)
+    LU, piv, info = lu_factor_batched(K)
     # start from the ADMM row, so that refinement (a proximal-point iteration on the exact
     # KKT system) stays next to it along directions the data do not determine
     sol = torch.cat([w0, torch.zeros_like(vE)], 1)[..., None]
@@ -601,6 +603,24 @@ def _kkt_solve(X, idx, H, g, w0, valid, E, bound, delta):
     w = sol[:, :k].masked_fill(~valid, 0.0)
     lam = sol[:, k:].masked_fill(~evalid, 0.0)
     return w, lam, ok
+
+
+def lu_factor_batched(K: torch.Tensor):
+    """``torch.linalg.lu_factor_ex`` of a batch, on the CPU with one thread.
+
+    torch 2.13.0's CPU build returns invalid pivots for batched LU with more than one
+    thread (MKL "Parameter 6 was incorrect on entry to DLASWP"; every call on (12, 195, 195)
+    float64 with 2 threads, none with 1; batched ``torch.linalg.solve`` likewise), and
+    ``lu_solve`` then fails or hangs. Batched Cholesky is not affected.
+    """
+    threads = torch.get_num_threads()
+    if K.device.type != "cpu" or threads == 1:
+        return torch.linalg.lu_factor_ex(K)
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.lu_factor_ex(K)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _write(ch, rows, live, W, rho, r, sd, rho_final, r_all, s_all) -> None:

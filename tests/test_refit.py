@@ -248,3 +248,23 @@ def test_reweighting_sparsifies_at_the_same_epsilon():
     assert plain.status == again.status == OPTIMAL
     assert again.nonzeros < plain.nonzeros
     assert problem.is_feasible(again.W)
+
+
+def test_batched_lu_is_valid_with_several_threads():
+    # torch 2.13.0 CPU: batched LU with 2 threads returned invalid pivots (lu_solve then
+    # raised); the refit's KKT solve factors through lu_factor_batched, which must not.
+    from solvers.refit import lu_factor_batched
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(0)
+        K = torch.randn(12, 195, 195, dtype=torch.float64, generator=g)
+        LU, piv, info = lu_factor_batched(K)
+        b = torch.randn(12, 195, 1, dtype=torch.float64, generator=g)
+        x = torch.linalg.lu_solve(LU, piv, b)
+        assert torch.get_num_threads() == 2   # restored
+    finally:
+        torch.set_num_threads(threads)
+    assert bool((info == 0).all())
+    assert bool(((piv >= 1) & (piv <= 195)).all())
+    assert float((K @ x - b).abs().max()) < 1e-8
