@@ -170,6 +170,20 @@ def _chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return list(_flatten_sequential(model))
 
 
+def _plain_chain(model: nn.Module) -> bool:
+    """Whether ``model`` is an ``nn.Sequential`` whose chain order alone says which layer feeds
+    which (Linear, groups=1 Conv2d, BatchNorm, Flatten and the zero-preserving modules)."""
+    if not isinstance(model, nn.Sequential):
+        return False
+    for _, m in _flatten_sequential(model):
+        if isinstance(m, nn.Conv2d) and m.groups != 1:
+            return False
+        if not isinstance(m, SUPPORTED + (nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten)
+                          + _ZERO_PRESERVING):
+            return False
+    return True
+
+
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -250,16 +264,19 @@ def remove_units(model: nn.Module, layer_name: str, keep: Any, *,
                  example_input: Optional[torch.Tensor] = None) -> nn.Module:
     """Keep only output units (Linear) / channels (Conv2d) ``keep`` of a layer, in place.
 
-    On an ``nn.Sequential``, the next Linear/Conv2d loses the matching inputs (through a Flatten:
-    each channel's block of ``H * W`` features) and BatchNorm layers in between are sliced too.
-    On any other model, the layers coupled to these channels come from Torch-Pruning's
+    On an ``nn.Sequential`` of Linear, Conv2d (groups=1), BatchNorm, Flatten, ReLU, pooling
+    and Dropout, the next Linear/Conv2d loses the matching inputs (through a Flatten: each
+    channel's block of ``H * W`` features) and BatchNorm layers in between are sliced too.
+    On any other model (an ``nn.Sequential`` with other modules too, given ``example_input``),
+    the layers coupled to these channels come from Torch-Pruning's
     ``DependencyGraph`` traced on ``example_input`` (required there): the other branches of a
     residual add lose the same channels, every consumer (through a concatenation: its matching
     slice of inputs) loses the matching inputs, BatchNorms are sliced. Removing units that reach
     the model's output is refused (it would change the output's shape). Returns ``model``.
     """
     _check_no_masks(model, "remove_units")
-    if not isinstance(model, nn.Sequential):
+    if not _plain_chain(model) and (example_input is not None
+                                    or not isinstance(model, nn.Sequential)):
         return _remove_units_graph(model, layer_name, keep, example_input)
     chain = _chain(model)
     names = [n for n, _ in chain]
@@ -570,7 +587,8 @@ def compact(model: nn.Module, example_input: torch.Tensor, *, inplace: bool = Fa
     all zero on it. Dead units go, with the consumers' inputs for them; this repeats until
     nothing changes. The model's outputs are kept.
 
-    On an ``nn.Sequential`` the next layer in the chain is the consumer. On any other model the
+    On an ``nn.Sequential`` of Linear, Conv2d (groups=1), BatchNorm, Flatten, ReLU, ReLU6,
+    pooling and Dropout the next layer in the chain is the consumer. On any other model the
     coupling comes from Torch-Pruning's ``DependencyGraph`` traced on ``example_input``: a
     channel of a residual stream goes only when it is dead in every branch of the add, a
     concatenation's slice maps back to its producer, BatchNorms are sliced with their layer (a
@@ -604,7 +622,7 @@ def compact(model: nn.Module, example_input: torch.Tensor, *, inplace: bool = Fa
     params_before = count_parameters(work)
     latency_before = measure_latency(reference, example_input, repeats=repeats)
     notes: dict[str, str] = {}
-    if isinstance(model, nn.Sequential):
+    if _plain_chain(model):
         removed = _compact_chain(work)
     else:
         removed, notes = _compact_graph(work, example_input, before_out)

@@ -236,3 +236,23 @@ def test_compact_undoes_a_removal_the_graph_cannot_see():
     assert out.removed == {} and out.model.conv.out_channels == 3
     assert "size of tensor" in out.notes["conv"]
     assert out.max_abs_diff == 0.0
+
+
+def test_compact_depthwise_sequential_goes_through_the_graph():
+    """A Sequential with a depthwise conv: the chain order cannot say that the depthwise conv
+    passes channels through, the dependency graph can."""
+    torch.manual_seed(0)
+    model = _randomised(nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, groups=4), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 3, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)))
+    with torch.no_grad():
+        model[6].weight[:, 1] = 0.0
+    x = torch.randn(3, 1, 9, 9)
+    out = nettrim.compact(model, x)
+    small = out.model
+    assert sum(out.removed.values()) == 1
+    assert small[0].out_channels == small[3].out_channels == small[3].groups == 3
+    assert small[1].num_features == small[4].num_features == small[6].in_channels == 3
+    assert torch.allclose(_outputs(small, x), _outputs(model, x), atol=1e-5)
+    assert out.params_after < out.params_before
