@@ -316,7 +316,10 @@ def parse_args(argv=None):
     p.add_argument("--train-images", type=int, default=None,
                    help="training images per model (default: the model's recipe, TRAINING; "
                         "--quick: 1000)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: with 2 threads, torch 2.13.0+cpu returned "
+                        "invalid pivots from batched LU factorizations here, which the "
+                        "refit of solvers/refit.py uses)")
     p.add_argument("--out", default=None,
                    help="JSON output (default benchmarks/results/bench_archs.json; --quick: "
                         "none unless given); the table goes next to it as .txt")
