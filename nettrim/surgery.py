@@ -325,8 +325,8 @@ def _dependency_graph(model: nn.Module, example_input: Any):
     import torch_pruning as tp  # noqa: PLC0415 - imported where needed (import cost)
 
     if not isinstance(example_input, torch.Tensor):
-        msg = (f"example_input: a {type(model).__name__} is not an nn.Sequential, so its graph is "
-               f"traced on an example batch (a tensor); got {type(example_input).__name__}")
+        msg = (f"example_input: the graph of the {type(model).__name__} is traced on an example "
+               f"batch (a tensor); got {type(example_input).__name__}")
         raise TypeError(msg)
     was = model.training
     model.eval()
@@ -349,12 +349,17 @@ def _out_group(graph, module: nn.Module, idxs):
     return graph.get_pruning_group(module, handler, [int(i) for i in idxs])
 
 
+def _name_of(graph, module: nn.Module) -> str:
+    """The module's name in the traced model."""
+    return next((n for n, m in graph.model.named_modules() if m is module), type(module).__name__)
+
+
 def _reaches_output(graph, group) -> Optional[str]:
     """Why the group's channels are part of the model's output (None if they are not)."""
     for dep, _ in group:
         node = dep.target
         if not node.outputs and graph.is_out_channel_pruning_fn(dep.handler):
-            return f"they are outputs of {graph._module2name.get(node.module, node.name)!r}"
+            return f"they are outputs of {_name_of(graph, node.module)!r}"
     return None
 
 
@@ -364,8 +369,8 @@ def _remove_units_graph(model, layer_name, keep, example_input):
         msg = f"layer_name: {layer_name!r} is not a Linear/Conv2d of the model"
         raise ValueError(msg)
     if example_input is None:
-        msg = (f"example_input: a {type(model).__name__} is not an nn.Sequential, so remove_units "
-               "traces its graph on an example batch: pass example_input=x")
+        msg = (f"example_input: remove_units traces the graph of this {type(model).__name__} (not "
+               "a plain nn.Sequential chain) on an example batch: pass example_input=x")
         raise ValueError(msg)
     n_out = module.weight.shape[0]
     keep = _keep_indices(keep, n_out, layer_name)
@@ -411,7 +416,7 @@ def _dead_channels(graph, group) -> tuple[list, Optional[str]]:
         is_out = graph.is_out_channel_pruning_fn(dep.handler)
         if node.type in (ops.OPTYPE.CONV, ops.OPTYPE.LINEAR):
             if getattr(module, "groups", 1) != 1:
-                return [], f"grouped convolution {graph._module2name[module]!r}"
+                return [], f"grouped convolution {_name_of(graph, module)!r}"
             W = module.weight.detach()
             if is_out:
                 rows = W.flatten(1)[idxs]
@@ -420,8 +425,9 @@ def _dead_channels(graph, group) -> tuple[list, Optional[str]]:
                     live |= module.bias.detach()[idxs] != 0
                 zero_in[roots[live]] = False
             else:
-                used = (W[:, idxs] != 0).flatten(2).any(2).any(0) if W.ndim > 2 else                     (W[:, idxs] != 0).any(0)
-                unused[roots[used]] = False
+                cols = W[:, idxs] != 0
+                cols = cols.flatten(2) if W.ndim > 2 else cols[..., None]
+                unused[roots[cols.any(2).any(0)]] = False
         elif node.type == ops.OPTYPE.DEPTHWISE_CONV:
             if module.bias is not None:
                 zero_in[roots[module.bias.detach()[idxs] != 0]] = False
@@ -439,7 +445,7 @@ def _dead_channels(graph, group) -> tuple[list, Optional[str]]:
         elif node.type == ops.OPTYPE.ELEMENTWISE and _op_name(node) in _CHANNELWISE_OPS:
             continue
         else:
-            what = graph._module2name.get(module) or _op_name(node) or node.name
+            what = _name_of(graph, module) if isinstance(module, nn.Module) else node.name
             return [], f"its channels pass through {what!r} ({type(module).__name__})"
     dead = torch.nonzero(zero_in | unused).flatten().tolist()
     if len(dead) == n:  # keep one channel so that the shapes stay valid (it carries zeros)
@@ -491,7 +497,7 @@ def _compact_graph(work: nn.Module, example_input: torch.Tensor, reference_out: 
         graph = _dependency_graph(work, example_input)
         for group in graph.get_all_groups():
             root = group[0].dep.target.module
-            name = graph._module2name[root]
+            name = _name_of(graph, root)
             if name in notes:
                 continue
             if _reaches_output(graph, group):
@@ -510,7 +516,7 @@ def _compact_graph(work: nn.Module, example_input: torch.Tensor, reference_out: 
             if change > tol:
                 work.__dict__.clear()           # back to the copy taken before this group
                 work.__dict__.update(saved.__dict__)
-                notes[name] = why or f"removing its dead channels changed the output by {change:.3g}"
+                notes[name] = why or f"removing its dead channels moved the output by {change:.3g}"
                 changed = True                  # the graph traced the undone modules: retrace
                 break
             removed[name] = removed.get(name, 0) + len(dead)
