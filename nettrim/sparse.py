@@ -186,8 +186,8 @@ def latency_report(model: nn.Module, example_input: torch.Tensor, *,
     """Median CPU latency (ms) of the model dense, compacted and sparsified, per batch size.
 
     Returns ``{"batch_1": {"dense": ms, "compacted": ms or None, "sparse": ms,
-    "sparse_layers": [converted layers]}, ..., "notes": [...]}``. Compaction needs an
-    ``nn.Sequential`` (a note says why it is missing otherwise); ``sparse`` is
+    "sparse_layers": [converted layers]}, ..., "notes": [...]}``. A model compaction
+    cannot handle gets a note saying why its figure is missing; ``sparse`` is
     :func:`sparsify` decided at that batch size.
     """
     out: dict = {"notes": []}
