@@ -217,9 +217,11 @@ def detect_activations(model: nn.Module) -> dict[str, Optional[str]]:
 
 
 def _resolve_patterns(plan: ModelPlan, names: Sequence[str],
-                      activations: Optional[Mapping[str, Optional[str]]]) -> dict:
+                      activations: Optional[Mapping[str, Optional[str]]],
+                      fold: bool = True) -> dict:
     """``{name: LayerPattern}`` with the user's ``activations`` overriding the detected ones
-    (a declared activation drops a detected residual offset, a declared None also the BN)."""
+    (a declared activation drops a detected residual offset). Without ``fold``, a layer whose
+    activation comes after a BatchNorm or a residual add is read as linear (its own output)."""
     if activations is None:
         activations = {}
     if not isinstance(activations, Mapping):
@@ -237,6 +239,8 @@ def _resolve_patterns(plan: ModelPlan, names: Sequence[str],
         pattern = plan.patterns[name]
         if name in activations and activations[name] != pattern.activation:
             pattern = LayerPattern(activation=activations[name], norm=pattern.norm)
+        if not fold and (pattern.norm or pattern.offset):
+            pattern = LayerPattern()
         out[name] = pattern
     return out
 
@@ -597,7 +601,8 @@ def _layer_data(name: str, module: nn.Module, X, pre, S, seen, calls,
 def capture(model: nn.Module, inputs: Any, layers: Any = None, *,
             ignore: Iterable[str] = (), activations: Optional[Mapping[str, Optional[str]]] = None,
             max_samples: Optional[int] = None, seed: int = 0, device: Any = None,
-            dtype: Optional[torch.dtype] = None, plan: Optional[ModelPlan] = None) -> Captured:
+            dtype: Optional[torch.dtype] = None, plan: Optional[ModelPlan] = None,
+            fold: bool = False) -> Captured:
     """Record the input, pre- and post-activation output of each prunable layer.
 
     Parameters
@@ -625,6 +630,10 @@ def capture(model: nn.Module, inputs: Any, layers: Any = None, *,
         Where and in which dtype the records are kept (default: as the model produces them).
     plan : ModelPlan, optional
         The graph reading (:func:`nettrim.graph.analyze`) when the caller has it already.
+    fold : bool, default False
+        True: what :func:`nettrim.prune` solves, a BatchNorm after the layer folded in (``pre``
+        is its output) and a residual add before the ReLU recorded as ``offset``. False: every
+        layer's own output; a layer whose ReLU comes after a BatchNorm or an add is linear.
 
     Returns
     -------
@@ -637,7 +646,7 @@ def capture(model: nn.Module, inputs: Any, layers: Any = None, *,
     _check_options(max_samples, seed)
     selected = prunable_layers(model, layers, ignore)
     plan = plan or analyze(model)
-    patterns = _resolve_patterns(plan, list(selected), activations)
+    patterns = _resolve_patterns(plan, list(selected), activations, fold)
     raw, missing = _run([model], inputs, list(selected), patterns,
                         lambda sinks, n: _rows_of(n, selected[n], patterns[n], sinks[0]),
                         max_samples, seed, dtype, device)
@@ -648,20 +657,20 @@ def capture(model: nn.Module, inputs: Any, layers: Any = None, *,
 def capture_cascade(original: nn.Module, pruned: nn.Module, inputs: Any, name: str, *,
                     activations: Optional[Mapping[str, Optional[str]]] = None,
                     max_samples: Optional[int] = None, seed: int = 0, device: Any = None,
-                    dtype: Optional[torch.dtype] = None,
-                    plan: Optional[ModelPlan] = None) -> Optional[LayerData]:
+                    dtype: Optional[torch.dtype] = None, plan: Optional[ModelPlan] = None,
+                    fold: bool = False) -> Optional[LayerData]:
     """One layer's cascade data: input ``X`` (and a residual offset) from ``pruned``, the
     target outputs from ``original``.
 
     Both models see the same batches in the same pass, so rows pair up even when the data
     loader shuffles. ``pruned`` must have the same architecture as ``original``. Returns None
-    when the forward pass never calls the layer.
+    when the forward pass never calls the layer. ``fold`` as in :func:`capture`.
     """
     _check_options(max_samples, seed)
     module = prunable_layers(original, [name])[name]
     prunable_layers(pruned, [name])
     plan = plan or analyze(original)
-    patterns = _resolve_patterns(plan, [name], activations)
+    patterns = _resolve_patterns(plan, [name], activations, fold)
     pattern = patterns[name]
 
     def take(sinks, n):
