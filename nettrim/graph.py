@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["LayerPattern", "ModelPlan", "GraphWarning", "analyze", "skipped_layers",
-           "PRUNABLE", "ACTIVATION_NAMES", "batchnorm_affine", "flatten_sequential"]
+           "PRUNABLE", "ACTIVATION_NAMES", "batchnorm_affine", "flatten_sequential",
+           "takes_token_ids"]
 
 #: Module types Net-Trim prunes.
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -293,3 +294,20 @@ def batchnorm_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     if bn.bias is not None:
         c = c + bn.bias.detach()
     return a, c
+
+
+def takes_token_ids(model: nn.Module) -> bool:
+    """True when the model's input goes first into an ``nn.Embedding`` (it needs integer ids):
+    read from the traced graph, or else from the first module that holds parameters."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - untraceable: the first module with parameters decides
+        for module in model.modules():
+            if next(module.parameters(recurse=False), None) is not None:
+                return isinstance(module, (nn.Embedding, nn.EmbeddingBag))
+        return False
+    modules = dict(model.named_modules())
+    first = next((n for n in graph.nodes if n.op == "placeholder"), None)
+    return first is not None and any(
+        u.op == "call_module" and isinstance(modules.get(u.target), (nn.Embedding, nn.EmbeddingBag))
+        for u in first.users)

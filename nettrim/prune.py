@@ -558,6 +558,9 @@ class LayerReport:
     #: The program solved: "relu" or "linear(<activation>)", with "+bn" (BatchNorm folded),
     #: "+offset" (residual add before the ReLU), "+groups=G"; "skipped".
     program: str = ""
+    #: Calibration rows the program used (after ``max_samples``), of ``rows_seen``.
+    rows: int = 0
+    rows_seen: int = 0
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -806,23 +809,24 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
             total=rep["total"], sparsity=rep["sparsity"], epsilon=rep["epsilon"],
             epsilon_abs=rep["epsilon_abs"], relative_error=rep["relative_error"],
             status=rep["status"], iterations=rep["iterations"], seconds=rep["seconds"],
-            solver=rep["solver"], note="; ".join(notes), program=block.program))
+            solver=rep["solver"], note="; ".join(notes), program=block.program,
+            rows=data.X.shape[0], rows_seen=data.rows_seen))
         if log_lines:
             print(f"Net-Trim ({mode}) layer {index + 1}/{len(selected)} {name}: "
                   f"{100 * rep['sparsity']:.1f}% sparse, {rep['status']}, "
                   f"{rep['iterations']} iterations, {rep['seconds']:.1f} s", file=sys.stderr,
                   flush=True)
     for name, reason in skipped.items():
-        module = modules.get(name)
-        if isinstance(module, SUPPORTED):
-            n = int((module.weight != 0).sum())
-            rows.append(LayerReport(
-                name=name, kind=type(module).__name__.lower(), shape=tuple(module.weight.shape),
-                nonzeros_before=n, nonzeros_after=n, total=module.weight.numel(), sparsity=1.0 -
-                n / max(1, module.weight.numel()), epsilon=float("nan"),
-                epsilon_abs=float("nan"), relative_error=float("nan"), status=SKIPPED,
-                iterations=0, seconds=0.0, solver="none", note=f"skipped: {reason}",
-                program="skipped"))
+        params = list(modules[name].parameters(recurse=False)) if name in modules else []
+        if not params:
+            continue
+        n, total = sum(int((p != 0).sum()) for p in params), sum(p.numel() for p in params)
+        rows.append(LayerReport(
+            name=name, kind=type(modules[name]).__name__.lower(), shape=tuple(params[0].shape),
+            nonzeros_before=n, nonzeros_after=n, total=total, sparsity=1.0 - n / total,
+            epsilon=float("nan"), epsilon_abs=float("nan"), relative_error=float("nan"),
+            status=SKIPPED, iterations=0, seconds=0.0, solver="none",
+            note=f"skipped: {reason}", program="skipped"))
     for name, (norm, weight, bias) in folded.items():
         _fold_into(target, name, norm, weight, bias)
     if masks:

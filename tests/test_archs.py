@@ -387,3 +387,54 @@ def test_few_rows_warn_with_the_ratio_and_the_rows_needed():
     with warnings.catch_warnings():
         warnings.simplefilter("error", CalibrationWarning)
         nettrim.capture(model, torch.randn(100, 64))
+
+
+TOKEN_ARCH = '''
+import torch
+from torch import nn
+
+
+class TokenModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 3)
+
+    def forward(self, ids):
+        return self.fc2(torch.relu(self.fc1(self.emb(ids))).mean(1))
+
+
+def model():
+    return TokenModel()
+'''
+
+
+def test_cli_feeds_token_ids_caps_rows_and_lists_skipped_layers(tmp_path, capsys, monkeypatch):
+    import json
+    import sys
+
+    from nettrim.cli import main
+
+    (tmp_path / "tokarch.py").write_text(TOKEN_ARCH)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("tokarch", None)
+    import tokarch
+
+    torch.manual_seed(7)
+    model = tokarch.model().eval()
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    np.savez(tmp_path / "ids.npz", x=np.random.default_rng(0).integers(0, 20, size=(40, 6)))
+    out = tmp_path / "out.pt"
+    code = main(["prune", str(tmp_path / "sd.pt"), "--data", str(tmp_path / "ids.npz"),
+                 "--out", str(out), "--arch", "tokarch:model", "--max-rows", "100",
+                 "--epsilon", "0.05", "--threads", "1"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    doc = json.loads((tmp_path / "out.report.json").read_text())
+    rows = {r["name"]: r for r in doc["layers"]}
+    assert rows["emb"]["status"] == "SKIPPED" and "lookup table" in rows["emb"]["note"]
+    assert rows["fc1"]["program"] == "relu"
+    assert rows["fc1"]["rows"] == 100 and rows["fc1"]["rows_seen"] == 240   # tokens, capped
+    assert "not pruned:" in printed and "emb: skipped" in printed
+    tokarch.model().load_state_dict(torch.load(out), strict=True)
