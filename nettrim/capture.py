@@ -20,7 +20,7 @@ import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -460,12 +460,6 @@ def _plain_attention() -> Iterator[None]:
         yield
     finally:
         mha.set_fastpath_enabled(before)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 def _check_options(max_samples: Any, seed: Any) -> None:

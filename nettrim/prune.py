@@ -31,7 +31,7 @@ from solvers.refit import refit as refit_support
 from solvers.refit import reweighted_penalty
 
 from .budget import check_scope
-from .capture import (SUPPORTED, LayerData, _batches, _to, capture, capture_cascade,
+from .capture import (LayerData, _batches, _to, capture, capture_cascade,
                       group_blocks, prunable_layers)
 from .graph import analyze, batchnorm_affine
 from .report import format_prune_table
