@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .graph import (ACTIVATION_NAMES, PRUNABLE, LayerPattern, ModelPlan, analyze,
-                    skipped_layers)
+                    attention_projections, skipped_layers)
 from .graph import flatten_sequential as _flatten_sequential  # noqa: F401 (surgery, structured)
 
 __all__ = ["LayerData", "Captured", "capture", "capture_cascade", "prunable_layers",
@@ -378,9 +378,15 @@ class _Reservoir:
 
 
 @contextlib.contextmanager
-def _hooks(named: Mapping[str, nn.Module], sink: dict) -> Iterator[None]:
-    """Every call of each named module appends ``(input, output)`` to ``sink[name]``."""
+def _hooks(named: Mapping[str, nn.Module], sink: dict,
+           attention: Optional[Mapping[str, nn.Module]] = None) -> Iterator[None]:
+    """Every call of each named module appends ``(input, output)`` to ``sink[name]``.
+
+    ``attention`` maps an ``out_proj`` name to its ``nn.MultiheadAttention``, which applies it
+    functionally: the hook on the attention re-runs it with ``out_proj`` as the identity to get
+    the projection's input (the heads' concatenated output)."""
     handles = []
+    busy = []
 
     def make(name: str):
         def hook(module: nn.Module, args: tuple, out: Any) -> None:
@@ -388,9 +394,27 @@ def _hooks(named: Mapping[str, nn.Module], sink: dict) -> Iterator[None]:
             sink.setdefault(name, []).append((args[0].detach().clone(), out.detach().clone()))
         return hook
 
+    def make_attention(name: str):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+            if busy:   # the re-run below
+                return
+            E = module.out_proj.weight.shape[0]
+            eye = torch.eye(E, dtype=module.out_proj.weight.dtype, device=module.out_proj.weight.device)
+            busy.append(True)
+            try:
+                heads = torch.func.functional_call(
+                    module, {"out_proj.weight": eye, "out_proj.bias": torch.zeros_like(eye[0])},
+                    args, kwargs)[0]
+            finally:
+                busy.pop()
+            sink.setdefault(name, []).append((heads.detach().clone(), out[0].detach().clone()))
+        return hook
+
     try:
         for name, module in named.items():
             handles.append(module.register_forward_hook(make(name)))
+        for name, module in (attention or {}).items():
+            handles.append(module.register_forward_hook(make_attention(name), with_kwargs=True))
         yield
     finally:
         for handle in handles:
@@ -504,8 +528,12 @@ def _run(models: Sequence[nn.Module], inputs: Any, names: Sequence[str], pattern
     reservoirs = {name: _Reservoir(max_samples, seed + 7919 * i) for i, name in enumerate(names)}
     run_device = _model_device(models[0])
     sinks = [dict() for _ in models]
-    hooked = set(names) | {patterns[n].norm for n in names if patterns[n].norm}
+    projections = attention_projections(models[0])
+    hooked = {n for n in names if n not in projections}
+    hooked |= {patterns[n].norm for n in names if patterns[n].norm}
     named = [{n: dict(m.named_modules())[n] for n in hooked} for m in models]
+    attention = [{n: dict(m.named_modules())[projections[n]] for n in names if n in projections}
+                 for m in models]
     watch = {patterns[n].offset for n in names if patterns[n].offset}
     replays = [_Replay(torch.fx.symbolic_trace(m), watch, sink) if watch else None
                for m, sink in zip(models, sinks)]
@@ -515,8 +543,8 @@ def _run(models: Sequence[nn.Module], inputs: Any, names: Sequence[str], pattern
         stack.enter_context(torch.no_grad())
         stack.enter_context(_eval_mode(*models))
         stack.enter_context(_plain_attention())
-        for model, hooks, sink in zip(models, named, sinks):
-            stack.enter_context(_hooks(hooks, sink))
+        for hooks, attn, sink in zip(named, attention, sinks):
+            stack.enter_context(_hooks(hooks, sink, attn))
         batches = 0
         for args, kwargs in _batches(inputs):
             batches += 1

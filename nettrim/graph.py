@@ -36,7 +36,7 @@ from torch import nn
 
 __all__ = ["LayerPattern", "ModelPlan", "GraphWarning", "analyze", "skipped_layers",
            "PRUNABLE", "ACTIVATION_NAMES", "batchnorm_affine", "flatten_sequential",
-           "takes_token_ids"]
+           "takes_token_ids", "attention_projections"]
 
 #: Module types Net-Trim prunes.
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -55,8 +55,9 @@ _ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
 _ADD_METHODS = ("add", "add_")
 #: Not prunable, with the reason shown in reports.
 _UNSUPPORTED = (
-    (nn.MultiheadAttention, "nn.MultiheadAttention applies its projections functionally; "
-                            "hooks cannot see their inputs"),
+    (nn.MultiheadAttention, "the q/k/v input projection of nn.MultiheadAttention "
+                            "(in_proj_weight) is a bare parameter, not a layer: not pruned "
+                            "(its out_proj is)"),
     (nn.Embedding, "Embedding is a lookup table, not a product with its input"),
     (nn.EmbeddingBag, "EmbeddingBag is a lookup table, not a product with its input"),
     (nn.RNNBase, "recurrent layers (LSTM/GRU/RNN) are not supported"),
@@ -226,19 +227,27 @@ def _patterns_sequential(model: nn.Module) -> dict:
 def skipped_layers(model: nn.Module) -> dict[str, str]:
     """``{name: reason}`` of the layers Net-Trim leaves as they are (see the module docstring).
 
-    Prunable layers inside an unsupported module (``nn.MultiheadAttention.out_proj``) are listed
-    under their own name.
+    ``nn.MultiheadAttention``'s ``out_proj`` is not among them: it is captured at the module's
+    own call (:func:`attention_projections`).
     """
     skipped = {}
     for name, module in model.named_modules():
         for kind, reason in _UNSUPPORTED:
             if isinstance(module, kind):
                 skipped[name] = reason
-                for child, sub in module.named_modules():
-                    if child and isinstance(sub, PRUNABLE):
-                        skipped[f"{name}.{child}"] = reason
                 break
     return skipped
+
+
+def attention_projections(model: nn.Module) -> dict[str, str]:
+    """``{out_proj name: its nn.MultiheadAttention's name}``: Linear layers the attention
+    applies functionally (their hooks never fire), recorded by a hook on the attention."""
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention):
+            prefix = f"{name}." if name else ""
+            found[f"{prefix}out_proj"] = name
+    return found
 
 
 def analyze(model: nn.Module, *, warn: bool = True) -> ModelPlan:

@@ -197,7 +197,7 @@ def test_detection_counts():
     assert nettrim.detect_activations(TinyTransformer())["enc.linear1"] == "relu"
     assert nettrim.detect_activations(TinyTransformer("gelu"))["enc.linear1"] == "gelu"
     skipped = analyze(TinyTransformer(), warn=False).skipped
-    assert "enc.self_attn.out_proj" in skipped and "functionally" in skipped["enc.self_attn.out_proj"]
+    assert list(skipped) == ["enc.self_attn"] and "in_proj_weight" in skipped["enc.self_attn"]
 
 
 def test_untraceable_model_warns_once_naming_the_linear_layers():
@@ -296,15 +296,22 @@ def test_transformer_encoder_and_sequences():
     data = nettrim.capture(model, x)
     assert data["enc.linear1"].activation == "relu"
     assert data["embed"].X.shape == (140, 6)          # every token is a row
-    assert "enc.self_attn.out_proj" in data.skipped
+    assert "enc.self_attn" in data.skipped
+    # out_proj, applied functionally by the attention, is recorded at the attention's call
+    proj = data["enc.self_attn.out_proj"]
+    assert proj.X.shape == (140, 16)
+    W, b = model.enc.self_attn.out_proj.weight, model.enc.self_attn.out_proj.bias
+    assert torch.allclose(proj.X @ W.detach().T + b.detach(), proj.pre, atol=1e-5)
     capped = nettrim.capture(model, x, max_samples=50)
     assert capped["embed"].X.shape == (50, 6) and capped["embed"].rows_seen == 140
     for mode in ("parallel", "cascade"):
         result = nettrim.prune(model, x, epsilon=0.05, mode=mode)
         rows = {r.name: r for r in result.report}
-        assert rows["enc.self_attn.out_proj"].status == "SKIPPED"
+        assert rows["enc.self_attn.out_proj"].status == "OPTIMAL"
+        assert rows["enc.self_attn.out_proj"].nonzeros_after < 256
+        assert rows["enc.self_attn"].status == "SKIPPED"
         assert rows["enc.linear1"].program == "relu"
-        assert "not pruned" in result.table() and "functionally" in result.table()
+        assert "not pruned" in result.table() and "in_proj_weight" in result.table()
         assert np.isfinite(result.output_error)
 
 
