@@ -32,10 +32,15 @@ from .graph import flatten_sequential as _flatten_sequential  # noqa: F401 (surg
 
 __all__ = ["LayerData", "Captured", "capture", "capture_cascade", "prunable_layers",
            "detect_activations", "layer_matrix", "group_blocks", "subsample_note",
-           "CalibrationWarning", "rows_needed", "model_inputs", "SUPPORTED", "DEFAULT_BATCH"]
+           "CalibrationWarning", "rows_needed", "model_inputs", "SUPPORTED", "DEFAULT_BATCH",
+           "RELU_PROGRAM"]
 
 #: Module types Net-Trim prunes.
 SUPPORTED = PRUNABLE
+#: Activations solved with the ReLU program (with ``fold=True``): ReLU6 with its target clipped at
+#: 6. Clipping to [0, 6] is a projection onto a set holding Y, so it only brings the pruned
+#: output closer: the ReLU program's bound ``||relu(X W^T) - Y|| <= epsilon`` holds for ReLU6.
+RELU_PROGRAM = ("relu", "relu6")
 #: Rows per forward pass when ``inputs`` is a single tensor.
 DEFAULT_BATCH = 1024
 _KINDS = ((nn.Linear, "linear"), (nn.Conv1d, "conv1d"), (nn.Conv2d, "conv2d"))
@@ -61,8 +66,9 @@ class LayerData:
         Output before the activation, bias included (conv: ``M = out_channels``); with a
         BatchNorm folded in (``norm``), the BatchNorm's output.
     post : Tensor of shape (P, M)
-        The program's target: ``relu(pre + offset)`` for a ReLU layer, ``pre`` otherwise (other
-        activations are solved with the linear program on their pre-activations).
+        The program's target: ``relu(pre + offset)`` for a ReLU layer (``min(relu(pre), 6)``
+        for ReLU6 captured with ``fold=True``), ``pre`` otherwise (other activations are solved
+        with the linear program on their pre-activations).
     activation : str or None
         What follows the layer (:data:`nettrim.graph.ACTIVATION_NAMES`).
     has_bias : bool
@@ -607,10 +613,12 @@ def _check_rows(data: LayerData) -> None:
 
 
 def _layer_data(name: str, module: nn.Module, X, pre, S, seen, calls,
-                pattern: LayerPattern) -> LayerData:
+                pattern: LayerPattern, fold: bool) -> LayerData:
     _check_finite(name, X, pre)
-    relu = pattern.activation == "relu"
+    relu = pattern.activation in (RELU_PROGRAM if fold else ("relu",))
     post = torch.relu(pre if S is None else pre + S) if relu else pre
+    if relu and pattern.activation == "relu6":
+        post = post.clamp(max=6.0)
     data = LayerData(name=name, kind=next(k for t, k in _KINDS if isinstance(module, t)),
                      X=X, pre=pre, post=post, activation=pattern.activation,
                      has_bias=module.bias is not None, weight_shape=tuple(module.weight.shape),
@@ -654,8 +662,10 @@ def capture(model: nn.Module, inputs: Any, layers: Any = None, *,
         The graph reading (:func:`nettrim.graph.analyze`) when the caller has it already.
     fold : bool, default False
         True: what :func:`nettrim.prune` solves, a BatchNorm after the layer folded in (``pre``
-        is its output) and a residual add before the ReLU recorded as ``offset``. False: every
-        layer's own output; a layer whose ReLU comes after a BatchNorm or an add is linear.
+        is its output), a residual add before the ReLU recorded as ``offset``, and a ReLU6
+        layer's target ``min(relu(pre), 6)`` for the ReLU program. False: every layer's own
+        output; a layer whose ReLU comes after a BatchNorm or an add is linear, and only
+        "relu" layers have ``post = relu(pre)``.
 
     Returns
     -------
@@ -672,7 +682,8 @@ def capture(model: nn.Module, inputs: Any, layers: Any = None, *,
     raw, missing = _run([model], inputs, list(selected), patterns,
                         lambda sinks, n: _rows_of(n, selected[n], patterns[n], sinks[0]),
                         max_samples, seed, dtype, device)
-    data = {n: _layer_data(n, selected[n], *raw[n], patterns[n]) for n in selected if n in raw}
+    data = {n: _layer_data(n, selected[n], *raw[n], patterns[n], fold) for n in selected
+            if n in raw}
     return Captured(data, {**plan.skipped, **missing})
 
 
@@ -708,7 +719,7 @@ def capture_cascade(original: nn.Module, pruned: nn.Module, inputs: Any, name: s
                         dtype, device)
     if name in missing:
         return None
-    return _layer_data(name, module, *raw[name], pattern)
+    return _layer_data(name, module, *raw[name], pattern, fold)
 
 
 def subsample_note(data: LayerData) -> str:

@@ -31,7 +31,7 @@ from solvers.refit import refit as refit_support
 from solvers.refit import reweighted_penalty
 
 from .budget import check_scope
-from .capture import (LayerData, _batches, _to, capture, capture_cascade,
+from .capture import (RELU_PROGRAM, LayerData, _batches, _to, capture, capture_cascade,
                       group_blocks, prunable_layers)
 from .graph import analyze, batchnorm_affine
 from .report import format_prune_table
@@ -851,7 +851,7 @@ class _LayerProgram:
 
     def __init__(self, data: LayerData, module: nn.Module, bn: Optional[nn.Module]):
         self.data, self.module, self.bn = data, module, bn
-        self.relu = data.activation == "relu"
+        self.relu = data.activation in RELU_PROGRAM
         # half-precision records are solved in float32 (written back in the layer's dtype)
         conv = (lambda t: t) if data.X.dtype in _SOLVE_DTYPES else (lambda t: t.float())
         self.X, self.Y = conv(data.X), conv(data.post)
@@ -868,7 +868,8 @@ class _LayerProgram:
             b = self.c + (0 if b is None else self.a * b)
         self.W0, self.b0 = W, b
         self.program = "+".join(p for p in (
-            "relu" if self.relu else f"linear({data.activation})" if data.activation else "linear",
+            data.activation if self.relu else f"linear({data.activation})" if data.activation
+            else "linear",
             "bn" if bn is not None else "", "offset" if self.S is not None else "",
             f"groups={data.groups}" if data.groups > 1 else "") if p)
 

@@ -191,7 +191,7 @@ def test_detection_counts():
     assert counts(TinyResNet()) == (6, 3, 6)       # all convs ReLU-aware; conv2s and down: offset
     assert counts(tiny_vgg_bn()) == (3, 0, 2)
     relu, offset, norm = counts(tiny_mobilenet())
-    assert (relu, offset) == (1, 0) and norm == 4  # ReLU6 is linear; only the grouped conv
+    assert (relu, offset) == (1, 0) and norm == 4  # and three ReLU6 (solved as clipped ReLUs)
     acts = nettrim.detect_activations(tiny_mobilenet())
     assert acts["0"] == "relu6" and acts["4"] == "relu"
     assert nettrim.detect_activations(TinyTransformer())["enc.linear1"] == "relu"
@@ -268,10 +268,28 @@ def test_vgg_bn_and_mobilenet_prune_in_both_modes():
             assert np.isfinite(result.output_error)
             progs = {r.name: r.program for r in result.report}
             if make is tiny_mobilenet:
-                assert progs["3.conv.3"] == "linear(relu6)+bn+groups=24"
+                assert progs["3.conv.3"] == "relu6+bn+groups=24"
+                assert progs["3.conv.6"] == "linear+bn"
                 assert progs["4"] == "relu+groups=4"
                 w = result.model[4].weight
                 assert float((w == 0).float().mean()) == pytest.approx(0.5, abs=0.05)
+
+
+def test_relu6_uses_the_relu_program_with_its_bound():
+    torch.manual_seed(8)
+    model = randomize_bn(nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU6(),
+                                       nn.Flatten(), nn.Linear(6 * 16, 2)))
+    x = 4 * torch.randn(40, 3, 6, 6)
+    data = nettrim.capture(model, x, fold=True)["0"]
+    assert data.post.max() == 6.0 and (data.pre > 6).any()       # some entries saturate
+    result = nettrim.prune(model, x, epsilon=0.1)
+    row = result.report[0]
+    assert row.program == "relu6+bn" and row.status == "OPTIMAL"
+    with torch.no_grad():
+        err = float(torch.linalg.vector_norm(result.model[:3](x) - model[:3](x)))
+    assert err <= 1.01 * row.epsilon_abs
+    assert nettrim.detect_activations(model)["0"] == "relu6"
+    assert nettrim.capture(model, x)["0"].activation is None   # BN between: linear without fold
 
 
 def test_depthwise_conv_groups_are_blocks():
