@@ -650,7 +650,8 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
     layers, ignore : optional
         Which layers (names or module types) and which names to skip.
     activations : dict, optional
-        ``{layer: "relu" | None}`` where detection from the model structure cannot see it.
+        ``{layer: "relu" | None | ...}`` (:data:`nettrim.graph.ACTIVATION_NAMES`) where the
+        graph reading cannot see it (untraceable models, functional ReLUs).
     gamma : float >= 1
         Cascade slack: the original weights stay feasible.
     kappa : float in (0, 1]

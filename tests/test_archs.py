@@ -118,14 +118,14 @@ class TinyResNet(nn.Module):
 def tiny_vgg_bn():
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
                          nn.MaxPool2d(2), nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12),
-                         nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(12, 16), nn.ReLU(), nn.Dropout(), nn.Linear(16, 4))
+                         nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                         nn.Linear(48, 16), nn.ReLU(), nn.Dropout(), nn.Linear(16, 4))
 
 
 class InvertedResidual(nn.Module):
     """MobileNet-V2's block: 1x1 expand, 3x3 depthwise, 1x1 project (ReLU6, linear bottleneck)."""
 
-    def __init__(self, c, expand=3):
+    def __init__(self, c, expand=2):
         super().__init__()
         h = c * expand
         self.conv = nn.Sequential(
@@ -259,16 +259,21 @@ def test_resnet_cascade_uses_the_pruned_offset():
 
 def test_vgg_bn_and_mobilenet_prune_in_both_modes():
     torch.manual_seed(2)
-    for make in (tiny_vgg_bn, tiny_mobilenet):
+    x = torch.randn(64, 3, 8, 8)
+    for make, goals in ((tiny_vgg_bn, (dict(epsilon=0.05), dict(sparsity=0.5))),
+                        (tiny_mobilenet, (dict(sparsity=0.5), dict(sparsity=0.5)))):
         model = randomize_bn(make())
-        x = torch.randn(24, 3, 8, 8)
-        for mode in ("parallel", "cascade"):
-            result = nettrim.prune(model, x, sparsity=0.5, mode=mode, max_samples=600)
+        for mode, goal in zip(("parallel", "cascade"), goals):
+            result = nettrim.prune(model, x, mode=mode, max_samples=600, **goal)
             make().load_state_dict(result.model.state_dict(), strict=True)
-            assert np.isfinite(result.output_error)
+            assert all(r.status in ("OPTIMAL", "OPTIMAL_INACCURATE") for r in result.report)
+            assert np.isfinite(result.output_error) and result.output_error < 0.5
             progs = {r.name: r.program for r in result.report}
-            if make is tiny_mobilenet:
-                assert progs["3.conv.3"] == "relu6+bn+groups=24"
+            if make is tiny_vgg_bn:
+                assert [progs[n] for n in ("0", "4", "9", "12")] == \
+                    ["relu+bn", "relu+bn", "relu", "linear"]
+            else:
+                assert progs["3.conv.3"] == "relu6+bn+groups=16"
                 assert progs["3.conv.6"] == "linear+bn"
                 assert progs["4"] == "relu+groups=4"
                 w = result.model[4].weight
@@ -463,3 +468,52 @@ def test_cli_feeds_token_ids_caps_rows_and_lists_skipped_layers(tmp_path, capsys
     assert rows["fc1"]["rows"] == 100 and rows["fc1"]["rows_seen"] == 240   # tokens, capped
     assert "not pruned:" in printed and "emb: skipped" in printed
     tokarch.model().load_state_dict(torch.load(out), strict=True)
+
+
+# ---- torchvision's definitions, where a torchvision that runs with this torch is installed ------
+def _torchvision_models():
+    try:
+        from torchvision import models
+    except Exception as err:  # noqa: BLE001 - ImportError, or C ops built for another torch
+        pytest.skip(f"torchvision does not import here ({type(err).__name__}: {err})")
+    return models
+
+
+@pytest.mark.parametrize("name, expected, layers, goal", [
+    ("resnet18", (20, 11, 20), ["layer1.0.conv2", "layer2.0.downsample.0", "fc"],
+     dict(epsilon=0.1)),
+    ("mobilenet_v2", (0, 0, 52), ["features.1.conv.0.0", "features.2.conv.0.0"],
+     dict(sparsity=0.5)),
+    ("vgg11_bn", (10, 0, 8), ["features.0", "features.4"], dict(epsilon=0.1)),
+])
+def test_torchvision_definitions(name, expected, layers, goal):
+    models = _torchvision_models()
+    torch.manual_seed(9)
+    model = randomize_bn(getattr(models, name)(num_classes=4))
+    assert counts(model) == expected                    # (ReLU-aware, offset, BatchNorm)
+    x = torch.randn(4, 3, 32, 32)
+    result = nettrim.prune(model, x, layers=layers, max_samples=400, **goal,
+                           inplace=name == "vgg11_bn")   # its 25088 x 4096 layer: no copy
+    assert all(r.status in ("OPTIMAL", "OPTIMAL_INACCURATE") for r in result.report)
+    assert all(r.program.startswith(("relu", "linear")) for r in result.report)
+    getattr(models, name)(num_classes=4).load_state_dict(result.model.state_dict(), strict=True)
+
+
+def test_cascade_offset_comes_from_the_pruned_network():
+    import copy
+
+    from nettrim.capture import capture_cascade
+    from nettrim.graph import batchnorm_affine
+
+    torch.manual_seed(10)
+    model = randomize_bn(TinyResNet())
+    pruned = copy.deepcopy(model)
+    with torch.no_grad():
+        pruned.layer2.down[0].weight.zero_()     # the skip branch of layer2 is now BN(0) = c
+    x = torch.randn(6, 3, 8, 8)
+    data = capture_cascade(model, pruned, x, "layer2.conv2", fold=True)
+    _, c = batchnorm_affine(pruned.layer2.down[1])
+    assert torch.allclose(data.offset, c.expand_as(data.offset), atol=1e-6)
+    reference = nettrim.capture(model, x, layers=["layer2.conv2"], fold=True)["layer2.conv2"]
+    assert torch.allclose(data.post, reference.post, atol=1e-6)     # the original's target
+    assert not torch.allclose(data.offset, reference.offset)
