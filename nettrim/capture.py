@@ -502,8 +502,7 @@ def _check_options(max_samples: Any, seed: Any) -> None:
         raise TypeError(msg)
 
 
-def _rows_of(name: str, module: nn.Module, pattern: LayerPattern, sink: dict,
-             want_input: bool = True, want_output: bool = True) -> tuple:
+def _rows_of(name: str, module: nn.Module, pattern: LayerPattern, sink: dict) -> tuple:
     """``(X, pre, S)`` rows of every call of ``name`` in one batch (S None without offset)."""
     calls = sink[name]
     Xs, pres, offsets = [], [], []

@@ -932,9 +932,12 @@ def _merge(parts: list, Y: torch.Tensor) -> LayerPruneResult:
     bias = None if parts[0].bias is None else torch.cat([p.bias for p in parts])
     y_norm = float(safe_norm(Y))
     sq = lambda key: math.sqrt(sum(r[key] ** 2 for r in reps))  # noqa: E731
-    errors = math.sqrt(sum((r["relative_error"] * float(safe_norm(Y[:, i * p.weight.shape[0]:
-                                                                       (i + 1) * p.weight.shape[0]])))
-                           ** 2 for i, (r, p) in enumerate(zip(reps, parts))))
+    errors, start = 0.0, 0   # each block's absolute error, from its relative one
+    for r, p in zip(reps, parts):
+        m = p.weight.shape[0]
+        errors += (r["relative_error"] * float(safe_norm(Y[:, start:start + m]))) ** 2
+        start += m
+    errors = math.sqrt(errors)
     statuses = [r["status"] for r in reps]
     status = next((s for s in statuses if s not in SUCCESS), None) or \
         (OPTIMAL_INACCURATE if OPTIMAL_INACCURATE in statuses else OPTIMAL)
