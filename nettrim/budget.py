@@ -258,7 +258,8 @@ def prune_global(model: nn.Module, inputs: Any, sparsity: Any, *, allocation: st
 
     from .baselines import _finish, _report_row
     from .capture import capture, prunable_layers
-    from .prune import PruneResult, PruningError, PruningWarning, output_discrepancy, prune
+    from .prune import (MAX_ITER_HINT, PruneResult, PruningError, PruningWarning,
+                        output_discrepancy, prune)
     from .surgery import apply_masks, set_layer_weight
 
     target_s = check_budget(sparsity)
@@ -337,7 +338,7 @@ def prune_global(model: nn.Module, inputs: Any, sparsity: Any, *, allocation: st
         rep = result.report
         if rep["status"] not in SUCCESS:
             msg = (f"layer {name!r}: solver status {rep['status']} after {rep['iterations']} "
-                   "iterations; raise max_iter through solver_options={'max_iter': ...}")
+                   f"iterations; {MAX_ITER_HINT}")
             if strict:
                 raise PruningError(msg)
             warnings.warn(msg, PruningWarning, stacklevel=3)

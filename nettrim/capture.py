@@ -1,32 +1,53 @@
 """Record the inputs and outputs of a model's prunable layers on calibration data.
 
 Forward hooks are registered inside a context manager and removed in ``finally``; they return
-None, so the model computes exactly what it computes without them. A ``Conv2d`` is turned into a
-matrix product: its input is unfolded into patches (``F.unfold``), one row per output position,
-so ``patches @ weight.flatten(1).T`` equals the convolution's output (bias aside) and the same
-convex program applies; the solved ``(out, in * kh * kw)`` matrix maps back to the weight shape.
+None, so the model computes exactly what it computes without them. A ``Conv2d`` (``Conv1d``) is
+turned into a matrix product: its input is unfolded into patches (``F.unfold``), one row per
+output position, so ``patches @ weight.flatten(1).T`` equals the convolution's output (bias
+aside) and the same convex program applies; the solved ``(out, in * kh * kw)`` matrix maps back
+to the weight shape. A grouped convolution's patches hold every input channel; group ``g`` reads
+its own block of columns (:func:`group_blocks`).
+
+What follows each layer (activation, BatchNorm, residual add) is read by :mod:`nettrim.graph`.
+A BatchNorm after the layer is folded in: the recorded output is the BatchNorm's. A residual
+offset (``relu(bn(conv(x)) + skip)``) is recorded per row by replaying the traced graph.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LayerData", "capture", "capture_cascade", "prunable_layers", "detect_activations",
-           "layer_matrix", "subsample_note", "SUPPORTED", "DEFAULT_BATCH"]
+from .graph import (ACTIVATION_NAMES, PRUNABLE, LayerPattern, ModelPlan, analyze,
+                    attention_projections, skipped_layers)
+from .graph import flatten_sequential as _flatten_sequential  # noqa: F401 (surgery, structured)
+
+__all__ = ["LayerData", "Captured", "capture", "capture_cascade", "prunable_layers",
+           "detect_activations", "layer_matrix", "group_blocks", "subsample_note",
+           "CalibrationWarning", "rows_needed", "model_inputs", "SUPPORTED", "DEFAULT_BATCH",
+           "RELU_PROGRAM"]
 
 #: Module types Net-Trim prunes.
-SUPPORTED = (nn.Linear, nn.Conv2d)
+SUPPORTED = PRUNABLE
+#: Activations solved with the ReLU program (with ``fold=True``): ReLU6 with its target clipped at
+#: 6. Clipping to [0, 6] is a projection onto a set holding Y, so it only brings the pruned
+#: output closer: the ReLU program's bound ``||relu(X W^T) - Y|| <= epsilon`` holds for ReLU6.
+RELU_PROGRAM = ("relu", "relu6")
 #: Rows per forward pass when ``inputs`` is a single tensor.
 DEFAULT_BATCH = 1024
-#: Modules that pass a ReLU through unchanged in eval mode (skipped when looking for the ReLU).
-_TRANSPARENT = (nn.Dropout, nn.Identity)
+_KINDS = ((nn.Linear, "linear"), (nn.Conv1d, "conv1d"), (nn.Conv2d, "conv2d"))
+
+
+class CalibrationWarning(UserWarning):
+    """A layer has fewer calibration rows than the program needs (see :func:`rows_needed`)."""
 
 
 @dataclass
@@ -37,20 +58,33 @@ class LayerData:
     ----------
     name : str
         The module's qualified name in the model.
-    kind : {"linear", "conv2d"}
+    kind : {"linear", "conv1d", "conv2d"}
     X : Tensor of shape (P, N)
-        Layer input, one row per sample (conv: per output position, the unfolded patch;
-        ``N = in_channels * kh * kw``).
+        Layer input, one row per sample (a token for a Linear on ``(batch, tokens, features)``;
+        conv: per output position, the unfolded patch, ``N = in_channels * kernel size``).
     pre : Tensor of shape (P, M)
-        Layer output before the activation, bias included (conv: ``M = out_channels``).
+        Output before the activation, bias included (conv: ``M = out_channels``); with a
+        BatchNorm folded in (``norm``), the BatchNorm's output.
     post : Tensor of shape (P, M)
-        After the activation (``relu(pre)``), or ``pre`` when ``activation`` is None.
-    activation : {"relu", None}
+        The program's target: ``relu(pre + offset)`` for a ReLU layer (``min(relu(pre), 6)``
+        for ReLU6 captured with ``fold=True``), ``pre`` otherwise (other activations are solved
+        with the linear program on their pre-activations).
+    activation : str or None
+        What follows the layer (:data:`nettrim.graph.ACTIVATION_NAMES`).
     has_bias : bool
     weight_shape : tuple
-        The module's weight shape; ``weight.reshape(weight_shape)`` maps an (M, N) matrix back.
+        The module's weight shape; ``weight.reshape(weight_shape)`` maps an (M, N) matrix back
+        (for a grouped convolution, N is the channels of one group times the kernel size).
     rows_seen : int
         Rows produced by the calibration data before subsampling (``P <= rows_seen``).
+    norm : str or None
+        Name of the BatchNorm folded into the program.
+    offset : Tensor of shape (P, M) or None
+        The per-row residual term added before the ReLU.
+    groups : int
+        Groups of a grouped convolution (1 otherwise).
+    calls : int
+        How many times the layer ran per forward pass (every call's rows are kept).
     """
 
     name: str
@@ -62,21 +96,30 @@ class LayerData:
     has_bias: bool
     weight_shape: tuple
     rows_seen: int
+    norm: Optional[str] = None
+    offset: Optional[torch.Tensor] = None
+    groups: int = 1
+    calls: int = 1
 
     def __repr__(self) -> str:
+        extra = "".join([f", norm={self.norm}" if self.norm else "",
+                         ", offset" if self.offset is not None else "",
+                         f", groups={self.groups}" if self.groups > 1 else ""])
         return (f"LayerData({self.name!r}, {self.kind}, X={tuple(self.X.shape)}, "
-                f"Y={tuple(self.post.shape)}, activation={self.activation}, "
+                f"Y={tuple(self.post.shape)}, activation={self.activation}{extra}, "
                 f"rows {self.X.shape[0]} of {self.rows_seen})")
 
 
+class Captured(dict):
+    """``{name: LayerData}`` in model order, plus ``skipped``: ``{name: reason}`` of the layers
+    left as they are (unsupported, or never called by the forward pass)."""
+
+    def __init__(self, data: Mapping, skipped: Mapping[str, str]):
+        super().__init__(data)
+        self.skipped = dict(skipped)
+
+
 # ---- which layers ------------------------------------------------------------------------------
-def _check_conv(name: str, module: nn.Module) -> None:
-    if isinstance(module, nn.Conv2d) and module.groups != 1:
-        msg = (f"layer {name!r} is a grouped/depthwise Conv2d (groups={module.groups}); only "
-               "groups=1 convolutions are supported: pass ignore=[...] to skip it")
-        raise TypeError(msg)
-
-
 def prunable_layers(model: nn.Module, layers: Any = None,
                     ignore: Iterable[str] = ()) -> dict[str, nn.Module]:
     """The layers to prune, in ``model.named_modules()`` order.
@@ -85,8 +128,10 @@ def prunable_layers(model: nn.Module, layers: Any = None,
     ----------
     model : nn.Module
     layers : None, str, type, or a sequence of names and/or module types
-        None: every ``nn.Linear`` and ``nn.Conv2d``. Names must exist and be supported layers;
-        types select all modules of that type.
+        None: every ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` (grouped ones included)
+        except those :func:`nettrim.graph.skipped_layers` lists (``nn.MultiheadAttention``'s
+        projections). Names must exist and be supported layers; types select all modules of
+        that type.
     ignore : iterable of str
         Names to leave out.
 
@@ -95,12 +140,13 @@ def prunable_layers(model: nn.Module, layers: Any = None,
     ValueError
         An unknown name, or nothing left to prune.
     TypeError
-        A named module of an unsupported type (or a grouped convolution).
+        A named module of an unsupported type.
     """
     if not isinstance(model, nn.Module):
         msg = f"model must be a torch.nn.Module, got {type(model).__name__}"
         raise TypeError(msg)
     modules = dict(model.named_modules())
+    skipped = skipped_layers(model)
     ignore = [ignore] if isinstance(ignore, str) else list(ignore)
     unknown = [n for n in ignore if n not in modules]
     if unknown:
@@ -112,31 +158,33 @@ def prunable_layers(model: nn.Module, layers: Any = None,
         wanted = [layers]
     else:
         wanted = list(layers)
-    selected: dict[str, nn.Module] = {}
     for item in wanted:
         if isinstance(item, str):
             if item not in modules:
                 msg = f"layers names {item!r}, which is not a module of the model; prunable " \
                       f"layers are {_supported_names(modules)}"
                 raise ValueError(msg)
-            if not isinstance(modules[item], SUPPORTED):
-                msg = (f"layer {item!r} is a {type(modules[item]).__name__}; Net-Trim prunes "
-                       "nn.Linear and nn.Conv2d layers")
+            if not isinstance(modules[item], SUPPORTED) or item in skipped:
+                why = skipped.get(item, "Net-Trim prunes nn.Linear, nn.Conv1d and nn.Conv2d")
+                msg = f"layer {item!r} is a {type(modules[item]).__name__}: {why}"
                 raise TypeError(msg)
         elif not (isinstance(item, type) and issubclass(item, nn.Module)):
             msg = f"layers must hold module names or nn.Module types, got {item!r}"
             raise TypeError(msg)
         elif not issubclass(item, SUPPORTED):
-            msg = f"layers names the type {item.__name__}; Net-Trim prunes nn.Linear and nn.Conv2d"
+            msg = (f"layers names the type {item.__name__}; Net-Trim prunes nn.Linear, nn.Conv1d "
+                   "and nn.Conv2d")
             raise TypeError(msg)
+    selected: dict[str, nn.Module] = {}
     for name, module in modules.items():
-        if name in ignore or not isinstance(module, SUPPORTED):
+        if name in ignore or name in skipped or not isinstance(module, SUPPORTED):
             continue
         if any(name == w if isinstance(w, str) else isinstance(module, w) for w in wanted):
-            _check_conv(name, module)
             selected[name] = module
     if not selected:
-        msg = "no prunable layers (nn.Linear / nn.Conv2d) selected in the model"
+        msg = "no prunable layers (nn.Linear / nn.Conv1d / nn.Conv2d) selected in the model"
+        if skipped:
+            msg += f"; skipped: {skipped}"
         raise ValueError(msg)
     return selected
 
@@ -146,148 +194,159 @@ def _supported_names(modules: Mapping[str, nn.Module]) -> list[str]:
 
 
 def layer_matrix(module: nn.Module) -> torch.Tensor:
-    """The weight of a Linear / Conv2d as an (M, N) matrix (a view, detached)."""
+    """The weight of a Linear / Conv1d / Conv2d as an (M, N) matrix (a view, detached)."""
     if not isinstance(module, SUPPORTED):
-        msg = f"module must be nn.Linear or nn.Conv2d, got {type(module).__name__}"
+        msg = f"module must be nn.Linear, nn.Conv1d or nn.Conv2d, got {type(module).__name__}"
         raise TypeError(msg)
     return module.weight.detach().flatten(1)
 
 
+def group_blocks(groups: int, N: int, M: int) -> list[tuple[slice, slice]]:
+    """``(columns of X, rows of W)`` of each group of a grouped convolution whose unfolded input
+    has N columns (all channels, channel-major) and M output channels."""
+    n, m = N // groups, M // groups
+    return [(slice(g * n, (g + 1) * n), slice(g * m, (g + 1) * m)) for g in range(groups)]
+
+
 # ---- which activation follows each layer -------------------------------------------------------
-def _is_relu_call(node: Any, modules: Mapping[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules.get(node.target), nn.ReLU)
-    if node.op == "call_function":
-        return node.target in (F.relu, torch.relu, torch.relu_)
-    if node.op == "call_method":
-        return node.target in ("relu", "relu_")
-    return False
-
-
-def _passes_through(node: Any, modules: Mapping[str, nn.Module]) -> bool:
-    return node.op == "call_module" and isinstance(modules.get(node.target), _TRANSPARENT)
-
-
-def _detect_fx(model: nn.Module) -> dict[str, Optional[str]]:
-    graph = torch.fx.symbolic_trace(model).graph
-    modules = dict(model.named_modules())
-    found: dict[str, Optional[str]] = {}
-    for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target), SUPPORTED):
-            continue
-        users = list(node.users)
-        while len(users) == 1 and _passes_through(users[0], modules):
-            users = list(users[0].users)
-        relu = bool(users) and all(_is_relu_call(u, modules) for u in users)
-        # a layer called twice (weight sharing) is left linear: its two uses may differ
-        found[node.target] = "relu" if relu and node.target not in found else None
-    return found
-
-
-def _flatten_sequential(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
-    for name, child in module.named_children():
-        full = f"{prefix}{name}"
-        if isinstance(child, nn.Sequential):
-            yield from _flatten_sequential(child, full + ".")
-        else:
-            yield full, child
-
-
-def _detect_sequential(model: nn.Module) -> dict[str, Optional[str]]:
-    found: dict[str, Optional[str]] = {}
-    containers = [("", model)] if isinstance(model, nn.Sequential) else []
-    containers += [(n + ".", m) for n, m in model.named_modules()
-                   if n and isinstance(m, nn.Sequential)]
-    for prefix, seq in containers:
-        chain = list(_flatten_sequential(seq, prefix))
-        for i, (name, module) in enumerate(chain):
-            if not isinstance(module, SUPPORTED) or name in found:
-                continue
-            j = i + 1
-            while j < len(chain) and isinstance(chain[j][1], _TRANSPARENT):
-                j += 1
-            found[name] = "relu" if j < len(chain) and isinstance(chain[j][1], nn.ReLU) else None
-    return found
-
-
 def detect_activations(model: nn.Module) -> dict[str, Optional[str]]:
-    """``{layer name: "relu" | None}`` for every Linear / Conv2d, read from the model's structure.
+    """``{layer name: activation or None}`` for every prunable layer, read from the graph.
 
-    The model is traced with ``torch.fx``: a layer whose every use is a ReLU (module
-    ``nn.ReLU``, ``F.relu``, ``torch.relu``, ``.relu()``, possibly through Dropout/Identity) is
-    "relu". When tracing fails (data-dependent control flow), the order of ``nn.Sequential``
-    containers is used instead, which cannot see functional ReLUs: declare those with
-    ``activations={name: "relu"}``. Layers nothing is known about are None (linear), which is
-    always safe: the linear program constrains every output entry.
+    See :mod:`nettrim.graph`: a layer whose every use (through Dropout/Identity, and through
+    an eval-mode BatchNorm or a residual add for a ReLU) is an activation gets its name
+    (``"relu"``, ``"relu6"``, ``"gelu"``, ``"silu"``, ``"leaky_relu"``, ``"tanh"``). When
+    tracing fails, ``nn.Sequential`` order is used, which cannot see functional ReLUs: declare
+    those with ``activations={name: "relu"}``. None (linear) is always safe: the linear program
+    constrains every output entry.
     """
-    try:
-        found = _detect_fx(model)
-    except Exception:  # noqa: BLE001 - any tracing failure falls back to the structure
-        found = _detect_sequential(model)
-    return {name: found.get(name) for name, m in model.named_modules() if isinstance(m, SUPPORTED)}
+    return {n: p.activation for n, p in analyze(model, warn=False).patterns.items()}
 
 
-def _resolve_activations(model: nn.Module, names: Sequence[str],
-                         activations: Optional[Mapping[str, Optional[str]]]) -> dict:
-    detected = detect_activations(model)
+def _resolve_patterns(plan: ModelPlan, names: Sequence[str],
+                      activations: Optional[Mapping[str, Optional[str]]],
+                      fold: bool = True) -> dict:
+    """``{name: LayerPattern}`` with the user's ``activations`` overriding the detected ones
+    (a declared activation drops a detected residual offset). Without ``fold``, a layer whose
+    activation comes after a BatchNorm or a residual add is read as linear (its own output)."""
     if activations is None:
         activations = {}
     if not isinstance(activations, Mapping):
         msg = f"activations must be a dict {{layer name: 'relu' or None}}, got {activations!r}"
         raise TypeError(msg)
     for name, act in activations.items():
-        if name not in detected:
-            msg = f"activations names {name!r}, which is not a Linear/Conv2d of the model"
+        if name not in plan.patterns:
+            msg = f"activations names {name!r}, which is not a prunable layer of the model"
             raise ValueError(msg)
-        if act not in ("relu", None):
-            msg = f"activations[{name!r}] must be 'relu' or None, got {act!r}"
+        if act not in ACTIVATION_NAMES:
+            msg = f"activations[{name!r}] must be one of {ACTIVATION_NAMES}, got {act!r}"
             raise ValueError(msg)
-    return {name: activations.get(name, detected[name]) for name in names}
+    out = {}
+    for name in names:
+        pattern = plan.patterns[name]
+        if name in activations and activations[name] != pattern.activation:
+            pattern = LayerPattern(activation=activations[name], norm=pattern.norm)
+        if not fold and (pattern.norm or pattern.offset):
+            pattern = LayerPattern()
+        out[name] = pattern
+    return out
 
 
-# ---- streaming, hooks, subsampling -------------------------------------------------------------
-def _batches(inputs: Any) -> Iterator[torch.Tensor]:
+# ---- calibration batches ---------------------------------------------------------------------
+def model_inputs(batch: Any) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` that one calibration batch feeds to ``model.forward``.
+
+    The label convention: a tensor ``x`` is fed as ``model(x)``; a dict as ``model(**batch)``;
+    a tuple or list is ``(inputs, labels...)`` (a DataLoader's ``(x, y)``) and only its first
+    item is fed: a tensor as ``model(x)``, a tuple/list as ``model(*x)``, a dict as
+    ``model(**x)``. So a model with ``forward(x, mask)`` takes batches ``((x, mask), y)`` or
+    ``((x, mask),)``, or dicts ``{"x": x, "mask": mask}``.
+    """
+    if isinstance(batch, Mapping):
+        return (), dict(batch)
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            msg = "a batch of inputs is an empty tuple; expected (inputs, labels...)"
+            raise ValueError(msg)
+        batch = batch[0]
+        if isinstance(batch, Mapping):
+            return (), dict(batch)
+        if isinstance(batch, (tuple, list)):
+            return tuple(batch), {}
+    if not isinstance(batch, torch.Tensor):
+        msg = ("each batch of inputs must be a tensor, a dict of keyword arguments or an "
+               f"(inputs, labels) pair, got {type(batch).__name__}")
+        raise TypeError(msg)
+    return (batch,), {}
+
+
+def _batches(inputs: Any) -> Iterator[tuple[tuple, dict]]:
     if isinstance(inputs, torch.Tensor):
         if inputs.ndim == 0:
             msg = "inputs must have a batch dimension, got a 0-d tensor"
             raise ValueError(msg)
-        yield from inputs.split(DEFAULT_BATCH)
+        for x in inputs.split(DEFAULT_BATCH):
+            yield (x,), {}
+        return
+    if isinstance(inputs, Mapping):   # one batch of keyword arguments
+        yield (), dict(inputs)
         return
     if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Iterable):
-        msg = ("inputs must be a tensor or an iterable of batches (tensors or (x, y) pairs, e.g. "
-               f"a DataLoader), got {type(inputs).__name__}")
+        msg = ("inputs must be a tensor, a dict of keyword arguments or an iterable of batches "
+               f"(tensors, dicts or (x, y) pairs, e.g. a DataLoader), got {type(inputs).__name__}")
         raise TypeError(msg)
     for batch in inputs:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if not isinstance(x, torch.Tensor):
-            msg = f"each batch of inputs must be a tensor or an (x, y) pair, got {type(x).__name__}"
-            raise TypeError(msg)
-        yield x
+        yield model_inputs(batch)
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(o, device) for o in obj)
+    if isinstance(obj, Mapping):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+# ---- rows of one call --------------------------------------------------------------------------
+def _padding(module: nn.Module) -> list[int]:
+    """F.pad amounts (last dim first) of a Conv1d/Conv2d's padding."""
+    kernel, dilation = module.kernel_size, module.dilation
+    if isinstance(module.padding, str):
+        if module.padding == "valid":
+            return [0] * (2 * len(kernel))
+        pad = []   # "same": torch puts the odd element on the right/bottom
+        for k, d in zip(reversed(kernel), reversed(dilation)):
+            t = d * (k - 1)
+            pad += [t // 2, t - t // 2]
+        return pad
+    pad = []
+    for p in reversed(module.padding):
+        pad += [p, p]
+    return pad
 
 
 def _as_rows(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> tuple:
     """(input rows (B, N), output rows (B, M)) of one call."""
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1]), out.reshape(-1, out.shape[-1])
-    if x.ndim == 3:  # unbatched conv input
+    if x.ndim == len(module.kernel_size) + 1:  # unbatched conv input
         x, out = x[None], out[None]
-    kh, kw = module.kernel_size
-    dh, dw = module.dilation
-    if isinstance(module.padding, str):
-        if module.padding == "valid":
-            pad = (0, 0, 0, 0)
-        else:  # "same": torch puts the odd element on the right/bottom
-            th, tw = dh * (kh - 1), dw * (kw - 1)
-            pad = (tw // 2, tw - tw // 2, th // 2, th - th // 2)
-    else:
-        ph, pw = module.padding
-        pad = (pw, pw, ph, ph)
+    pad = _padding(module)
     if any(pad):
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
         x = F.pad(x, pad, mode=mode)
-    patches = F.unfold(x, (kh, kw), dilation=module.dilation, stride=module.stride)
+    kernel, dilation, stride = module.kernel_size, module.dilation, module.stride
+    if isinstance(module, nn.Conv1d):   # a (k, 1) kernel over a (L, 1) image
+        x, kernel, dilation, stride = x[..., None], (kernel[0], 1), (dilation[0], 1), (stride[0], 1)
+    patches = F.unfold(x, kernel, dilation=dilation, stride=stride)
     rows = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-    return rows, out.permute(0, 2, 3, 1).reshape(-1, out.shape[1])
+    return rows, _channel_rows(out)
+
+
+def _channel_rows(out: torch.Tensor) -> torch.Tensor:
+    """A (B, C, ...) conv or BatchNorm output as (B * positions, C) rows."""
+    return out.movedim(1, -1).reshape(-1, out.shape[1])
 
 
 class _Reservoir:
@@ -325,22 +384,78 @@ class _Reservoir:
 
 
 @contextlib.contextmanager
-def _hooks(named: Mapping[str, nn.Module], sink: dict) -> Iterator[None]:
+def _hooks(named: Mapping[str, nn.Module], sink: dict,
+           attention: Optional[Mapping[str, nn.Module]] = None) -> Iterator[None]:
+    """Every call of each named module appends ``(input, output)`` to ``sink[name]``.
+
+    ``attention`` maps an ``out_proj`` name to its ``nn.MultiheadAttention``, which applies it
+    functionally: the hook on the attention re-runs it with ``out_proj`` as the identity to get
+    the projection's input (the heads' concatenated output)."""
     handles = []
+    busy = []
 
     def make(name: str):
-        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            # clone: a later in-place op (ReLU(inplace=True)) would rewrite the records
-            sink[name] = (args[0].detach().clone(), out.detach().clone())
+        def hook(module: nn.Module, args: tuple, out: Any) -> None:
+            # clone: a later in-place op (ReLU(inplace=True), +=) would rewrite the records
+            sink.setdefault(name, []).append((args[0].detach().clone(), out.detach().clone()))
+        return hook
+
+    def make_attention(name: str):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+            if busy:   # the re-run below
+                return
+            E = module.out_proj.weight.shape[0]
+            eye = torch.eye(E, dtype=module.out_proj.weight.dtype, device=module.out_proj.weight.device)
+            busy.append(True)
+            try:
+                heads = torch.func.functional_call(
+                    module, {"out_proj.weight": eye, "out_proj.bias": torch.zeros_like(eye[0])},
+                    args, kwargs)[0]
+            finally:
+                busy.pop()
+            sink.setdefault(name, []).append((heads.detach().clone(), out[0].detach().clone()))
         return hook
 
     try:
         for name, module in named.items():
             handles.append(module.register_forward_hook(make(name)))
+        for name, module in (attention or {}).items():
+            handles.append(module.register_forward_hook(make_attention(name), with_kwargs=True))
         yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+class _Replay(torch.fx.Interpreter):
+    """Runs a traced model node by node, keeping the values of the ``watch`` nodes (residual
+    adds) in ``sink["@" + node name]``; the model's own modules run, so hooks fire."""
+
+    def __init__(self, module: torch.fx.GraphModule, watch: set, sink: dict):
+        super().__init__(module)
+        self.watch, self.sink = watch, sink
+
+    def run_node(self, node: Any) -> Any:
+        value = super().run_node(node)
+        if node.name in self.watch:
+            self.sink.setdefault("@" + node.name, []).append(value.detach().clone())
+        return value
+
+
+def _forward(model: nn.Module, replay: Optional[_Replay], args: tuple, kwargs: dict) -> Any:
+    if replay is None:
+        return model(*args, **kwargs)
+    placeholders = [n.target for n in replay.module.graph.nodes if n.op == "placeholder"]
+    if kwargs:   # keyword arguments in the traced signature's order (defaults kept)
+        args = list(args)
+        for name in placeholders[len(args):]:
+            if name not in kwargs:
+                break
+            args.append(kwargs.pop(name))
+        if kwargs:
+            msg = f"inputs give keyword arguments {sorted(kwargs)} the traced forward does not take"
+            raise TypeError(msg)
+    return replay.run(*args)
 
 
 @contextlib.contextmanager
@@ -361,6 +476,22 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+@contextlib.contextmanager
+def _plain_attention() -> Iterator[None]:
+    """The fused fast path of nn.MultiheadAttention / TransformerEncoderLayer (taken in eval
+    mode without grad) skips the Linear modules' hooks: turned off while capturing."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    before = mha.get_fastpath_enabled()
+    try:
+        mha.set_fastpath_enabled(False)
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
+
+
 def _check_options(max_samples: Any, seed: Any) -> None:
     if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
                                     or max_samples < 1):
@@ -371,38 +502,83 @@ def _check_options(max_samples: Any, seed: Any) -> None:
         raise TypeError(msg)
 
 
-def _run(models: Sequence[nn.Module], inputs: Any, names: Sequence[str],
-         take: Any, max_samples: Optional[int], seed: int, dtype: Any, device: Any) -> dict:
-    """Stream ``inputs`` through every model (hooks on ``names``), ``take(sinks, name)`` ->
-    the (X, pre) rows kept for a layer; returns ``{name: (X, pre, rows_seen)}``."""
+def _rows_of(name: str, module: nn.Module, pattern: LayerPattern, sink: dict) -> tuple:
+    """``(X, pre, S)`` rows of every call of ``name`` in one batch (S None without offset)."""
+    calls = sink[name]
+    Xs, pres, offsets = [], [], []
+    norms = sink.get(pattern.norm, []) if pattern.norm else []
+    adds = sink.get("@" + pattern.offset, []) if pattern.offset else []
+    for i, (x, out) in enumerate(calls):
+        rows, pre = _as_rows(module, x, out)
+        if pattern.norm and i < len(norms):
+            pre = _channel_rows(norms[i][1])
+        Xs.append(rows)
+        pres.append(pre)
+        if pattern.offset and i < len(adds):
+            total = adds[i].reshape(-1, pre.shape[1]) if isinstance(module, nn.Linear) \
+                else _channel_rows(adds[i])
+            offsets.append(total - pre)
+    X = torch.cat(Xs)
+    pre = torch.cat(pres)
+    S = torch.cat(offsets) if offsets else None
+    return X, pre, S
+
+
+def _run(models: Sequence[nn.Module], inputs: Any, names: Sequence[str], patterns: Mapping,
+         take: Any, max_samples: Optional[int], seed: int, dtype: Any, device: Any) -> tuple:
+    """Stream ``inputs`` through every model (hooks on ``names`` and their BatchNorms, residual
+    adds replayed from the traced graph); ``take(sinks, name)`` -> the (X, pre, S) rows kept
+    for a layer. Returns ``({name: (X, pre, S or None, rows_seen, calls)}, {name: reason})``
+    with the layers the forward pass never called in the second dict."""
     reservoirs = {name: _Reservoir(max_samples, seed + 7919 * i) for i, name in enumerate(names)}
     run_device = _model_device(models[0])
     sinks = [dict() for _ in models]
-    named = [{n: dict(m.named_modules())[n] for n in names} for m in models]
+    projections = attention_projections(models[0])
+    hooked = {n for n in names if n not in projections}
+    hooked |= {patterns[n].norm for n in names if patterns[n].norm}
+    named = [{n: dict(m.named_modules())[n] for n in hooked} for m in models]
+    attention = [{n: dict(m.named_modules())[projections[n]] for n in names if n in projections}
+                 for m in models]
+    watch = {patterns[n].offset for n in names if patterns[n].offset}
+    replays = [_Replay(torch.fx.symbolic_trace(m), watch, sink) if watch else None
+               for m, sink in zip(models, sinks)]
+    calls: dict = {}
+    missing: dict = {}
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.no_grad())
         stack.enter_context(_eval_mode(*models))
-        for model, hooks, sink in zip(models, named, sinks):
-            stack.enter_context(_hooks(hooks, sink))
+        stack.enter_context(_plain_attention())
+        for hooks, attn, sink in zip(named, attention, sinks):
+            stack.enter_context(_hooks(hooks, sink, attn))
         batches = 0
-        for x in _batches(inputs):
+        for args, kwargs in _batches(inputs):
             batches += 1
-            x = x.to(run_device)
-            for model, sink in zip(models, sinks):
+            args, kwargs = _to(args, run_device), _to(kwargs, run_device)
+            for model, replay, sink in zip(models, replays, sinks):
                 sink.clear()
-                model(x)
+                _forward(model, replay, args, dict(kwargs))
             for name in names:
+                if name in missing:
+                    continue
                 if any(name not in sink for sink in sinks):
-                    msg = f"layer {name!r} was not called by the model's forward pass"
-                    raise ValueError(msg)
-                X, pre = take(sinks, name)
-                X = X.to(device=device or X.device, dtype=dtype or X.dtype)
-                pre = pre.to(device=device or pre.device, dtype=dtype or pre.dtype)
-                reservoirs[name].add(X, pre)
+                    missing[name] = "not called by the model's forward pass (used functionally?)"
+                    continue
+                calls[name] = len(sinks[0][name])
+                arrays = [a for a in take(sinks, name) if a is not None]
+                arrays = [a.to(device=device or a.device, dtype=dtype or a.dtype) for a in arrays]
+                reservoirs[name].add(*arrays)
     if batches == 0:
         msg = "inputs yielded no batches"
         raise ValueError(msg)
-    return {name: (*reservoirs[name].result(), reservoirs[name].seen) for name in names}
+    out = {}
+    for name in names:
+        if name in missing:
+            continue
+        kept = reservoirs[name].result()
+        X, pre = kept[0], kept[1]
+        S = kept[2] if len(kept) > 2 else None
+        out[name] = (X, pre, S, reservoirs[name].seen, calls[name])
+    return out, missing
 
 
 def _check_finite(name: str, X: torch.Tensor, pre: torch.Tensor) -> None:
@@ -414,84 +590,141 @@ def _check_finite(name: str, X: torch.Tensor, pre: torch.Tensor) -> None:
             raise ValueError(msg)
 
 
-def _layer_data(name: str, module: nn.Module, X, pre, seen, activation) -> LayerData:
+def rows_needed(N: int, keep: float = 0.1) -> int:
+    """Calibration rows the sample-complexity results of Net-Trim ask for, ``s log(N / s)`` with
+    ``s = keep * N`` nonzero weights per neuron (Aghasi et al.: O(s log(N/s)) samples recover an
+    s-sparse neuron), rounded up; at least ``s``."""
+    s = max(1.0, keep * N)
+    return int(math.ceil(max(s, s * math.log(N / s))))
+
+
+def _check_rows(data: LayerData) -> None:
+    P = data.X.shape[0]
+    N = data.X.shape[1] // data.groups
+    if P < N:
+        msg = (f"layer {data.name!r} has {P} calibration rows for {N} inputs per neuron "
+               f"(ratio {P / N:.3g}): its program is underdetermined and can return a very "
+               f"sparse layer that fits only these rows. Rows needed: {N} for a determined fit; "
+               f"Net-Trim's sample complexity O(s log(N/s)) for s nonzero weights per neuron is "
+               f"about {rows_needed(N)} at 90% sparsity. Give more calibration data (or a "
+               "larger max_samples / --max-rows)")
+        warnings.warn(msg, CalibrationWarning, stacklevel=3)
+
+
+def _layer_data(name: str, module: nn.Module, X, pre, S, seen, calls,
+                pattern: LayerPattern, fold: bool) -> LayerData:
     _check_finite(name, X, pre)
-    post = torch.relu(pre) if activation == "relu" else pre
-    return LayerData(name=name, kind="linear" if isinstance(module, nn.Linear) else "conv2d",
-                     X=X, pre=pre, post=post, activation=activation,
+    relu = pattern.activation in (RELU_PROGRAM if fold else ("relu",))
+    post = torch.relu(pre if S is None else pre + S) if relu else pre
+    if relu and pattern.activation == "relu6":
+        post = post.clamp(max=6.0)
+    data = LayerData(name=name, kind=next(k for t, k in _KINDS if isinstance(module, t)),
+                     X=X, pre=pre, post=post, activation=pattern.activation,
                      has_bias=module.bias is not None, weight_shape=tuple(module.weight.shape),
-                     rows_seen=seen)
+                     rows_seen=seen, norm=pattern.norm, offset=S if relu else None,
+                     groups=getattr(module, "groups", 1), calls=calls)
+    _check_rows(data)
+    return data
 
 
-def capture(model: nn.Module, inputs: Union[torch.Tensor, Iterable], layers: Any = None, *,
+def capture(model: nn.Module, inputs: Any, layers: Any = None, *,
             ignore: Iterable[str] = (), activations: Optional[Mapping[str, Optional[str]]] = None,
             max_samples: Optional[int] = None, seed: int = 0, device: Any = None,
-            dtype: Optional[torch.dtype] = None) -> dict[str, LayerData]:
+            dtype: Optional[torch.dtype] = None, plan: Optional[ModelPlan] = None,
+            fold: bool = False) -> Captured:
     """Record the input, pre- and post-activation output of each prunable layer.
 
     Parameters
     ----------
     model : nn.Module
         Run in eval mode (dropout off) under ``torch.no_grad``; its mode is restored after.
-    inputs : Tensor or iterable of batches
-        A tensor (split into batches of :data:`DEFAULT_BATCH`) or an iterable of tensors or
-        ``(x, y)`` pairs (a DataLoader), streamed batch by batch.
+    inputs : Tensor, dict or iterable of batches
+        A tensor (split into batches of :data:`DEFAULT_BATCH`), a dict of keyword arguments
+        (one batch), or an iterable of batches streamed one by one (a DataLoader); what each
+        batch feeds to ``forward`` is :func:`model_inputs` (tensor, dict, or ``(inputs,
+        labels)`` whose inputs may be a tuple of tensors).
     layers, ignore
         Selection, see :func:`prunable_layers`.
     activations : dict, optional
-        ``{name: "relu" | None}`` overriding :func:`detect_activations` (functional ReLUs).
+        ``{name: activation or None}`` overriding the graph's reading (functional ReLUs
+        where tracing fails); values from :data:`nettrim.graph.ACTIVATION_NAMES`.
     max_samples : int, optional
         Keep at most this many rows per layer: a uniform random subset (seeded; for a conv,
-        of output positions/patches), chosen while streaming so memory stays bounded
-        (about twice the kept rows). ``LayerData.rows_seen`` says how many there were.
+        of output positions/patches; for a Linear on sequences, of tokens), chosen while
+        streaming so memory stays bounded (about twice the kept rows).
+        ``LayerData.rows_seen`` says how many there were.
     seed : int
         Seed of the subsampling: the same seed on the same data keeps the same rows.
     device, dtype : optional
         Where and in which dtype the records are kept (default: as the model produces them).
+    plan : ModelPlan, optional
+        The graph reading (:func:`nettrim.graph.analyze`) when the caller has it already.
+    fold : bool, default False
+        True: what :func:`nettrim.prune` solves, a BatchNorm after the layer folded in (``pre``
+        is its output), a residual add before the ReLU recorded as ``offset``, and a ReLU6
+        layer's target ``min(relu(pre), 6)`` for the ReLU program. False: every layer's own
+        output; a layer whose ReLU comes after a BatchNorm or an add is linear, and only
+        "relu" layers have ``post = relu(pre)``.
 
     Returns
     -------
-    dict[str, LayerData]
-        In model order. Hooks are removed before returning, also on error.
+    Captured
+        ``{name: LayerData}`` in model order, with ``.skipped`` (``{name: reason}``: layers
+        never called by the forward pass, and the unsupported layers of
+        :func:`nettrim.graph.skipped_layers`). Hooks are removed before returning, also on
+        error. A layer with fewer rows than inputs raises a :class:`CalibrationWarning`.
     """
     _check_options(max_samples, seed)
     selected = prunable_layers(model, layers, ignore)
-    acts = _resolve_activations(model, list(selected), activations)
-    raw = _run([model], inputs, list(selected), lambda sinks, n: _as_rows(selected[n], *sinks[0][n]),
-               max_samples, seed, dtype, device)
-    return {n: _layer_data(n, selected[n], *raw[n], acts[n]) for n in selected}
+    plan = plan or analyze(model)
+    patterns = _resolve_patterns(plan, list(selected), activations, fold)
+    raw, missing = _run([model], inputs, list(selected), patterns,
+                        lambda sinks, n: _rows_of(n, selected[n], patterns[n], sinks[0]),
+                        max_samples, seed, dtype, device)
+    data = {n: _layer_data(n, selected[n], *raw[n], patterns[n], fold) for n in selected
+            if n in raw}
+    return Captured(data, {**plan.skipped, **missing})
 
 
 def capture_cascade(original: nn.Module, pruned: nn.Module, inputs: Any, name: str, *,
                     activations: Optional[Mapping[str, Optional[str]]] = None,
                     max_samples: Optional[int] = None, seed: int = 0, device: Any = None,
-                    dtype: Optional[torch.dtype] = None) -> LayerData:
-    """One layer's cascade data: input ``X`` from ``pruned``, outputs from ``original``.
+                    dtype: Optional[torch.dtype] = None, plan: Optional[ModelPlan] = None,
+                    fold: bool = False) -> Optional[LayerData]:
+    """One layer's cascade data: input ``X`` (and a residual offset) from ``pruned``, the
+    target outputs from ``original``.
 
     Both models see the same batches in the same pass, so rows pair up even when the data
-    loader shuffles. ``pruned`` must have the same architecture as ``original``.
+    loader shuffles. ``pruned`` must have the same architecture as ``original``. Returns None
+    when the forward pass never calls the layer. ``fold`` as in :func:`capture`.
     """
     _check_options(max_samples, seed)
     module = prunable_layers(original, [name])[name]
     prunable_layers(pruned, [name])
-    acts = _resolve_activations(original, [name], activations)
+    plan = plan or analyze(original)
+    patterns = _resolve_patterns(plan, [name], activations, fold)
+    pattern = patterns[name]
 
     def take(sinks, n):
-        x_hat, out_hat = sinks[1][n]
-        x, out = sinks[0][n]
-        rows_hat, _ = _as_rows(module, x_hat, out_hat)
-        _, pre = _as_rows(module, x, out)
-        return rows_hat, pre
+        X_hat, _, S_hat = _rows_of(n, module, pattern, sinks[1])
+        _, pre, S = _rows_of(n, module, pattern, sinks[0])
+        if S is None:
+            return X_hat, pre, None
+        # the original's target relu(pre + S) is kept as pre + S - S_hat, so that
+        # relu(pre' + S_hat) reproduces it with the pruned network's offset S_hat
+        return X_hat, pre + S - S_hat, S_hat
 
-    raw = _run([original, pruned], inputs, [name], take, max_samples, seed, dtype, device)
-    return _layer_data(name, module, *raw[name], acts[name])
+    raw, missing = _run([original, pruned], inputs, [name], patterns, take, max_samples, seed,
+                        dtype, device)
+    if name in missing:
+        return None
+    return _layer_data(name, module, *raw[name], pattern, fold)
 
 
 def subsample_note(data: LayerData) -> str:
     """A one-line description of what was kept, for reports."""
     kept = data.X.shape[0]
-    unit = "patches" if data.kind == "conv2d" else "rows"
+    unit = "rows" if data.kind == "linear" else "patches"
     if kept == data.rows_seen:
         return f"{kept} {unit} (all)"
     return f"{kept} of {data.rows_seen} {unit} ({100 * kept / data.rows_seen:.1f}%, seeded)"
-

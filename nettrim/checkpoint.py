@@ -679,7 +679,7 @@ def _assign(layer: nn.Module, weight: torch.Tensor, bias: Optional[torch.Tensor]
 
 
 # ---- data --------------------------------------------------------------------------------------
-def load_data(path: str | os.PathLike, *, split: str = "train"
+def load_data(path: str | os.PathLike, *, split: str = "train", integers: bool = False
               ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Load samples (and labels when present) from ``.npz``, ``.pt`` or idx files.
 
@@ -692,10 +692,13 @@ def load_data(path: str | os.PathLike, *, split: str = "train"
     split : {"train", "test"}, default "train"
         Which pair of files to read from an idx directory; a directory without that split's
         images is an error naming the missing file (never the other split in its place).
+    integers : bool, default False
+        Keep integer samples as int64 (token ids for a model that starts with an
+        ``nn.Embedding``) instead of converting them to float32.
 
     Returns
     -------
-    x : Tensor of shape (n, ...), float32
+    x : Tensor of shape (n, ...), float32 (int64 for integer data with ``integers=True``)
     y : Tensor of shape (n,), int64, or None
 
     Raises
@@ -726,7 +729,7 @@ def load_data(path: str | os.PathLike, *, split: str = "train"
                "with arrays x (and y), a .pt tensor or {'x', 'y'} dict, or an MNIST-style idx "
                "directory")
         raise CheckpointError(_one_line(msg)) from err
-    return _check_xy(x, y, path)
+    return _check_xy(x, y, path, integers)
 
 
 def _load_npz(path: pathlib.Path):
@@ -791,7 +794,8 @@ def _load_idx_dir(path: pathlib.Path, split: str):
     return x, y
 
 
-def _check_xy(x: torch.Tensor, y: Optional[torch.Tensor], path: pathlib.Path):
+def _check_xy(x: torch.Tensor, y: Optional[torch.Tensor], path: pathlib.Path,
+              integers: bool = False):
     if x.ndim < 2 or x.shape[0] == 0:
         msg = (f"data {path}: expected samples of shape (n, ...) with n >= 1, "
                f"got shape {tuple(x.shape)}")
@@ -800,7 +804,10 @@ def _check_xy(x: torch.Tensor, y: Optional[torch.Tensor], path: pathlib.Path):
                                                   torch.int32, torch.int64)):
         msg = f"data {path}: expected numeric samples, got dtype {x.dtype}"
         raise CheckpointError(msg)
-    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+    if integers and not x.is_floating_point():
+        x = x.long()
+    else:
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
     bad = int((~torch.isfinite(x)).sum())
     if bad:
         msg = (f"data {path}: {bad} of the {x.numel()} sample values are NaN or Inf (as float32); "

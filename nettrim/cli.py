@@ -34,8 +34,9 @@ import signal
 import sys
 import tempfile
 import threading
+import warnings
 import time
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from .formats import FORMATS
 
@@ -188,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection(p)
     p.add_argument("--samples", type=_positive_int, metavar="N",
                    help="use N calibration samples (a seeded random subset); default all")
+    p.add_argument("--max-rows", type=_positive_int, metavar="R",
+                   help="keep at most R rows per layer (a seeded subset of the conv patches or "
+                        "sequence tokens the samples give); default all")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where activations are captured and solved (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample subsets (default 0)")
@@ -331,7 +335,7 @@ def _run(args) -> int:
         _error(str(err))
         return EXIT_USAGE
     except PruningError as err:
-        _error(f"pruning failed: {err}")
+        _error(f"pruning failed: {_cli_hint(str(err))}")
         return EXIT_FAILURE
 
 
@@ -419,18 +423,20 @@ def _subset(x: torch.Tensor, y: Optional[torch.Tensor], samples: Optional[int], 
     return x[order], (None if y is None else y[order])
 
 
-def _load_data(path: str, split: str, samples: Optional[int], seed: int):
+def _load_data(path: str, split: str, samples: Optional[int], seed: int,
+               integers: bool = False):
     from . import checkpoint as ckpt_io
 
-    x, y = ckpt_io.load_data(path, split=split)
+    x, y = ckpt_io.load_data(path, split=split, integers=integers)
     n_available = x.shape[0]
     x, y = _subset(x, y, samples, seed)
     return x, y, n_available
 
 
-def _check_fits(model: torch.nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
+def _check_fits(model: torch.nn.Module, x: torch.Tensor, what: str, many: bool = False) -> Any:
     """Run the model on a couple of rows; a failure is a shape mismatch between data and model,
-    a non-finite output a model (or data) that gives no usable measurement."""
+    a non-finite output a model (or data) that gives no usable measurement. With ``many``, a
+    tuple or dict of outputs is accepted (each tensor checked)."""
     import torch
 
     was_training = model.training
@@ -445,10 +451,12 @@ def _check_fits(model: torch.nn.Module, x: torch.Tensor, what: str) -> torch.Ten
         raise UsageError(msg) from err
     finally:
         model.train(was_training)
-    if not isinstance(out, torch.Tensor):
+    from .prune import output_tensors
+
+    if not isinstance(out, torch.Tensor) and not (many and output_tensors(out)):
         msg = f"the model returns a {type(out).__name__}, not a tensor: nettrim needs one output"
         raise UsageError(msg)
-    if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+    if any(not bool(torch.isfinite(t).all()) for t in output_tensors(out)):
         msg = f"the model's output on {what} has NaN/Inf entries: nothing can be measured on it"
         raise UsageError(msg)
     return out
@@ -504,8 +512,11 @@ def _same_file(a: pathlib.Path, b: pathlib.Path) -> bool:
 
 # ---- prune --------------------------------------------------------------------------------------
 def _cmd_prune(args) -> int:
+    import torch
+
     from . import checkpoint as ckpt_io
     from . import report as rep
+    from .graph import takes_token_ids
     from .prune import prune
 
     start = time.perf_counter()
@@ -526,10 +537,11 @@ def _cmd_prune(args) -> int:
     source_hash = _sha256(source)
     loaded = _load(args.checkpoint, args)
     out_format = args.out_format or _format_from_suffix(out) or loaded.format
-    x, y, n_available = _load_data(args.data, "train", args.samples, args.seed)
+    x, y, n_available = _load_data(args.data, "train", args.samples, args.seed,
+                                   integers=takes_token_ids(loaded.model))
     device = _device(args.device)
     model = loaded.model.to(device)
-    _check_fits(model, x, f"data {args.data}")
+    one_output = isinstance(_check_fits(model, x, f"data {args.data}", many=True), torch.Tensor)
     selected = _select(model, args.layers, args.ignore)
     example, dynamic = None, False
     notes = list(loaded.notes)
@@ -551,12 +563,15 @@ def _cmd_prune(args) -> int:
     if args.max_iter and args.solver == "admm":
         solver_options = {"max_iter": args.max_iter}
     try:
-        result = prune(model, x.to(device), epsilon, sparsity=args.sparsity, mode=args.mode,
-                       solver=args.solver, layers=selected, seed=args.seed, device=device,
-                       gamma=args.gamma, strict=not args.lenient, progress=not args.quiet,
-                       solver_options=solver_options, refit=args.refit, reweight=args.reweight,
-                       scope="global" if args.global_budget else "layer",
-                       min_per_unit=args.min_per_unit)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            result = prune(
+                model, x.to(device), epsilon, sparsity=args.sparsity, mode=args.mode,
+                solver=args.solver, layers=selected, seed=args.seed, device=device,
+                max_samples=args.max_rows, gamma=args.gamma, strict=not args.lenient,
+                progress=not args.quiet, solver_options=solver_options, refit=args.refit,
+                reweight=args.reweight, scope="global" if args.global_budget else "layer",
+                min_per_unit=args.min_per_unit)
     except (ValueError, TypeError) as err:
         # prune validates its options and the model structure; anything it rejects is ours
         from .prune import PruningError
@@ -569,7 +584,7 @@ def _cmd_prune(args) -> int:
                             dynamic_batch=dynamic)
     rows = [r.as_dict() for r in result.report]
     summary: dict = {}
-    if y is not None:
+    if y is not None and one_output:
         summary["accuracy_original"] = _accuracy(loaded.model.cpu(), x, y)  # prune copied it
         summary["accuracy_pruned"] = _accuracy(pruned, x, y)
     document = {
@@ -601,7 +616,7 @@ def _cmd_prune(args) -> int:
     if result.options.get("scope") == "global":
         from .budget import format_allocation
         lines.append(format_allocation(result.options))
-    if y is not None:
+    if "accuracy_pruned" in summary:
         lines.append(f"calibration accuracy: original {summary['accuracy_original']:.2%}, "
                      f"pruned {summary['accuracy_pruned']:.2%}")
     lines += [f"note: {n}" for n in notes]
@@ -609,6 +624,19 @@ def _cmd_prune(args) -> int:
     lines += [f"wrote {p}" for p in plots]
     _say(args, *lines)
     return EXIT_OK
+
+
+def _cli_hint(text: str) -> str:
+    """A library message with the command line's spelling of the iteration cap."""
+    from .prune import MAX_ITER_HINT
+
+    return text.replace(MAX_ITER_HINT, "raise the iteration cap with --max-iter N")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings during a command, one line each, in the command line's terms."""
+    text = _cli_hint(str(message))
+    print(f"nettrim: warning: {text}", file=sys.stderr if file is None else file, flush=True)
 
 
 def _format_from_suffix(path: pathlib.Path) -> Optional[str]:

@@ -31,7 +31,9 @@ from solvers.refit import refit as refit_support
 from solvers.refit import reweighted_penalty
 
 from .budget import check_scope
-from .capture import capture, capture_cascade, prunable_layers
+from .capture import (RELU_PROGRAM, LayerData, _batches, _to, capture, capture_cascade,
+                      group_blocks, prunable_layers)
+from .graph import analyze, batchnorm_affine
 from .report import format_prune_table
 from .surgery import apply_masks, set_layer_weight
 
@@ -39,6 +41,10 @@ __all__ = ["prune_layer", "prune", "LayerPruneResult", "LayerReport", "PruneResu
            "PruningWarning", "PruningError", "SOLVERS", "MODES"]
 
 SOLVERS = ("admm", "cvxpy")
+#: How a PruningWarning/PruningError says to raise the iteration cap (the CLI names its flag).
+MAX_ITER_HINT = "raise max_iter through solver_options={'max_iter': ...}"
+#: Report status of a layer left as it is (the note says why).
+SKIPPED = "SKIPPED"
 MODES = ("parallel", "cascade")
 #: Sparsity mode: relative epsilons searched (log-bisection) within these bounds.
 SPARSITY_EPS_RANGE = (1e-4, 1.0)
@@ -128,14 +134,16 @@ def _check_fraction(value: Any, name: str, *, upper_open: bool) -> float:
 
 def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
                 sparsity: Optional[float] = None, relu: bool = True, bias: bool = False,
-                V: Any = None, absolute: bool = False, penalize_bias: bool = False,
+                V: Any = None, offset: Any = None, absolute: bool = False,
+                penalize_bias: bool = False,
                 solver: str = "admm", W0: Any = None, b0: Any = None, refit: bool = True,
                 reweight: int = 1, solver_options: Optional[dict] = None,
                 progress: bool = False) -> LayerPruneResult:
     """Prune one layer from its activations: the least-l1 weights whose outputs stay close.
 
-    Solves ``min sum|W|  s.t.  ||(X W^T + b - Y) on Omega||_F <= epsilon,
-    X W^T + b <= V off Omega`` (ReLU layer; a linear layer has one ball over all entries).
+    Solves ``min sum|W|  s.t.  ||(X W^T + b + S - Y) on Omega||_F <= epsilon,
+    X W^T + b + S <= V off Omega`` (ReLU layer; a linear layer has one ball over all entries),
+    with S a known offset (0 unless ``offset`` is given).
 
     Parameters
     ----------
@@ -159,7 +167,10 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
         Fit a bias too (a ones column appended to X); it is not penalized unless
         ``penalize_bias=True``.
     V : ndarray or Tensor of shape (P, M), optional
-        Inequality bound off the active set (cascade: ``X-hat W0^T + b0``); default 0.
+        Inequality bound off the active set (cascade: ``X-hat W0^T + b0 + S``); default 0.
+    offset : ndarray or Tensor of shape (P, M), optional
+        Known term added before the activation, per row (a residual block's skip: the output
+        is ``relu(X W^T + b + offset)``); see :class:`solvers.NetTrimProblem` ``S``.
     solver : {"admm", "cvxpy"}
     W0, b0 : optional
         Warm start (the original weights): shapes (M, N) and (M,), finite.
@@ -207,7 +218,7 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
     t0 = time.perf_counter()
 
     def problem_for(eps_abs: float) -> NetTrimProblem:
-        return NetTrimProblem(Xa, Y, eps_abs, V=V, relu=relu)
+        return NetTrimProblem(Xa, Y, eps_abs, V=V, relu=relu, S=offset)
 
     def refit_on(problem: NetTrimProblem, result, max_iter=None, support=None):
         """(refit result, whether it may replace ``result``); support: W != 0 by default."""
@@ -283,6 +294,8 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
     W = torch.as_tensor(result.W, device=X.device, dtype=X.dtype)
     weight, b = (W[:, :N].contiguous(), W[:, N].contiguous()) if bias else (W, None)
     out = X @ weight.T + (b if b is not None else 0)
+    if offset is not None:
+        out = out + as_tensor(offset, name="offset").to(out)
     if relu:
         out = torch.relu(out)
     nonzeros = int((weight != 0).sum())
@@ -479,7 +492,7 @@ def _trim_to(result, keep, N):
         return result, 0
     magnitude = weights.abs().flatten().masked_fill((weights == 0).flatten(), math.inf)
     drop = torch.topk(magnitude, extra, largest=False).indices
-    flat = weights.flatten()
+    flat = weights.flatten().clone()   # a one-row W flattens to a view of itself
     flat[drop] = 0.0
     weights.copy_(flat.reshape(weights.shape))
     return replace(result, W=W, objective=float(weights.abs().sum())), extra
@@ -586,6 +599,12 @@ class LayerReport:
     seconds: float
     solver: str
     note: str = ""
+    #: The program solved: "relu" or "linear(<activation>)", with "+bn" (BatchNorm folded),
+    #: "+offset" (residual add before the ReLU), "+groups=G"; "skipped".
+    program: str = ""
+    #: Calibration rows the program used (after ``max_samples``), of ``rows_seen``.
+    rows: int = 0
+    rows_seen: int = 0
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -601,6 +620,8 @@ class PruneResult:
     report: list
     options: dict = field(default_factory=dict)
     output_error: float = float("nan")
+    #: ``{name: reason}`` of the layers left as they are.
+    skipped: dict = field(default_factory=dict)
 
     def table(self) -> str:
         """The per-layer report as an aligned text table (see :mod:`nettrim.report`)."""
@@ -609,7 +630,7 @@ class PruneResult:
     def to_dict(self) -> dict:
         """JSON-ready: ``{"layers": [...], "options": {...}, "output_error": float}``."""
         return {"layers": [r.as_dict() for r in self.report], "options": dict(self.options),
-                "output_error": self.output_error}
+                "output_error": self.output_error, "skipped": dict(self.skipped)}
 
 
 def _per_layer(value, names, what):
@@ -639,8 +660,18 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
           strict: bool = False, progress: bool = False, refit: bool = True, reweight: int = 1,
           solver_options: Optional[dict] = None, scope: str = "layer",
           structured: bool = False, min_per_unit: Optional[int] = None,
-          allocation: str = "epsilon") -> PruneResult:
-    """Prune a model's Linear and Conv2d layers with Net-Trim.
+          allocation: str = "epsilon", fold_bn: bool = False) -> PruneResult:
+    """Prune a model's Linear, Conv1d and Conv2d layers with Net-Trim.
+
+    What follows each layer is read from the traced graph (:mod:`nettrim.graph`): a ReLU
+    (directly, after an eval-mode BatchNorm, or after a residual add ``relu(bn(conv(x)) +
+    skip)``) gives the ReLU-aware program, with the BatchNorm ``a * z + c`` folded into the
+    weights and the skip term as a known per-sample offset (in cascade mode taken from the
+    pruned network). Other activations (GELU, SiLU, LeakyReLU, Tanh, ReLU6) get the linear
+    program on their pre-activations. Grouped and depthwise convolutions are solved one group
+    at a time. Layers that cannot be pruned (``nn.MultiheadAttention``'s projections, layers
+    the forward pass never calls) are left as they are, with status ``SKIPPED`` and the reason
+    in the report (and in ``result.skipped``).
 
     Parameters
     ----------
@@ -663,14 +694,17 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
     layers, ignore : optional
         Which layers (names or module types) and which names to skip.
     activations : dict, optional
-        ``{layer: "relu" | None}`` where detection from the model structure cannot see it.
+        ``{layer: "relu" | None | ...}`` (:data:`nettrim.graph.ACTIVATION_NAMES`) where the
+        graph reading cannot see it (untraceable models, functional ReLUs).
     gamma : float >= 1
         Cascade slack: the original weights stay feasible.
     kappa : float in (0, 1]
         Cascade: the last linear layer's tolerance is ``kappa * gamma * ||X-hat W^T - Y||^2``
         (smaller: closer outputs, may be infeasible).
     max_samples : int, optional
-        Rows kept per layer (seeded uniform subsample; for conv, patches).
+        Rows kept per layer (seeded uniform subsample; for conv, patches; for a Linear on
+        ``(batch, tokens, features)``, tokens). A layer with fewer rows than inputs raises a
+        :class:`nettrim.capture.CalibrationWarning`.
     device : optional
         Where activations are captured and solved (default: the model's device).
     inplace : bool
@@ -698,6 +732,11 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         :data:`nettrim.budget.DEFAULT_MIN_PER_UNIT`).
     allocation : {"epsilon", "marginal", "magnitude"}
         How ``scope="global"`` splits the budget (see :mod:`nettrim.budget`).
+    fold_bn : bool, default False
+        False: the architecture is unchanged (the layer's weights pruned, its BatchNorm kept
+        with a shift that absorbs the refit bias), so the state dict loads into a fresh model
+        with ``strict=True``. True: the folded form, the layer holding ``diag(a) W`` and the
+        bias ``a b + c`` and its BatchNorm replaced by ``nn.Identity``.
 
     Returns
     -------
@@ -729,6 +768,12 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
                   activations=activations, max_samples=max_samples, seed=seed, device=device,
                   inplace=inplace, strict=strict, progress=progress, refit=refit,
                   reweight=reweight, solver_options=solver_options)
+    if not isinstance(fold_bn, bool):
+        msg = f"fold_bn must be True or False, got {fold_bn!r}"
+        raise TypeError(msg)
+    if fold_bn and (structured or scope == "global"):
+        msg = "fold_bn=True is an option of the per-layer program (structured=False, scope='layer')"
+        raise ValueError(msg)
     if structured:
         from .structured import prune_units
         return prune_units(model, inputs, epsilon, sparsity=sparsity, scope=scope, masks=masks,
@@ -750,80 +795,226 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
     spars_of = None if sparsity is None else _per_layer(sparsity, selected, "sparsity")
     options = dict(epsilon=epsilon, sparsity=sparsity, mode=mode, solver=solver, gamma=gamma,
                    kappa=kappa, max_samples=max_samples, seed=seed, refit=refit,
-                   reweight=reweight, solver_options=solver_options, layers=selected)
+                   reweight=reweight, solver_options=solver_options, layers=selected,
+                   fold_bn=fold_bn)
     target = model if inplace else copy.deepcopy(model)
-    cap = dict(activations=activations, max_samples=max_samples, seed=seed, device=device)
+    plan = analyze(model)   # one reading of the graph (and one warning when it fails)
+    cap = dict(activations=activations, max_samples=max_samples, seed=seed, device=device,
+               plan=plan, fold=True)
     original = capture(model, inputs, layers=selected, **cap) if mode == "parallel" else None
+    skipped = dict(plan.skipped) if original is None else dict(original.skipped)
     modules = dict(target.named_modules())
 
     rows = []
+    folded: dict = {}
     names = selected
     log_lines = progress and not _is_terminal(sys.stderr)
     if progress:   # a layer bar with an ETA on a terminal; one line per layer in a log file
         names = tqdm(selected, desc=f"Net-Trim ({mode})", unit="layer", disable=None)
+    first = True
     for index, name in enumerate(names):
         if mode == "parallel":
-            data = original.pop(name)  # free each layer's records once used
+            data = original.pop(name, None)  # free each layer's records once used
         else:  # inputs from the pruned copy, outputs from the original, in one pass
             data = capture_cascade(model, target, inputs, name, **cap)
+            if data is None:
+                skipped[name] = "not called by the model's forward pass (used functionally?)"
+        if data is None:
+            continue
         module = modules[name]
-        relu = data.activation == "relu"
-        # half-precision records are solved in float32 (written back in the layer's dtype)
-        X, Y, V = (data.X, data.post, None) if data.X.dtype in _SOLVE_DTYPES else \
-            (data.X.float(), data.post.float(), None)
-        # clones: the write-back below overwrites the module's tensors
-        W_orig = module.weight.detach().flatten(1).to(X, copy=True)
-        b_orig = None if module.bias is None else module.bias.detach().to(X, copy=True)
-        kwargs = dict(relu=relu, bias=module.bias is not None, solver=solver, W0=W_orig,
-                      b0=b_orig, refit=refit, reweight=reweight, solver_options=solver_options,
-                      progress=progress)
-        if mode == "cascade" and index > 0:
-            pre_hat = X @ W_orig.T + (0 if b_orig is None else b_orig)
-            if relu:
-                V = pre_hat
-            if spars_of is not None:
-                result = prune_layer(X, Y, sparsity=spars_of[name], V=V, **kwargs)
-            elif isinstance(epsilon, Mapping) and name in epsilon:
-                result = prune_layer(X, Y, epsilon=eps_of[name], V=V, **kwargs)
-            else:
-                D = pre_hat - Y
-                if relu:
-                    D = D.masked_fill(Y <= 0, 0.0)
-                slack = gamma * (kappa if (index == len(selected) - 1 and not relu) else 1.0)
-                eps_abs = math.sqrt(slack) * float(torch.linalg.vector_norm(D))
-                result = prune_layer(X, Y, epsilon=eps_abs, absolute=True, V=V, **kwargs)
-        elif spars_of is not None:
-            result = prune_layer(X, Y, sparsity=spars_of[name], **kwargs)
-        else:
-            result = prune_layer(X, Y, epsilon=eps_of[name], **kwargs)
+        bn = modules[data.norm] if data.norm else None
+        block = _LayerProgram(data, module, bn)
+        eps_layer = None if eps_of is None else eps_of[name]
+        explicit = spars_of is not None or isinstance(epsilon, Mapping) and name in epsilon
+        cascade = mode == "cascade" and not first
+        is_last = index == len(selected) - 1
+        slack = gamma * (kappa if (is_last and block.relu is False) else 1.0)
+        result = block.solve(
+            sparsity=None if spars_of is None else spars_of[name], epsilon=eps_layer,
+            cascade=cascade, cascade_slack=None if (not cascade or explicit) else slack,
+            solver=solver, refit=refit, reweight=reweight, solver_options=solver_options,
+            progress=progress)
+        first = False
         rep = result.report
         if rep["status"] not in SUCCESS:
             msg = (f"layer {name!r}: solver status {rep['status']} after {rep['iterations']} "
                    f"iterations (residual {rep['residual']:.4g} vs epsilon {rep['epsilon_abs']:.4g}, "
-                   f"violation {rep['violation']:.3g}); raise max_iter through "
-                   "solver_options={'max_iter': ...} or loosen epsilon (larger epsilon, gamma or kappa)")
+                   f"violation {rep['violation']:.3g}); {MAX_ITER_HINT} or loosen epsilon (larger epsilon, "
+                   "gamma or kappa)")
             if strict:
                 raise PruningError(msg)
             warnings.warn(msg, PruningWarning, stacklevel=2)
-        set_layer_weight(module, result.weight, result.bias)
+        note = block.write_back(result)
+        if fold_bn and bn is not None:
+            folded[name] = (data.norm, result.weight, result.bias)
+        notes = [n for n in (rep.get("note", ""), note, _rows_note(data)) if n]
         rows.append(LayerReport(
             name=name, kind=data.kind, shape=tuple(module.weight.shape),
-            nonzeros_before=int((W_orig != 0).sum()), nonzeros_after=rep["nonzeros"],
+            nonzeros_before=block.nonzeros_before, nonzeros_after=rep["nonzeros"],
             total=rep["total"], sparsity=rep["sparsity"], epsilon=rep["epsilon"],
             epsilon_abs=rep["epsilon_abs"], relative_error=rep["relative_error"],
             status=rep["status"], iterations=rep["iterations"], seconds=rep["seconds"],
-            solver=rep["solver"], note=rep.get("note", "")))
+            solver=rep["solver"], note="; ".join(notes), program=block.program,
+            rows=data.X.shape[0], rows_seen=data.rows_seen))
         if log_lines:
             print(f"Net-Trim ({mode}) layer {index + 1}/{len(selected)} {name}: "
                   f"{100 * rep['sparsity']:.1f}% sparse, {rep['status']}, "
                   f"{rep['iterations']} iterations, {rep['seconds']:.1f} s", file=sys.stderr,
                   flush=True)
+    for name, reason in skipped.items():
+        params = list(modules[name].parameters(recurse=False)) if name in modules else []
+        if not params:
+            continue
+        n, total = sum(int((p != 0).sum()) for p in params), sum(p.numel() for p in params)
+        rows.append(LayerReport(
+            name=name, kind=type(modules[name]).__name__.lower(), shape=tuple(params[0].shape),
+            nonzeros_before=n, nonzeros_after=n, total=total, sparsity=1.0 - n / total,
+            epsilon=float("nan"), epsilon_abs=float("nan"), relative_error=float("nan"),
+            status=SKIPPED, iterations=0, seconds=0.0, solver="none",
+            note=f"skipped: {reason}", program="skipped"))
+    for name, (norm, weight, bias) in folded.items():
+        _fold_into(target, name, norm, weight, bias)
     if masks:
-        apply_masks(target, selected)
-    out = PruneResult(model=target, report=rows, options=options)
+        apply_masks(target, [r.name for r in rows if r.status != SKIPPED])
+    out = PruneResult(model=target, report=rows, options=options, skipped=skipped)
     if _reiterable(inputs):  # a one-shot iterator was used up by the capture
         out.output_error = output_discrepancy(model, target, inputs, device=device)
     return out
+
+
+def _rows_note(data: LayerData) -> str:
+    N = data.X.shape[1] // data.groups
+    if data.X.shape[0] >= N:
+        return ""
+    return f"{data.X.shape[0]} rows for {N} inputs (underdetermined, see CalibrationWarning)"
+
+
+class _LayerProgram:
+    """One layer's program in its solved form: the BatchNorm ``a * z + c`` folded into the
+    weights (``diag(a) W``, bias ``a b + c``), the residual offset S, and one block per group of
+    a grouped convolution. ``write_back`` maps the solution to the unchanged architecture."""
+
+    def __init__(self, data: LayerData, module: nn.Module, bn: Optional[nn.Module]):
+        self.data, self.module, self.bn = data, module, bn
+        self.relu = data.activation in RELU_PROGRAM
+        # half-precision records are solved in float32 (written back in the layer's dtype)
+        conv = (lambda t: t) if data.X.dtype in _SOLVE_DTYPES else (lambda t: t.float())
+        self.X, self.Y = conv(data.X), conv(data.post)
+        self.S = None if data.offset is None else conv(data.offset).to(self.X)
+        # clones: the write-back overwrites the module's tensors
+        W = module.weight.detach().flatten(1).to(self.X, copy=True)
+        b = None if module.bias is None else module.bias.detach().to(self.X, copy=True)
+        self.nonzeros_before = int((W != 0).sum())
+        self.a = None
+        if bn is not None:
+            a, c = batchnorm_affine(bn)
+            self.a, self.c = a.to(self.X), c.to(self.X)
+            W = self.a[:, None] * W
+            b = self.c + (0 if b is None else self.a * b)
+        self.W0, self.b0 = W, b
+        self.program = "+".join(p for p in (
+            data.activation if self.relu else f"linear({data.activation})" if data.activation
+            else "linear",
+            "bn" if bn is not None else "", "offset" if self.S is not None else "",
+            f"groups={data.groups}" if data.groups > 1 else "") if p)
+
+    def solve(self, *, sparsity, epsilon, cascade, cascade_slack, **kwargs) -> LayerPruneResult:
+        M, N = self.W0.shape
+        parts = []
+        for cols, out in group_blocks(self.data.groups, self.X.shape[1], M):
+            X, Y = self.X[:, cols], self.Y[:, out]
+            S = None if self.S is None else self.S[:, out]
+            W0 = self.W0[out]
+            b0 = None if self.b0 is None else self.b0[out]
+            V = None
+            pre_hat = X @ W0.T + (0 if b0 is None else b0) + (0 if S is None else S)
+            if cascade and self.relu:
+                V = pre_hat
+            common = dict(relu=self.relu, bias=b0 is not None, W0=W0, b0=b0, V=V, offset=S,
+                          **kwargs)
+            if sparsity is not None:
+                parts.append(prune_layer(X, Y, sparsity=sparsity, **common))
+            elif cascade_slack is not None:
+                D = pre_hat - Y
+                if self.relu:
+                    D = D.masked_fill(Y <= 0, 0.0)
+                eps_abs = math.sqrt(cascade_slack) * float(torch.linalg.vector_norm(D))
+                parts.append(prune_layer(X, Y, epsilon=eps_abs, absolute=True, **common))
+            else:
+                parts.append(prune_layer(X, Y, epsilon=epsilon, **common))
+        return parts[0] if len(parts) == 1 else _merge(parts, self.Y)
+
+    @torch.no_grad()
+    def write_back(self, result: LayerPruneResult) -> str:
+        """Write the solution into the module (and its BatchNorm); a note or ''."""
+        if self.bn is None:
+            set_layer_weight(self.module, result.weight, result.bias)
+            return ""
+        a = self.a
+        dead = a == 0
+        W = torch.where(dead[:, None], torch.zeros_like(result.weight),
+                        result.weight / torch.where(dead, torch.ones_like(a), a)[:, None])
+        set_layer_weight(self.module, W, None)
+        # the folded bias b' = a b + c' gives the BatchNorm's new shift c' = b' - a b
+        shift = result.bias - (0 if self.module.bias is None else
+                               a * self.module.bias.detach().to(a))
+        bn = self.bn
+        mean = bn.running_mean.detach().to(a)
+        if bn.bias is not None:      # c' = beta' - a mean
+            bn.bias.copy_((shift + a * mean).to(bn.bias))
+        else:                        # c' = -a mean'
+            keep = torch.where(dead, mean, -shift / torch.where(dead, torch.ones_like(a), a))
+            bn.running_mean.copy_(keep.to(bn.running_mean))
+        return f"{int(dead.sum())} channel(s) with BatchNorm scale 0 are dead" if bool(dead.any()) \
+            else ""
+
+
+def _merge(parts: list, Y: torch.Tensor) -> LayerPruneResult:
+    """One result from a grouped layer's blocks (weights stacked by output channel)."""
+    reps = [p.report for p in parts]
+    weight = torch.cat([p.weight for p in parts])
+    bias = None if parts[0].bias is None else torch.cat([p.bias for p in parts])
+    y_norm = float(safe_norm(Y))
+    sq = lambda key: math.sqrt(sum(r[key] ** 2 for r in reps))  # noqa: E731
+    errors, start = 0.0, 0   # each block's absolute error, from its relative one
+    for r, p in zip(reps, parts):
+        m = p.weight.shape[0]
+        errors += (r["relative_error"] * float(safe_norm(Y[:, start:start + m]))) ** 2
+        start += m
+    errors = math.sqrt(errors)
+    statuses = [r["status"] for r in reps]
+    status = next((s for s in statuses if s not in SUCCESS), None) or \
+        (OPTIMAL_INACCURATE if OPTIMAL_INACCURATE in statuses else OPTIMAL)
+    nonzeros, total = sum(r["nonzeros"] for r in reps), sum(r["total"] for r in reps)
+    notes = sorted({r["note"] for r in reps if r.get("note")})
+    report = dict(
+        nonzeros=nonzeros, total=total, sparsity=1.0 - nonzeros / total,
+        epsilon_abs=sq("epsilon_abs"), relative_error=errors / y_norm if y_norm > 0 else 0.0,
+        status=status, iterations=sum(r["iterations"] for r in reps),
+        seconds=sum(r["seconds"] for r in reps), solver=reps[0]["solver"],
+        objective=sum(r["objective"] for r in reps), residual=sq("residual"),
+        violation=max(r["violation"] for r in reps), groups=len(parts))
+    report["epsilon"] = report["epsilon_abs"] / y_norm if y_norm > 0 else float("nan")
+    if notes:
+        report["note"] = f"{len(parts)} groups: " + "; ".join(notes)
+    return LayerPruneResult(weight=weight, bias=bias, report=report)
+
+
+@torch.no_grad()
+def _fold_into(model: nn.Module, name: str, norm: str, weight: torch.Tensor,
+               bias: torch.Tensor) -> None:
+    """The folded form: the layer holds ``diag(a) W`` and bias ``a b + c``; its BatchNorm
+    becomes ``nn.Identity``."""
+    layer = model.get_submodule(name)
+    if layer.bias is None:   # a layer with a bias: rebuilt, the weight tensor kept
+        new = copy.deepcopy(layer)
+        new.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype,
+                                            device=layer.weight.device))
+        model.set_submodule(name, new)
+        layer = new
+    layer.weight.copy_(weight.reshape(layer.weight.shape).to(layer.weight))
+    layer.bias.copy_(bias.to(layer.bias))
+    model.set_submodule(norm, nn.Identity())
 
 
 def _is_terminal(stream) -> bool:
@@ -833,23 +1024,41 @@ def _is_terminal(stream) -> bool:
         return False
 
 
+def output_tensors(out: Any) -> list[torch.Tensor]:
+    """Every floating tensor of a model's output (a tensor, or tuples, lists, dicts and
+    dataclass-like objects of them), in a fixed order."""
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() or out.is_complex() else []
+    if isinstance(out, Mapping):
+        return [t for k in out for t in output_tensors(out[k])]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in output_tensors(o)]
+    return []
+
+
 @torch.no_grad()
 def output_discrepancy(reference: nn.Module, other: nn.Module, inputs: Any, *,
                        device: Any = None) -> float:
-    """``||f_other(x) - f_ref(x)||_F / ||f_ref(x)||_F`` over all batches of ``inputs``."""
-    batches = [inputs] if isinstance(inputs, torch.Tensor) else inputs
+    """``||f_other(x) - f_ref(x)||_F / ||f_ref(x)||_F`` over all batches of ``inputs`` and every
+    tensor the models return (tuples and dicts of outputs are compared entry by entry).
+    Batches are fed as :func:`nettrim.capture.model_inputs` says."""
     num = den = 0.0
     modes = (reference.training, other.training)
     reference.eval()
     other.eval()
     try:
-        for batch in batches:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        for args, kwargs in _batches(inputs):
             if device is not None:
-                x = x.to(device)
-            ref = reference(x)
-            num += float(torch.linalg.vector_norm(other(x) - ref)) ** 2
-            den += float(torch.linalg.vector_norm(ref)) ** 2
+                args, kwargs = _to(args, device), _to(kwargs, device)
+            ref = output_tensors(reference(*args, **kwargs))
+            got = output_tensors(other(*args, **kwargs))
+            if len(ref) != len(got):
+                msg = (f"the pruned model returns {len(got)} tensors where the original returns "
+                       f"{len(ref)}")
+                raise ValueError(msg)
+            for r, g in zip(ref, got):
+                num += float(torch.linalg.vector_norm(g - r)) ** 2
+                den += float(torch.linalg.vector_norm(r)) ** 2
     finally:
         reference.train(modes[0])
         other.train(modes[1])

@@ -59,6 +59,7 @@ COLUMNS: Mapping[str, tuple] = {
     "iterations": ("iters", ">", lambda v: str(v)),
     "seconds": ("sec", ">", lambda v: _num(v, "{:.2f}")),
     "solver": ("solver", ">", str),
+    "program": ("program", "<", str),
     "accuracy": ("accuracy", ">", lambda v: _num(v, "{:.2%}")),
     "accuracy_original": ("accuracy (original)", ">", lambda v: _num(v, "{:.2%}")),
     "accuracy_pruned": ("accuracy (pruned)", ">", lambda v: _num(v, "{:.2%}")),
@@ -70,8 +71,8 @@ COLUMNS: Mapping[str, tuple] = {
 
 #: Columns of an inspection table (``nettrim report``) and of a prune table.
 INSPECT_COLUMNS = ("name", "kind", "shape", "nonzeros", "total", "sparsity", "relative_error")
-PRUNE_COLUMNS = ("name", "shape", "nonzeros", "sparsity", "epsilon", "relative_error", "status",
-                 "iterations", "seconds")
+PRUNE_COLUMNS = ("name", "shape", "program", "nonzeros", "sparsity", "epsilon", "relative_error",
+                 "status", "iterations", "seconds")
 
 
 def _num(value: Any, pattern: str) -> str:
@@ -164,7 +165,8 @@ def layer_errors(reference: nn.Module, model: nn.Module, x: torch.Tensor, *,
     ValueError
         The two models do not have the same prunable layers.
     """
-    from .capture import detect_activations, prunable_layers
+    from .capture import prunable_layers
+    from .graph import analyze
 
     ref_layers = prunable_layers(reference, layers, ignore)
     names = list(ref_layers)
@@ -173,7 +175,9 @@ def layer_errors(reference: nn.Module, model: nn.Module, x: torch.Tensor, *,
     if missing:
         msg = f"model: the pruned model lacks the layers {missing} of the reference"
         raise ValueError(msg)
-    activations = detect_activations(reference)
+    # the layer's own output: relu only where the ReLU follows it directly
+    activations = {n: p.activation for n, p in analyze(reference, warn=False).patterns.items()
+                   if not (p.norm or p.offset)}
     num = dict.fromkeys(names, 0.0)
     den = dict.fromkeys(names, 0.0)
     out_num = out_den = 0.0
@@ -315,8 +319,10 @@ def format_prune_table(rows: Sequence[Any], output_error: float = float("nan")) 
         t = totals(shown)
         foot.update(nonzeros=f"{t['nonzeros_before']}->{t['nonzeros']}", sparsity=t["sparsity"])
     note = f"output rel. error {_num(output_error, '{:.4f}')}"
-    columns = [c for c in PRUNE_COLUMNS]
-    return format_table(shown, columns, footer=foot, note=note)
+    columns = [c for c in PRUNE_COLUMNS if c != "program" or any(r.get("program") for r in shown)]
+    table = format_table(shown, columns, footer=foot, note=note)
+    skipped = [f"  {r['name']}: {r.get('note', '')}" for r in shown if r.get("status") == "SKIPPED"]
+    return table + ("\nnot pruned:\n" + "\n".join(skipped) if skipped else "")
 
 
 def to_jsonable(obj: Any) -> Any:

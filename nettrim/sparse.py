@@ -168,7 +168,8 @@ def sparsify(model: nn.Module, example_input: Optional[torch.Tensor] = None, *,
                             device=weight.device)
         is_std_conv = isinstance(module, nn.Conv2d) and module.groups == 1 and \
             module.padding_mode == "zeros" and not isinstance(module.padding, str)
-        if x is None or sparsity == 0.0 or (isinstance(module, nn.Conv2d) and not is_std_conv):
+        if x is None or sparsity == 0.0 or isinstance(module, nn.Conv1d) or \
+                (isinstance(module, nn.Conv2d) and not is_std_conv):   # no CSR kernel
             continue
         candidate = (SparseLinear if isinstance(module, nn.Linear) else SparseConv2d)(module)
         entry["dense_ms"] = _median_ms(module, x, repeats)

@@ -298,7 +298,7 @@ def solve_admm(problem: NetTrimProblem, *, W0: Any = None, penalty: Any = None,
         msg = f"problem must be a NetTrimProblem, got {type(problem).__name__}"
         raise TypeError(msg)
     t0 = time.perf_counter()
-    X, Y, V = problem.tensors()
+    X, Y, V = problem.program_tensors()
     P, N, M = problem.shape
     dev, dt = X.device, X.dtype
 

@@ -102,7 +102,7 @@ def solve_group_admm(problem: NetTrimProblem, groups: Any, *, W0: Any = None,
         msg = f"problem must be a NetTrimProblem, got {type(problem).__name__}"
         raise TypeError(msg)
     t0 = time.perf_counter()
-    X, Y, V = problem.tensors()
+    X, Y, V = problem.program_tensors()
     P, N, M = problem.shape
     g = check_groups(groups, N).to(X.device)
     n_groups = int(g.max()) + 1 if N else 0

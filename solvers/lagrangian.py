@@ -166,7 +166,7 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
         msg = f"lam must be a positive finite number, got {lam!r}"
         raise ValueError(msg)
     t0 = time.perf_counter()
-    X, Y, V = problem.tensors()
+    X, Y, V = problem.program_tensors()
     P, N, M = problem.shape
     X, Y, s, active, bound = scaled_data(problem, X, Y, V)
     weight = None

@@ -5,6 +5,7 @@ Symbols (samples are rows, PyTorch's convention)::
     X      (P, N)   layer input, one row per sample (a ones column carries a bias)
     Y      (P, M)   target outputs; for a ReLU layer Y = relu(X W0^T) >= 0
     V      (P, M)   upper bound on the pre-activation where Y == 0 (0 in parallel Net-Trim)
+    S      (P, M)   known additive offset before the activation (a residual add; 0 if absent)
     W      (M, N)   the weight, as in ``nn.Linear`` (out_features x in_features)
     Omega           active set {(p, m): Y[p, m] > 0} (every entry for a linear layer)
     epsilon         absolute tolerance (>= 0) on the active-set residual
@@ -12,11 +13,15 @@ Symbols (samples are rows, PyTorch's convention)::
 Program (ReLU layer)::
 
     minimize    sum |W|
-    subject to  || (X W^T - Y) on Omega ||_F <= epsilon
-                (X W^T)[p, m] <= V[p, m]          (p, m) not in Omega
+    subject to  || (X W^T + S - Y) on Omega ||_F <= epsilon
+                (X W^T + S)[p, m] <= V[p, m]      (p, m) not in Omega
 
-Linear layer (``relu=False``): one Frobenius ball ``|| X W^T - Y ||_F <= epsilon`` over all
+Linear layer (``relu=False``): one Frobenius ball ``|| X W^T + S - Y ||_F <= epsilon`` over all
 entries and no inequalities.
+
+The offset leaves the program's form unchanged: it is the plain program with the ball's center
+``Y - S`` and the bound ``V - S`` (:meth:`NetTrimProblem.program_tensors`, what the solvers
+read), while Omega stays ``Y > 0`` (Y is the output after the activation).
 """
 
 from __future__ import annotations
@@ -98,6 +103,9 @@ class NetTrimProblem:
         ``relu=True``.
     relu : bool, default True
         ``False`` for a linear layer (one Frobenius ball, no inequalities).
+    S : ndarray or Tensor of shape (P, M), optional
+        Known offset added to ``X W^T`` before the activation (a residual block's skip term,
+        recorded per sample): the output is ``relu(X W^T + S)``. ``None`` means 0.
 
     Notes
     -----
@@ -111,6 +119,7 @@ class NetTrimProblem:
     epsilon: float
     V: Any = None
     relu: bool = True
+    S: Any = None
 
     def __post_init__(self) -> None:
         X = as_tensor(self.X, name="X")
@@ -151,6 +160,17 @@ class NetTrimProblem:
                 raise ValueError(msg)
             V = V.to(X.dtype)
             check_finite(V, "V")
+        S = None
+        if self.S is not None:
+            S = as_tensor(self.S, name="S")
+            if S.shape != Y.shape:
+                msg = f"S has shape {tuple(S.shape)} but Y has shape {tuple(Y.shape)}; they must match"
+                raise ValueError(msg)
+            if S.device != X.device:
+                msg = f"S is on {S.device} but X is on {X.device}; put both on one device"
+                raise ValueError(msg)
+            S = S.to(X.dtype)
+            check_finite(S, "S")
         if self.relu:
             n_neg = int((Y < 0).sum())
             if n_neg:
@@ -162,6 +182,7 @@ class NetTrimProblem:
         object.__setattr__(self, "X", X.numpy() if numpy_in else X)
         object.__setattr__(self, "Y", Y.numpy() if numpy_in else Y)
         object.__setattr__(self, "V", None if V is None else (V.numpy() if numpy_in else V))
+        object.__setattr__(self, "S", None if S is None else (S.numpy() if numpy_in else S))
         object.__setattr__(self, "epsilon", epsilon)
         object.__setattr__(self, "relu", bool(self.relu))
 
@@ -179,6 +200,18 @@ class NetTrimProblem:
         """``(X, Y, V)`` as torch tensors (zero-copy views of numpy data)."""
         t = (lambda a: torch.from_numpy(a)) if self.is_numpy else (lambda a: a)
         return t(self.X), t(self.Y), None if self.V is None else t(self.V)
+
+    def program_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(X, Y - S, V - S)``: the program in the form without offset (ball center and
+        bound), what the solvers read. The bound is None when both V and S are absent (0)."""
+        X, Y, V = self.tensors()
+        if self.S is None:
+            return X, Y, V
+        S = torch.from_numpy(self.S) if self.is_numpy else self.S
+        bound = None
+        if self.relu:
+            bound = -S if V is None else V - S
+        return X, Y - S, bound
 
     def active_mask(self) -> torch.Tensor:
         """Boolean tensor of shape (P, M): True on Omega."""
@@ -198,18 +231,19 @@ class NetTrimProblem:
 
     # ---- measuring a candidate W ----------------------------------------------------------
     def residual(self, W: Any) -> float:
-        """Active-set residual ``|| (X W^T - Y) on Omega ||_F`` (all entries if linear)."""
-        X, Y, _ = self.tensors()
+        """Active-set residual ``|| (X W^T + S - Y) on Omega ||_F`` (all entries if linear)."""
+        X, Y, _ = self.program_tensors()
         D = X @ self._weight(W).T - Y
         if self.relu:
             D = D.masked_fill(~self.active_mask(), 0.0)
         return float(safe_norm(D))
 
     def violation(self, W: Any) -> float:
-        """Largest inequality violation ``max(0, max_{not Omega} (X W^T - V))`` (0 if linear)."""
+        """Largest inequality violation ``max(0, max_{not Omega} (X W^T + S - V))`` (0 if
+        linear)."""
         if not self.relu:
             return 0.0
-        X, _, V = self.tensors()
+        X, _, V = self.program_tensors()
         Z = X @ self._weight(W).T
         if V is not None:
             Z = Z - V

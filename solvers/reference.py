@@ -3,8 +3,8 @@
 The program is written exactly as in :mod:`solvers.problem`, vectorised over all M neurons::
 
     minimize    sum |W|
-    subject to  || vec(X W^T - Y)[Omega] ||_2 <= epsilon
-                vec(X W^T)[not Omega] <= vec(V)[not Omega]
+    subject to  || vec(X W^T + S - Y)[Omega] ||_2 <= epsilon
+                vec(X W^T + S)[not Omega] <= vec(V)[not Omega]
 
 and handed to a conic solver (Clarabel by default).
 
@@ -176,8 +176,9 @@ def _constraints(cp, X, Y, active, V, epsilon, relu, W) -> list:
 
 
 def program_data(problem: NetTrimProblem) -> tuple:
-    """``(X, Y, active, V)`` of the program as float64 numpy arrays (V None when absent)."""
-    Xt, Yt, Vt = problem.tensors()
+    """``(X, Y - S, active, V - S)`` of the program as float64 numpy arrays (the bound None
+    when absent, i.e. 0), see :meth:`NetTrimProblem.program_tensors`."""
+    Xt, Yt, Vt = problem.program_tensors()
     X = Xt.detach().cpu().double().numpy()
     Y = Yt.detach().cpu().double().numpy()
     active = problem.active_mask().cpu().numpy()

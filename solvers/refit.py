@@ -330,7 +330,7 @@ def refit(problem: NetTrimProblem, support: Any, *, W0: Any = None, eps_abs: flo
         raise TypeError(msg)
     settings = ADMMSettings(eps_abs=eps_abs, eps_rel=eps_rel, max_iter=max_iter)
     t0 = time.perf_counter()
-    X, Y, V = problem.tensors()
+    X, Y, V = problem.program_tensors()
     P, N, M = problem.shape
     dev, dt = X.device, X.dtype
     S = _support_tensor(support, M, N, dev)

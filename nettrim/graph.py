@@ -1,0 +1,322 @@
+"""What a model's graph says about each prunable layer: the one home of that knowledge.
+
+For every ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` the model is traced once with
+``torch.fx`` and the uses of the layer's output are followed:
+
+    layer -> [Dropout/Identity] -> [BatchNorm] -> [Dropout/Identity] -> activation
+    layer -> [BatchNorm] -> add(., skip) -> ReLU                       (a residual block)
+
+giving a :class:`LayerPattern`: the activation that follows (``"relu"`` is the one Net-Trim's
+inequalities use; ``"relu6"``, ``"gelu"``, ``"silu"``, ``"leaky_relu"``, ``"tanh"`` are solved
+with the linear program on the pre-activations), the eval-mode BatchNorm folded into the layer's
+program (``norm``), and the fx node of a residual add whose other operand is a per-sample offset
+known before the ReLU (``offset``). ``nn.TransformerEncoderLayer`` is a leaf for fx; its
+``linear1`` takes the layer's own activation.
+
+Layers the toolkit cannot prune (``nn.MultiheadAttention``'s projections, which it applies
+functionally; ``Embedding``, recurrent layers, transposed and 3-D convolutions) are listed in
+:func:`skipped_layers` with the reason.
+
+When tracing fails (data-dependent control flow) the order inside ``nn.Sequential`` containers is
+used instead: it sees module activations and BatchNorms, but no functional ReLU and no residual
+add. :class:`GraphWarning` says so once and names the layers left linear.
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["LayerPattern", "ModelPlan", "GraphWarning", "analyze", "skipped_layers",
+           "PRUNABLE", "ACTIVATION_NAMES", "batchnorm_affine", "flatten_sequential",
+           "takes_token_ids", "attention_projections"]
+
+#: Module types Net-Trim prunes.
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+#: Activation names ``activations=`` accepts (None: no activation). Only "relu" gets the
+#: inequalities; the others are solved with the linear program on the pre-activations.
+ACTIVATION_NAMES = ("relu", "relu6", "gelu", "silu", "leaky_relu", "tanh", None)
+#: Modules that pass an activation through unchanged in eval mode.
+_TRANSPARENT = (nn.Dropout, nn.Identity)
+_ACT_MODULES = ((nn.ReLU, "relu"), (nn.ReLU6, "relu6"), (nn.GELU, "gelu"), (nn.SiLU, "silu"),
+                (nn.LeakyReLU, "leaky_relu"), (nn.Tanh, "tanh"))
+_ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu_: "relu",
+                  F.relu6: "relu6", F.gelu: "gelu", F.silu: "silu", F.leaky_relu: "leaky_relu",
+                  torch.tanh: "tanh", F.tanh: "tanh"}
+_ACT_METHODS = {"relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh"}
+_ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+_ADD_METHODS = ("add", "add_")
+#: Not prunable, with the reason shown in reports.
+_UNSUPPORTED = (
+    (nn.MultiheadAttention, "the q/k/v input projection of nn.MultiheadAttention "
+                            "(in_proj_weight) is a bare parameter, not a layer: not pruned "
+                            "(its out_proj is)"),
+    (nn.Embedding, "Embedding is a lookup table, not a product with its input"),
+    (nn.EmbeddingBag, "EmbeddingBag is a lookup table, not a product with its input"),
+    (nn.RNNBase, "recurrent layers (LSTM/GRU/RNN) are not supported"),
+    (nn.modules.conv._ConvTransposeNd, "transposed convolutions are not supported"),
+    (nn.Conv3d, "3-D convolutions are not supported"),
+)
+
+
+class GraphWarning(UserWarning):
+    """The model's graph could not be read fully (fx tracing failed): some layers are linear."""
+
+
+@dataclass(frozen=True)
+class LayerPattern:
+    """What follows one layer (see the module docstring).
+
+    Attributes
+    ----------
+    activation : str or None
+        One of :data:`ACTIVATION_NAMES`.
+    norm : str or None
+        Name of the eval-mode BatchNorm between the layer and its activation.
+    offset : str or None
+        Name of the fx node adding a skip term before the ReLU (``relu(bn(conv(x)) + skip)``).
+    """
+
+    activation: Optional[str] = None
+    norm: Optional[str] = None
+    offset: Optional[str] = None
+
+
+@dataclass
+class ModelPlan:
+    """The graph reading of a whole model (:func:`analyze`).
+
+    Attributes
+    ----------
+    patterns : dict[str, LayerPattern]
+        Every prunable layer of the model.
+    skipped : dict[str, str]
+        Layers (or modules) not pruned, with the reason.
+    traced : bool
+        Whether ``torch.fx`` traced the model.
+    graph : torch.fx.Graph or None
+        The traced graph (replayed to record residual offsets).
+    """
+
+    patterns: dict
+    skipped: dict = field(default_factory=dict)
+    traced: bool = False
+    graph: Any = None
+
+    @property
+    def needs_graph(self) -> bool:
+        """True when some layer's offset must be read from an fx node during capture."""
+        return any(p.offset for p in self.patterns.values())
+
+
+# ---- node tests ---------------------------------------------------------------------------------
+def _activation_of(node: Any, modules: Mapping[str, nn.Module]) -> Optional[str]:
+    if node.op == "call_module":
+        module = modules.get(node.target)
+        for kind, name in _ACT_MODULES:
+            if type(module) is kind:
+                return name
+        return None
+    if node.op == "call_function":
+        return _ACT_FUNCTIONS.get(node.target)
+    if node.op == "call_method":
+        return _ACT_METHODS.get(node.target)
+    return None
+
+
+def _is_add(node: Any) -> bool:
+    tensors = [a for a in node.args if isinstance(a, torch.fx.Node)]
+    if len(tensors) != 2 or node.kwargs.get("alpha", 1) != 1:
+        return False
+    return (node.op == "call_function" and node.target in _ADD_FUNCTIONS) or \
+        (node.op == "call_method" and node.target in _ADD_METHODS)
+
+
+def _is_norm(module: Optional[nn.Module]) -> bool:
+    """An eval-mode BatchNorm is a fixed per-channel affine map when it tracks running stats."""
+    return isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and module.running_var is not None
+
+
+def _single_user(node: Any, modules: Mapping[str, nn.Module]) -> Optional[Any]:
+    """The only consumer of ``node`` after Dropout/Identity, or None when there are several."""
+    users = list(node.users)
+    while len(users) == 1 and users[0].op == "call_module" and \
+            isinstance(modules.get(users[0].target), _TRANSPARENT):
+        users = list(users[0].users)
+    return users[0] if len(users) == 1 else None
+
+
+def _pattern_fx(node: Any, modules: Mapping[str, nn.Module]) -> LayerPattern:
+    user = _single_user(node, modules)
+    norm = None
+    if user is not None and user.op == "call_module" and _is_norm(modules.get(user.target)):
+        norm = user.target
+        user = _single_user(user, modules)
+    if user is None:
+        return LayerPattern(norm=norm)
+    act = _activation_of(user, modules)
+    if act is not None:
+        return LayerPattern(activation=act, norm=norm)
+    if _is_add(user):
+        after = _single_user(user, modules)
+        if after is not None and _activation_of(after, modules) == "relu":
+            return LayerPattern(activation="relu", norm=norm, offset=user.name)
+    return LayerPattern(norm=norm)
+
+
+def _encoder_activation(layer: nn.TransformerEncoderLayer) -> Optional[str]:
+    act = layer.activation
+    if isinstance(act, nn.Module):
+        return next((name for kind, name in _ACT_MODULES if type(act) is kind), None)
+    return _ACT_FUNCTIONS.get(act)
+
+
+def _encoder_patterns(model: nn.Module) -> dict:
+    """``linear1`` of every ``nn.TransformerEncoderLayer`` (a leaf for fx) takes its activation."""
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.TransformerEncoderLayer):
+            prefix = f"{name}." if name else ""
+            found[f"{prefix}linear1"] = LayerPattern(activation=_encoder_activation(module))
+    return found
+
+
+def flatten_sequential(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+    """``(name, module)`` of a Sequential's leaves in order, nested Sequentials opened."""
+    for name, child in module.named_children():
+        full = f"{prefix}{name}"
+        if isinstance(child, nn.Sequential):
+            yield from flatten_sequential(child, full + ".")
+        else:
+            yield full, child
+
+
+def _patterns_sequential(model: nn.Module) -> dict:
+    found: dict = {}
+    containers = [("", model)] if isinstance(model, nn.Sequential) else []
+    containers += [(n + ".", m) for n, m in model.named_modules()
+                   if n and isinstance(m, nn.Sequential)]
+    for prefix, seq in containers:
+        chain = list(flatten_sequential(seq, prefix))
+
+        def skip(j):
+            while j < len(chain) and isinstance(chain[j][1], _TRANSPARENT):
+                j += 1
+            return j
+
+        for i, (name, module) in enumerate(chain):
+            if not isinstance(module, PRUNABLE) or name in found:
+                continue
+            j, norm = skip(i + 1), None
+            if j < len(chain) and _is_norm(chain[j][1]):
+                norm, j = chain[j][0], skip(j + 1)
+            act = None
+            if j < len(chain):
+                act = next((a for kind, a in _ACT_MODULES if type(chain[j][1]) is kind), None)
+            found[name] = LayerPattern(activation=act, norm=norm)
+    return found
+
+
+def skipped_layers(model: nn.Module) -> dict[str, str]:
+    """``{name: reason}`` of the layers Net-Trim leaves as they are (see the module docstring).
+
+    ``nn.MultiheadAttention``'s ``out_proj`` is not among them: it is captured at the module's
+    own call (:func:`attention_projections`).
+    """
+    skipped = {}
+    for name, module in model.named_modules():
+        for kind, reason in _UNSUPPORTED:
+            if isinstance(module, kind):
+                skipped[name] = reason
+                break
+    return skipped
+
+
+def attention_projections(model: nn.Module) -> dict[str, str]:
+    """``{out_proj name: its nn.MultiheadAttention's name}``: Linear layers the attention
+    applies functionally (their hooks never fire), recorded by a hook on the attention."""
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention):
+            prefix = f"{name}." if name else ""
+            found[f"{prefix}out_proj"] = name
+    return found
+
+
+def analyze(model: nn.Module, *, warn: bool = True) -> ModelPlan:
+    """Read the model's graph: a :class:`LayerPattern` for every prunable layer.
+
+    With ``warn=True`` a failed trace raises one :class:`GraphWarning` naming the layers whose
+    activation could not be seen (they are solved as linear layers, which is always safe) and
+    pointing to ``activations=``.
+    """
+    modules = dict(model.named_modules())
+    skipped = skipped_layers(model)
+    names = [n for n, m in modules.items() if isinstance(m, PRUNABLE) and n not in skipped]
+    graph, error = None, None
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception as exc:  # noqa: BLE001 - any tracing failure falls back to the structure
+        error = exc
+    found: dict = {}
+    if graph is not None:
+        counts: dict = {}
+        for node in graph.nodes:
+            if node.op == "call_module" and node.target in names:
+                counts[node.target] = counts.get(node.target, 0) + 1
+                found[node.target] = _pattern_fx(node, modules)
+        # a layer called more than once (weight sharing) is linear: its uses may differ
+        for name, count in counts.items():
+            if count > 1:
+                found[name] = LayerPattern()
+    else:
+        found = _patterns_sequential(model)
+    for name, pattern in _encoder_patterns(model).items():
+        if name in names:
+            found[name] = pattern
+    patterns = {n: found.get(n, LayerPattern()) for n in names}
+    if graph is None and warn:
+        linear = [n for n, p in patterns.items() if p.activation is None]
+        msg = (f"torch.fx could not trace the model ({type(error).__name__}: "
+               f"{str(error).splitlines()[0] if str(error) else ''}); activations were read from "
+               f"nn.Sequential order only, and these layers are solved as linear (no ReLU "
+               f"inequalities): {linear}. Declare functional ReLUs with "
+               "activations={name: 'relu'}.")
+        warnings.warn(msg, GraphWarning, stacklevel=3)
+    return ModelPlan(patterns=patterns, skipped=skipped, traced=graph is not None, graph=graph)
+
+
+def batchnorm_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, c)`` of an eval-mode BatchNorm as the per-channel map ``a * z + c``."""
+    var, mean = bn.running_var.detach(), bn.running_mean.detach()
+    a = torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        a = a * bn.weight.detach()
+    c = -a * mean
+    if bn.bias is not None:
+        c = c + bn.bias.detach()
+    return a, c
+
+
+def takes_token_ids(model: nn.Module) -> bool:
+    """True when the model's input goes first into an ``nn.Embedding`` (it needs integer ids):
+    read from the traced graph, or else from the first module that holds parameters."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - untraceable: the first module with parameters decides
+        for module in model.modules():
+            if next(module.parameters(recurse=False), None) is not None:
+                return isinstance(module, (nn.Embedding, nn.EmbeddingBag))
+        return False
+    modules = dict(model.named_modules())
+    first = next((n for n in graph.nodes if n.op == "placeholder"), None)
+    return first is not None and any(
+        u.op == "call_module" and isinstance(modules.get(u.target), (nn.Embedding, nn.EmbeddingBag))
+        for u in first.users)
