@@ -16,8 +16,8 @@ Each model is pruned at each sparsity, every Linear / Conv2d at that sparsity, w
 :mod:`nettrim.baselines` (``nettrim.prune_baseline``: magnitude, Wanda, SparseGPT; sequential,
 each layer from the already-pruned layers' inputs as SparseGPT does). Reported per cell: test
 accuracy without fine-tuning, the number of layers Net-Trim treated as ReLU layers (inequality
-constraints off the active set; from the report's ``activation`` field where it has one, else
-from ``nettrim.detect_activations``), the number of Linear / Conv2d layers left unpruned
+constraints off the active set: the report's ``program``; for the baselines, the ReLU / ReLU6
+layers ``nettrim.detect_activations`` reads), the number of Linear / Conv2d layers left unpruned
 (skipped), and the seconds. Conv layers are captured as many patch rows: ``max_samples`` caps the
 rows kept per layer (seeded subsample), the figure is printed with the table.
 
@@ -171,16 +171,18 @@ def layer_names(model):
 
 
 def relu_layers(result, model) -> int:
-    """Layers Net-Trim treated as ReLU layers: the report's ``activation`` where present, else
-    what ``nettrim.detect_activations`` reads from the model for the reported layers."""
+    """Layers Net-Trim solved with the ReLU inequalities: the report's ``program`` (``relu``,
+    ``relu+bn+offset``, ``relu6+bn+groups=16``, ...; ``linear(gelu)`` and ``skipped`` are not).
+    For a baseline, whose report has no program, what ``nettrim.detect_activations`` reads
+    (ReLU and ReLU6) for the reported layers: the layers the baselines' ReLU-aware error uses."""
     rows = result.report
-    if rows and hasattr(rows[0], "activation"):
-        return sum(1 for r in rows if r.activation is not None and r.activation != "linear")
+    if rows and getattr(rows[0], "program", None):
+        return sum(1 for r in rows if str(r.program).startswith("relu"))
     try:
         detected = nettrim.detect_activations(model)
     except Exception:  # noqa: BLE001 - a count we cannot read is reported as unknown
         return -1
-    return sum(1 for r in rows if detected.get(r.name) == "relu")
+    return sum(1 for r in rows if detected.get(r.name) in ("relu", "relu6"))
 
 
 def skipped_layers(result, model) -> int:
