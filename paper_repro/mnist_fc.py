@@ -301,13 +301,20 @@ def run(config: Config = Config(), data_root: str | None = None) -> dict:
             for method in methods:
                 sparsity = None if method == "plain" else \
                     {r.name: r.sparsity for r in results["plain"].report}
+                prefix = "nettrim" if method == "plain" else method
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", nettrim.PruningWarning)
-                    with watch(method) as phase:
-                        results[method] = _prune_method(method, model, x_cal, eps, sparsity,
-                                                        config)
+                    try:
+                        with watch(method) as phase:
+                            results[method] = _prune_method(method, model, x_cal, eps,
+                                                            sparsity, config)
+                    except nettrim.PruningError as err:   # no solution found: say so
+                        if method == "plain":
+                            raise
+                        row[f"{prefix}_error"] = str(err)
+                        row[f"{prefix}_accuracy"] = None
+                        continue
                 result = results[method]
-                prefix = "nettrim" if method == "plain" else method
                 if method == "plain":
                     row.update(per_layer(result))
                     row["status"] = [r.status for r in result.report]
@@ -376,8 +383,9 @@ def plot(results: dict, path) -> pathlib.Path:
     for method in results["methods"]:
         color, label = STYLES[method]
         prefix = "nettrim" if method == "plain" else method
-        ax.plot(ratio, [100 * r[f"{prefix}_accuracy"] for r in sweep], "o-", color=color,
-                label=label)
+        points = [(x, 100 * r[f"{prefix}_accuracy"]) for x, r in zip(ratio, sweep)
+                  if r[f"{prefix}_accuracy"] is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color=color, label=label)
     for entry in results["finetuned"]:
         color, _ = STYLES[entry["method"]]
         ax.plot([entry["compression"]], [100 * entry["accuracy"][-1]], "*", ms=11, color=color,
@@ -390,6 +398,7 @@ def plot(results: dict, path) -> pathlib.Path:
     ax.set_xscale("log")
     ax.set_xlim(1.8, 60)
     ax.set_xticks([2, 5, 10, 20, 50], ["2x", "5x", "10x", "20x", "50x"])
+    ax.minorticks_off()
     ax.set_ylim(max(0.0, min(before - 30, ax.get_ylim()[0])), 100)
     ax.set_xlabel("compression (weights before / after), same per-layer counts for all")
     ax.set_ylabel("test accuracy (%)")
@@ -409,8 +418,8 @@ def print_table(results: dict) -> None:
     print(f"{'eps':>6} {'nonzeros after (plain)':>28} {'x':>6} "
           + " ".join(f"{m:>10}" for m in methods))
     for r in results["sweep"]:
-        accs = " ".join(f"{100 * r[('nettrim' if m == 'plain' else m) + '_accuracy']:>9.2f}%"
-                        for m in methods)
+        values = [r[("nettrim" if m == "plain" else m) + "_accuracy"] for m in methods]
+        accs = " ".join(f"{'n/a':>10}" if v is None else f"{100 * v:>9.2f}%" for v in values)
         print(f"{r['epsilon']:>6} {'/'.join(map(str, r['nonzeros_after'])):>28} "
               f"{r['compression']:>6.1f} {accs}")
     for e in results["finetuned"]:
