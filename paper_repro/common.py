@@ -15,6 +15,7 @@ Outputs are written atomically (a temporary file in the destination directory, t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -39,12 +40,14 @@ __all__ = [
     "RESULTS_DIR",
     "QUICK_ENV",
     "ExperimentArgs",
+    "cached_model",
     "config_dict",
     "environment",
     "load_split",
     "parse_args",
     "save_figure",
     "subset",
+    "threads",
     "to_jsonable",
     "write_json",
 ]
@@ -174,6 +177,32 @@ def save_figure(fig, path: str | os.PathLike, *, dpi: int = 120) -> pathlib.Path
         plt.close(fig)
 
 
+def cached_model(key: str, builder, train) -> tuple:
+    """A model trained once and cached by ``key``: ``(model in eval mode, training info)``.
+
+    The ``state_dict`` is stored (atomically) as ``<cache>/paper_repro-<key>.pt``, the cache
+    being ``$NETTRIM_CACHE`` or ``~/.cache/nettrim/models`` (as :func:`nettrim.models.pretrained`);
+    ``builder()`` makes the empty architecture, ``train()`` returns the trained model. The
+    training info gives the wall and CPU seconds of the training that made the file (kept in
+    the file) and whether this call loaded it.
+    """
+    from nettrim.models import CACHE_ENV, DEFAULT_CACHE
+
+    cache = pathlib.Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
+    path = cache / f"paper_repro-{key}.pt"
+    if path.is_file():
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        model = builder()
+        model.load_state_dict(stored["state_dict"])
+        return model.eval(), {**stored["training"], "loaded_from_cache": True}
+    t0, c0 = time.perf_counter(), time.process_time()
+    model = train()
+    info = {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
+    payload = {"state_dict": model.state_dict(), "training": info}
+    atomic_write(path, lambda temp: torch.save(payload, temp))
+    return model.eval(), {**info, "loaded_from_cache": False}
+
+
 @functools.lru_cache(maxsize=8)
 def load_split(data_root: str | None, dataset: str, train: bool) -> tuple:
     """``nettrim.data.load_mnist`` cached per process (scripts and tests share the decode)."""
@@ -191,12 +220,30 @@ def subset(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int) -> tuple:
     return x[index], y[index]
 
 
+@contextlib.contextmanager
+def threads(n: int):
+    """Run the block with ``torch.set_num_threads(n)``; the previous count is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class Stopwatch:
-    """Wall-clock seconds per named phase: ``with watch("train"): ...``; ``watch.seconds``."""
+    """Wall-clock and CPU seconds per named phase: ``with watch("train"): ...``.
+
+    ``watch.seconds`` / ``watch.cpu_seconds`` map each phase to its wall / CPU
+    (:func:`time.process_time`, all threads of this process) seconds; ``total`` and
+    ``cpu_total`` count from the stopwatch's creation.
+    """
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}
         self._start = time.perf_counter()
+        self._cpu_start = time.process_time()
 
     def __call__(self, name: str):
         watch = self
@@ -204,15 +251,29 @@ class Stopwatch:
         class _Phase:
             def __enter__(self):
                 self.t0 = time.perf_counter()
+                self.c0 = time.process_time()
                 return self
 
             def __exit__(self, *exc):
-                watch.seconds[name] = watch.seconds.get(name, 0.0) + time.perf_counter() - self.t0
+                self.seconds = time.perf_counter() - self.t0      # this phase alone
+                self.cpu_seconds = time.process_time() - self.c0
+                watch.seconds[name] = watch.seconds.get(name, 0.0) + self.seconds
+                watch.cpu_seconds[name] = watch.cpu_seconds.get(name, 0.0) + self.cpu_seconds
                 return False
 
         return _Phase()
 
     @property
     def total(self) -> float:
-        """Seconds since the stopwatch was created."""
+        """Wall seconds since the stopwatch was created."""
         return time.perf_counter() - self._start
+
+    @property
+    def cpu_total(self) -> float:
+        """CPU seconds of this process since the stopwatch was created."""
+        return time.process_time() - self._cpu_start
+
+    def as_dict(self) -> dict:
+        """The timing fields every results JSON carries."""
+        return {"seconds": self.total, "cpu_seconds": self.cpu_total,
+                "phase_seconds": dict(self.seconds), "phase_cpu_seconds": dict(self.cpu_seconds)}
