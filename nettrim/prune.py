@@ -282,6 +282,11 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
         else:
             result, eps_value, iterations, solves = _search_sparsity(
                 solve, target, y_norm, W_start, bias, N)
+            if result.status not in SUCCESS:
+                report["note"] = "; ".join(n for n in (report.get("note"), (
+                    f"no epsilon in {SPARSITY_EPS_RANGE} (relative) gave a solution for "
+                    f"sparsity {target} in {solves} solves; the last status was "
+                    f"{result.status}")) if n)
             trimmed = 0
             if abs(_weight_sparsity(result.W, bias, N) - target) > SPARSITY_TOL:
                 result, trimmed = _trim_to(result, keep, N)
@@ -565,10 +570,8 @@ def _search_sparsity(solve, target, y_norm, W_start, bias, N):
             lo, s_lo = mid, max(s, s_lo)
         else:
             hi, s_hi = mid, s
-    if nearest is None:
-        msg = (f"no epsilon in {SPARSITY_EPS_RANGE} (relative) gave a solution for sparsity "
-               f"{target}; the last status was {result.status}")
-        raise PruningError(msg)
+    if nearest is None:   # the caller reports the last (unsolved) point with a note
+        return result, eps_abs, iterations, solves
     # the support jumped over the target (a group of weights vanishes at once): return the
     # closest denser solution, which the caller trims by magnitude
     chosen = below if below is not None else nearest

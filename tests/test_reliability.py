@@ -414,3 +414,19 @@ def test_export_from_one_calibration_sample_keeps_the_batch_dynamic(env, tmp_pat
                            "--samples", "1")) == 0
     program = torch.export.load(str(out)).module()
     assert program(env["x"][:5]).shape == (5, 3)
+
+
+def test_target_sparsity_with_no_solution_warns_instead_of_aborting():
+    # a sparsity target whose epsilon search finds no solved point (an all-zero input row
+    # off the active set asked to stay below -1: infeasible at every epsilon) is reported with
+    # its status and a note instead of raising
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(60, 12, generator=g)
+    X[0] = 0.0
+    W0 = torch.randn(8, 12, generator=g)
+    Y = torch.relu(X @ W0.T)
+    V = torch.full_like(Y, -1.0)
+    res = nettrim.prune_layer(X, Y, V=V, sparsity=0.5, relu=True, W0=W0,
+                              solver_options={"max_iter": 50})
+    assert res.report["status"] not in SUCCESS
+    assert "gave a solution" in res.report["note"]
