@@ -579,6 +579,29 @@ def _write(module: nn.Module, weight: torch.Tensor, bias: Optional[torch.Tensor]
     set_layer_weight(module, weight, bias)
 
 
+def _per_group(fn, name, W, X, groups, bias, Y, relu, **kw) -> LayerPruneResult:
+    """A layer method applied to each group of a grouped convolution (its own input columns
+    and output channels, as Net-Trim solves it), merged into one result."""
+    from .capture import group_blocks
+    t0 = time.perf_counter()
+    W_new = torch.zeros_like(W)
+    b_new = None if bias is None else bias.clone()
+    diff = torch.zeros((), dtype=torch.float64)
+    for cols, rows in group_blocks(groups, X.shape[1], W.shape[0]):
+        part = fn(W[rows], X[:, cols], bias=None if bias is None else bias[rows], relu=relu,
+                  Y=Y[:, rows], **kw)
+        W_new[rows] = part.weight.to(W.dtype)
+        if part.bias is not None:
+            b_new[rows] = part.bias.to(b_new.dtype)
+        out = _pre_activation(X[:, cols], W_new[rows], None if b_new is None else b_new[rows])
+        out = torch.relu(out) if relu else out
+        diff += float(torch.linalg.vector_norm(out - Y[:, rows].to(out.dtype))) ** 2
+    result = _finish(name, W, W_new, None, b_new, None, relu, t0)
+    y_norm = float(torch.linalg.vector_norm(Y))
+    result.report["relative_error"] = float(diff.sqrt()) / y_norm if y_norm > 0 else float(diff.sqrt())
+    return result
+
+
 def _report_row(name: str, data: Any, module: nn.Module, W_orig: torch.Tensor,
                 rep: dict) -> LayerReport:
     return LayerReport(
@@ -767,6 +790,9 @@ def prune_baseline(model: nn.Module, inputs: Any, method: Union[str, Callable], 
             t0 = time.perf_counter()
             result = _finish("global_magnitude", W_orig.to(Xw.device), globally[name].to(Xw.device),
                              Xw, bw, Yw, relu, t0)
+        elif getattr(data, "groups", 1) > 1:
+            result = _per_group(fn, name_of_method, W_orig.to(Xw.device), Xw, data.groups,
+                                bw, Yw, relu, sparsity=spars_of[name], **opts)
         else:
             result = fn(W_orig.to(Xw.device), Xw, sparsity=spars_of[name], bias=bw, relu=relu,
                         Y=Yw, **opts)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import nettrim
 from nettrim import baselines as B
 from nettrim.baselines import (BASELINES, global_magnitude, hptd, lobs, magnitude, obd,
                                prune_baseline, prune_structured, random_prune, sparsegpt,
@@ -520,3 +521,21 @@ def test_registry_lists_the_methods():
     assert "global_magnitude" in B.METHODS
     assert B.STRUCTURED_CRITERIA == ("l1", "apoz", "taylor")
     assert all(callable(f) for f in BASELINES.values())
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_prune_baseline_on_a_depthwise_conv_works_per_group(method):
+    # each group of a grouped conv has its own inputs: the method runs per group, as Net-Trim's
+    # program does (it raised a shape error on the unfolded all-channel input)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1, groups=8), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 4))
+    x = torch.randn(16, 2, 6, 6)
+    res = nettrim.prune_baseline(model, x, method, 0.5)
+    dw = dict(res.model.named_modules())["2"].weight
+    assert dw.shape == (8, 1, 3, 3)
+    row = next(r for r in res.report if r.name == "2")
+    assert abs(row.sparsity - 0.5) < 0.1 and 0.0 <= row.relative_error < 1.0
+    assert int((dw == 0).sum()) == row.total - row.nonzeros_after
