@@ -93,3 +93,14 @@ def test_per_layer_uses_the_cache(bench, layer, tmp_path, monkeypatch):
         # the held-out error is recomputed from the cached weights
         expected = bench.relative_error(X[:40] * 1.1, a["weight"], a["bias"], Y[:40], relu)
         assert b["heldout_error"] == pytest.approx(expected) and expected != a["error"]
+
+
+def test_committed_quality_guard_holds(capsys):
+    # the committed bench_quality run against the run before the settled pipeline (issue 11):
+    # no default cell worse by more than 2% relative
+    path = BENCH.parent / "quality_guard.py"
+    spec = importlib.util.spec_from_file_location("quality_guard", path)
+    guard = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(guard)
+    assert guard.main([]) == 0
+    assert "cells worse by more than 2%: 0" in capsys.readouterr().out
