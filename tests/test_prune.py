@@ -503,3 +503,32 @@ def test_settled_pipeline_reports_an_epsilon_its_weights_meet(relu):
         r = nettrim.prune_layer(X, Y, sparsity=target, relu=relu, bias=True, W0=W, b0=b).report
         assert r["status"] in SUCCESS
         assert r["relative_error"] <= r["epsilon"] * (1 + 1e-3) + 1e-9
+
+
+@pytest.mark.parametrize("sparsity", [0.6, 0.85])
+def test_target_sparsity_lands_on_the_exact_count(sparsity):
+    # the settled pipeline trims (or fills) its last support to exactly round((1-s) M N) weights
+    g = torch.Generator().manual_seed(3)
+    X = torch.rand(400, 40, generator=g)
+    W0 = torch.randn(12, 40, generator=g)
+    b0 = torch.randn(12, generator=g) * 0.1
+    Y = torch.relu(X @ W0.T + b0)
+    res = nettrim.prune_layer(X, Y, sparsity=sparsity, relu=True, bias=True, W0=W0, b0=b0)
+    assert int((res.weight != 0).sum()) == round((1 - sparsity) * 12 * 40)
+    from solvers import SUCCESS
+    assert res.report["status"] in SUCCESS
+
+
+def test_fill_adds_the_zero_weights_with_the_largest_optimality_violation():
+    P = importlib.import_module("nettrim.prune")
+    from solvers import NetTrimProblem
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(200, 6, generator=g)
+    Wt = torch.tensor([[3.0, 0.0, 0.0, 0.5, 0.0, 0.0]])
+    Y = X @ Wt.T
+    problem = NetTrimProblem(X, Y, 0.0, relu=False)
+    W = torch.tensor([[2.9, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    support = P._fill_to(problem, W, 2, 6, None)
+    # the residual is 0.5 x_3 (+ 0.1 x_0): weight 3 is the one the optimality test picks
+    assert support.tolist() == [[True, False, False, True, False, False]]
+    assert P._fill_to(problem, W, 1, 6, None).tolist() == [[True] + [False] * 5]
