@@ -586,7 +586,7 @@ def _per_group(fn, name, W, X, groups, bias, Y, relu, **kw) -> LayerPruneResult:
     t0 = time.perf_counter()
     W_new = torch.zeros_like(W)
     b_new = None if bias is None else bias.clone()
-    diff = torch.zeros((), dtype=torch.float64)
+    sq = 0.0   # squared output error, summed over the groups
     for cols, rows in group_blocks(groups, X.shape[1], W.shape[0]):
         part = fn(W[rows], X[:, cols], bias=None if bias is None else bias[rows], relu=relu,
                   Y=Y[:, rows], **kw)
@@ -595,10 +595,10 @@ def _per_group(fn, name, W, X, groups, bias, Y, relu, **kw) -> LayerPruneResult:
             b_new[rows] = part.bias.to(b_new.dtype)
         out = _pre_activation(X[:, cols], W_new[rows], None if b_new is None else b_new[rows])
         out = torch.relu(out) if relu else out
-        diff += float(torch.linalg.vector_norm(out - Y[:, rows].to(out.dtype))) ** 2
+        sq += float(torch.linalg.vector_norm(out - Y[:, rows].to(out.dtype))) ** 2
     result = _finish(name, W, W_new, None, b_new, None, relu, t0)
     y_norm = float(torch.linalg.vector_norm(Y))
-    result.report["relative_error"] = float(diff.sqrt()) / y_norm if y_norm > 0 else float(diff.sqrt())
+    result.report["relative_error"] = math.sqrt(sq) / y_norm if y_norm > 0 else math.sqrt(sq)
     return result
 
 

@@ -63,6 +63,21 @@ def as_tensor(a: Any, *, name: str) -> torch.Tensor:
     return t
 
 
+def _like_outputs(value: Any, name: str, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """A per-entry companion of Y (the bound V, the offset S) checked for shape, device and
+    finiteness, in X's dtype."""
+    t = as_tensor(value, name=name)
+    if t.shape != Y.shape:
+        msg = f"{name} has shape {tuple(t.shape)} but Y has shape {tuple(Y.shape)}; they must match"
+        raise ValueError(msg)
+    if t.device != X.device:
+        msg = f"{name} is on {t.device} but X is on {X.device}; put both on one device"
+        raise ValueError(msg)
+    t = t.to(X.dtype)
+    check_finite(t, name)
+    return t
+
+
 def check_finite(t: torch.Tensor, name: str, what: str = "activations") -> None:
     """Raise ValueError naming ``name`` when ``t`` has NaN or Inf entries."""
     bad = ~torch.isfinite(t)
@@ -151,26 +166,8 @@ class NetTrimProblem:
                 msg = ("V was given with relu=False: a linear layer has no inequality "
                        "constraints, so V has no meaning; drop V or set relu=True")
                 raise ValueError(msg)
-            V = as_tensor(self.V, name="V")
-            if V.shape != Y.shape:
-                msg = f"V has shape {tuple(V.shape)} but Y has shape {tuple(Y.shape)}; they must match"
-                raise ValueError(msg)
-            if V.device != X.device:
-                msg = f"V is on {V.device} but X is on {X.device}; put both on one device"
-                raise ValueError(msg)
-            V = V.to(X.dtype)
-            check_finite(V, "V")
-        S = None
-        if self.S is not None:
-            S = as_tensor(self.S, name="S")
-            if S.shape != Y.shape:
-                msg = f"S has shape {tuple(S.shape)} but Y has shape {tuple(Y.shape)}; they must match"
-                raise ValueError(msg)
-            if S.device != X.device:
-                msg = f"S is on {S.device} but X is on {X.device}; put both on one device"
-                raise ValueError(msg)
-            S = S.to(X.dtype)
-            check_finite(S, "S")
+            V = _like_outputs(self.V, "V", X, Y)
+        S = None if self.S is None else _like_outputs(self.S, "S", X, Y)
         if self.relu:
             n_neg = int((Y < 0).sum())
             if n_neg:

@@ -470,35 +470,6 @@ def test_cli_feeds_token_ids_caps_rows_and_lists_skipped_layers(tmp_path, capsys
     tokarch.model().load_state_dict(torch.load(out), strict=True)
 
 
-# ---- torchvision's definitions, where a torchvision that runs with this torch is installed ------
-def _torchvision_models():
-    try:
-        from torchvision import models
-    except Exception as err:  # noqa: BLE001 - ImportError, or C ops built for another torch
-        pytest.skip(f"torchvision does not import here ({type(err).__name__}: {err})")
-    return models
-
-
-@pytest.mark.parametrize("name, expected, layers, goal", [
-    ("resnet18", (20, 11, 20), ["layer1.0.conv2", "layer2.0.downsample.0", "fc"],
-     dict(epsilon=0.1)),
-    ("mobilenet_v2", (0, 0, 52), ["features.1.conv.0.0", "features.2.conv.0.0"],
-     dict(sparsity=0.5)),
-    ("vgg11_bn", (10, 0, 8), ["features.0", "features.4"], dict(epsilon=0.1)),
-])
-def test_torchvision_definitions(name, expected, layers, goal):
-    models = _torchvision_models()
-    torch.manual_seed(9)
-    model = randomize_bn(getattr(models, name)(num_classes=4))
-    assert counts(model) == expected                    # (ReLU-aware, offset, BatchNorm)
-    x = torch.randn(4, 3, 32, 32)
-    result = nettrim.prune(model, x, layers=layers, max_samples=400, **goal,
-                           inplace=name == "vgg11_bn")   # its 25088 x 4096 layer: no copy
-    assert all(r.status in ("OPTIMAL", "OPTIMAL_INACCURATE") for r in result.report)
-    assert all(r.program.startswith(("relu", "linear")) for r in result.report)
-    getattr(models, name)(num_classes=4).load_state_dict(result.model.state_dict(), strict=True)
-
-
 def test_cascade_offset_comes_from_the_pruned_network():
     import copy
 

@@ -3,29 +3,22 @@ method that fails on a model is recorded in its cell, not raised."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
 import pathlib
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks" / "bench_archs.py"
-DATA = ROOT.parent / "shared" / "data"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_archs", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(benchmark_module):
+    return benchmark_module("bench_archs")
 
 
 def test_bench_archs_quick(bench, tmp_path):
-    data = pathlib.Path(__import__("os").environ.get("NETTRIM_DATA", DATA))
+    data = pathlib.Path(os.environ["NETTRIM_DATA"])   # set by conftest
     if not (data / "fashion-mnist").is_dir():
-        pytest.skip(f"Fashion-MNIST not found under {data}")
+        pytest.fail(f"Fashion-MNIST not found under {data}; set NETTRIM_DATA")
     out = tmp_path / "archs.json"
     payload = bench.main(["--quick", "--data-root", str(data), "--cache", str(tmp_path / "c"),
                           "--models", "mobilenet", "resnet", "--methods", "magnitude",

@@ -3,21 +3,13 @@ between processes (a small synthetic layer; no MNIST, no training)."""
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import pytest
 import torch
 
-BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_quality", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(benchmark_module):
+    return benchmark_module("bench_quality")
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +87,9 @@ def test_per_layer_uses_the_cache(bench, layer, tmp_path, monkeypatch):
         assert b["heldout_error"] == pytest.approx(expected) and expected != a["error"]
 
 
-def test_committed_quality_guard_holds(capsys):
+def test_committed_quality_guard_holds(benchmark_module, capsys):
     # the committed bench_quality run against the run before the settled pipeline (issue 11):
     # no default cell worse by more than 2% relative
-    path = BENCH.parent / "quality_guard.py"
-    spec = importlib.util.spec_from_file_location("quality_guard", path)
-    guard = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(guard)
+    guard = benchmark_module("quality_guard")
     assert guard.main([]) == 0
     assert "cells worse by more than 2%: 0" in capsys.readouterr().out
