@@ -144,6 +144,41 @@ def test_refit_chunked_equals_one_chunk(monkeypatch):
     assert np.array_equal(chunked.W != 0, whole.W != 0)
 
 
+def test_chunks_split_where_supports_shrink():
+    sizes = torch.tensor([100] * 40 + [70] * 40 + [10] * 5)
+    chunks = refit_module._chunks(sizes, 2 ** 40)
+    assert sorted(torch.cat(chunks).tolist()) == list(range(85))      # every neuron once
+    for chunk in chunks:   # padding bounded once CHUNK_MIN neurons are in
+        s = sizes[chunk]
+        if len(chunk) > refit_module.CHUNK_MIN:
+            assert int(s.max()) <= refit_module.CHUNK_SPREAD * int(s[refit_module.CHUNK_MIN:].min())
+    assert len(chunks) >= 2
+
+
+def test_blank_rows_of_a_bias_column_are_one_constraint():
+    """Rows whose support inputs are all zero read ``b <= v`` through the ones column: the refit
+    must stay optimal (cvxpy) and feasible on every such row, with the least bound binding."""
+    rng = np.random.default_rng(7)
+    P, N, M = 240, 12, 5
+    X = rng.standard_normal((P, N))
+    X[: P // 2, : N // 2] = 0.0                        # half the rows blank on half the inputs
+    X = np.hstack([X, np.ones((P, 1))])                # a bias column
+    W0 = rng.standard_normal((M, N + 1)) / np.sqrt(N)
+    W0[:, -1] = 0.3
+    Y = np.maximum(X @ W0.T, 0)
+    V = -np.abs(rng.standard_normal((P, M))) * 0.05    # cascade-like bounds, distinct
+    problem = NetTrimProblem(X, Y, 0.1 * np.linalg.norm(Y), V=V, relu=True)
+    support = np.zeros((M, N + 1), dtype=bool)
+    support[:, : N // 2] = True                        # inputs that are zero on the blank rows
+    support[:, -1] = True
+    ref_value, _ = reference(problem, support)
+    res = refit(problem, support)
+    assert res.status == OPTIMAL
+    W = as_np(res.W)
+    assert problem.residual(W) == pytest.approx(ref_value, rel=1e-4)
+    assert problem.violation(W) <= 1e-3 * float(np.abs(Y).max())
+
+
 def test_max_iter_status_and_never_worse_than_start():
     # degenerate program (every inequality tight at the original weights, full support): ADMM
     # needs hundreds of iterations and the polish cannot certify early
