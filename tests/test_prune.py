@@ -532,3 +532,32 @@ def test_fill_adds_the_zero_weights_with_the_largest_optimality_violation():
     # the residual is 0.5 x_3 (+ 0.1 x_0): weight 3 is the one the optimality test picks
     assert support.tolist() == [[True, False, False, True, False, False]]
     assert P._fill_to(problem, W, 1, 6, None).tolist() == [[True] + [False] * 5]
+
+
+@pytest.mark.parametrize("mode", ["sparsity", "epsilon"])
+def test_inputs_zero_on_every_row_get_no_weight_and_the_rest_is_solved_alone(mode):
+    # a dead input (zero on every calibration row, e.g. an MNIST border pixel) changes no
+    # output: the program is solved on the other inputs, with the same count of weights kept
+    g = torch.Generator().manual_seed(5)
+    X = torch.rand(300, 20, generator=g, dtype=torch.float64)
+    X[:, [3, 11]] = 0.0
+    W0 = torch.randn(6, 20, generator=g, dtype=torch.float64)
+    b0 = torch.randn(6, generator=g, dtype=torch.float64) * 0.1
+    Y = torch.relu(X @ W0.T + b0)
+    target = dict(sparsity=0.7) if mode == "sparsity" else dict(epsilon=0.05)
+    res = nettrim.prune_layer(X, Y, relu=True, bias=True, W0=W0, b0=b0, **target)
+    assert res.weight.shape == (6, 20)
+    assert not bool(res.weight[:, [3, 11]].any())
+    assert res.report["dead_inputs"] == 2 and "zero on every calibration row" in res.report["note"]
+    assert res.report["total"] == 120
+    live = [i for i in range(20) if i not in (3, 11)]
+    if mode == "sparsity":
+        assert res.report["nonzeros"] == round(0.3 * 120)        # the count of the whole layer
+        assert res.report["target_sparsity"] == 0.7
+        alone = nettrim.prune_layer(X[:, live], Y, relu=True, bias=True, W0=W0[:, live], b0=b0,
+                                    sparsity=1 - 0.3 * 20 / 18)
+    else:
+        alone = nettrim.prune_layer(X[:, live], Y, relu=True, bias=True, W0=W0[:, live], b0=b0,
+                                    epsilon=0.05)
+    assert torch.equal(res.weight[:, live], alone.weight)
+    assert res.report["relative_error"] == pytest.approx(alone.report["relative_error"])
