@@ -447,6 +447,7 @@ def _choose_program(X, Y, *, sparsity, bias, V, offset, penalize_bias, solver, W
         note = (f"{what} kept: post-ReLU calibration error {errors[name]:.4g} vs "
                 f"{errors['relu']:.4g} with the ReLU program")
         report["note"] = "; ".join(n for n in (report.get("note"), note) if n)
+        report["program_note"] = note
     return LayerPruneResult(weight=best.weight, bias=best.bias, report=report)
 
 
@@ -1141,7 +1142,18 @@ class _LayerProgram:
             self.program = self.program.replace(
                 self.data.activation, f"linear({self.data.activation})", 1) + (
                 f"(linear in {linear})" if linear < len(parts) else "")
-        return parts[0] if len(parts) == 1 else _merge(parts, self.Y)
+        if len(parts) == 1:
+            return parts[0]
+        for p in parts:   # one line for the groups instead of one per group
+            own = p.report.pop("program_note", None)
+            if own:
+                p.report["note"] = "; ".join(n for n in p.report["note"].split("; ") if n != own)
+        merged = _merge(parts, self.Y)
+        if linear:
+            note = (f"linear program kept in {linear} of {len(parts)} groups (lower post-ReLU "
+                    "calibration error)")
+            merged.report["note"] = "; ".join(n for n in (merged.report.get("note"), note) if n)
+        return merged
 
     @torch.no_grad()
     def write_back(self, result: LayerPruneResult) -> str:

@@ -647,3 +647,15 @@ def test_underdetermined_layer_reaches_the_target_without_the_epsilon_search(rel
     # as many weights as rows or more per neuron: the refit fits the rows (up to the
     # inequalities' tolerance, feas_tol)
     assert rep["relative_error"] < 1e-5
+
+
+def test_grouped_conv_reports_its_program_choice_once():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False),
+                          nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3)).eval()
+    x = torch.randn(40, 4, 6, 6)
+    row = nettrim.prune(model, x, sparsity=0.5, layers=["0"]).report[0]
+    relu_row = nettrim.prune(model, x, sparsity=0.5, layers=["0"], program="relu").report[0]
+    assert row.program == "linear(relu)+bn+groups=4" and relu_row.program == "relu+bn+groups=4"
+    assert row.note == "linear program kept in 4 of 4 groups (lower post-ReLU calibration error)"
+    assert row.relative_error < relu_row.relative_error
