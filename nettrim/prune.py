@@ -101,7 +101,9 @@ class LayerPruneResult:
         ``nonzeros``, ``total``, ``sparsity`` (weights only, bias excluded), ``epsilon``
         (relative to ||Y||_F), ``epsilon_abs``, ``relative_error`` (``||act(X W^T + b) - Y||_F
         / ||Y||_F``), ``status``, ``iterations``, ``seconds``, ``solver``, ``objective``, and in
-        sparsity mode ``target_sparsity`` and ``solves``.
+        sparsity mode ``target_sparsity`` and ``solves``; for a ReLU layer at a target
+        sparsity with ``program="auto" | "best"``, ``program`` (the candidate kept) and
+        ``program_errors`` (the post-ReLU error of each candidate tried).
     """
 
     weight: torch.Tensor
@@ -219,8 +221,8 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
         which bounds the post-ReLU error (``epsilon`` is relative to ``||Y||_F`` as usual).
         The returned error is never above the ReLU program's, nor (with ``"best"``, or when
         the linear program was solved) above the linear program's divided by
-        ``1 - PROGRAM_MARGIN``. In epsilon mode both programs meet the same bound and the ReLU program needs fewer
-        weights, so it is kept. The comparison measures the error after a ReLU; for a ReLU6
+        ``1 - PROGRAM_MARGIN``. In epsilon mode both programs meet the same bound and the
+        ReLU program needs fewer weights, so it is kept. The comparison measures the error after a ReLU; for a ReLU6
         layer (its target clipped at 6) this overstates the linear candidates' error, so it
         keeps the ReLU program at least as often.
     pre : ndarray or Tensor of shape (P, M), optional
