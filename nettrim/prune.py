@@ -229,7 +229,8 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
         Target of the linear alternative: the layer's pre-activations (offset excluded, so that
         the output is ``relu(pre + offset)``). Default ``X W0^T + b0`` (the original
         pre-activations in parallel mode; in cascade mode pass the original network's). With
-        neither ``pre`` nor ``W0`` the ReLU program is kept.
+        neither ``pre`` nor ``W0``, or when the ReLU program is not solved (its status is not
+        a success), the ReLU program's result is returned.
 
     Returns
     -------
@@ -384,6 +385,8 @@ def _choose_program(X, Y, *, sparsity, bias, V, offset, penalize_bias, solver, W
                   progress=progress)
     t0 = time.perf_counter()
     chosen = prune_layer(X, Y, relu=True, V=V, offset=offset, program="relu", **common)
+    if chosen.report["status"] not in SUCCESS:   # reported as it is (status and note)
+        return chosen
     X = as_tensor(X, name="X")
     Y = as_tensor(Y, name="Y").to(X)
     if pre is None:
