@@ -15,9 +15,10 @@ Each model is pruned at each sparsity, every Linear / Conv2d at that sparsity, w
 (``nettrim.prune(..., sparsity=s, mode="parallel" | "cascade")``) and with the baselines of
 :mod:`nettrim.baselines` (``nettrim.prune_baseline``: magnitude, Wanda, SparseGPT; sequential,
 each layer from the already-pruned layers' inputs as SparseGPT does). Reported per cell: test
-accuracy without fine-tuning, the number of layers Net-Trim treated as ReLU layers (inequality
-constraints off the active set: the report's ``program``; for the baselines, the ReLU / ReLU6
-layers ``nettrim.detect_activations`` reads), the number of Linear / Conv2d layers left unpruned
+accuracy without fine-tuning, the layers Net-Trim solved with the ReLU program (inequality
+constraints off the active set) and how many of them kept its weights rather than the linear
+program's (the report's ``program``: ``linear(relu)...`` where the linear program's post-ReLU
+calibration error was lower), the number of Linear / Conv2d layers left unpruned
 (skipped), and the seconds. Conv layers are captured as many patch rows: ``max_samples`` caps the
 rows kept per layer (seeded subsample), the figure is printed with the table.
 
@@ -170,14 +171,18 @@ def layer_names(model):
     return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
-def relu_layers(result, model) -> int:
-    """Layers Net-Trim solved with the ReLU inequalities: the report's ``program`` (``relu``,
-    ``relu+bn+offset``, ``relu6+bn+groups=16``, ...; ``linear(gelu)`` and ``skipped`` are not).
+def relu_layers(result, model, *, detected: bool = False) -> int:
+    """Layers whose ReLU program (ReLU inequalities) Net-Trim kept: the report's ``program``
+    (``relu``, ``relu+bn+offset``, ``relu6+bn+groups=16``, ...; ``linear(gelu)``,
+    ``skipped``, and ``linear(relu)+...``, a ReLU layer whose linear program had the lower
+    post-ReLU calibration error, are not). ``detected``: the layers with a ReLU program
+    solved, kept or not (``linear(relu...`` counted too).
     For a baseline, whose report has no program, what ``nettrim.detect_activations`` reads
     (ReLU and ReLU6) for the reported layers: the layers the baselines' ReLU-aware error uses."""
     rows = result.report
     if rows and getattr(rows[0], "program", None):
-        return sum(1 for r in rows if str(r.program).startswith("relu"))
+        starts = ("relu", "linear(relu") if detected else ("relu",)
+        return sum(1 for r in rows if str(r.program).startswith(starts))
     try:
         detected = nettrim.detect_activations(model)
     except Exception:  # noqa: BLE001 - a count we cannot read is reported as unknown
@@ -243,6 +248,8 @@ def run_cell(model, method, sparsity, calib, x_test, y_test, args):
         total = sum(r.total for r in pruned)             # in_proj is dense for every method)
         return dict(accuracy=accuracy(result.model, x_test, y_test), seconds=seconds,
                     relu_layers=relu_layers(result, model) if method in NETTRIM_MODES else None,
+                    relu_detected=relu_layers(result, model, detected=True)
+                    if method in NETTRIM_MODES else None,
                     pruned_layers=len(result.report),
                     skipped_layers=skipped_layers(result, model),
                     sparsity=1.0 - kept / total if total else 0.0,
@@ -267,7 +274,7 @@ def format_table(payload) -> str:
                      f"{100 * rec['accuracy']:.2f}%")
     lines.append("")
     head = f"{'model':12s} {'method':12s} {'sparsity':>8s} {'acc %':>7s} {'reached':>7s} " \
-           f"{'relu':>4s} {'skip':>4s} {'sec':>7s}  note"
+           f"{'relu':>5s} {'skip':>4s} {'sec':>7s}  note"
     lines += [head, "-" * len(head)]
     errors = {}
     for cell in payload["cells"]:
@@ -276,19 +283,22 @@ def format_table(payload) -> str:
         if "error" in r:
             key = r["error"]
             errors.setdefault(key, len(errors) + 1)
-            lines.append(f"{start} {'-':>7s} {'-':>7s} {'-':>4s} {'-':>4s} {r['seconds']:7.1f}"
+            lines.append(f"{start} {'-':>7s} {'-':>7s} {'-':>5s} {'-':>4s} {r['seconds']:7.1f}"
                          f"  failed [{errors[key]}]")
         else:
             note = "; ".join(r["warnings"])[:60]
-            relu = "-" if r["relu_layers"] is None else str(r["relu_layers"])
+            relu = "-" if r["relu_layers"] is None else f"{r['relu_layers']}/" \
+                f"{r.get('relu_detected', r['relu_layers'])}"
             lines.append(f"{start} {100 * r['accuracy']:7.2f} {100 * r['sparsity']:6.1f}% "
-                         f"{relu:>4s} {r['skipped_layers']:4d} {r['seconds']:7.1f}"
+                         f"{relu:>5s} {r['skipped_layers']:4d} {r['seconds']:7.1f}"
                          f"  {note}")
     if errors:
         lines += ["", "failures:"]
         lines += [f"  [{i}] {msg}" for msg, i in errors.items()]
-    lines += ["", "relu: layers Net-Trim solved as ReLU layers (inequalities off the active "
-              "set); skip: Linear/Conv2d layers left unpruned; reached: the weight sparsity over "
+    lines += ["", "relu: K/D, of the D layers Net-Trim solved with the ReLU program "
+              "(inequalities off the active set), the K where it kept that program's weights "
+              "(the others kept the linear program's, whose post-ReLU calibration error was "
+              "lower: program='auto'); skip: Linear/Conv2d layers left unpruned; reached: the weight sparsity over "
               "the pruned layers; sec: wall seconds of the pruning call (capture included). "
               "The transformer's q/k/v projection (nn.MultiheadAttention.in_proj_weight, a bare "
               "parameter) stays dense with every method; Net-Trim lists it as skipped."]

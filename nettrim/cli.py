@@ -205,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-refit", dest="refit", action="store_false",
                    help="keep the l1 weights as they are instead of refitting them on their "
                         "support (default: refit, which undoes the l1 shrinkage)")
+    p.add_argument("--program", choices=("auto", "best", "relu"), default="auto",
+                   help="ReLU layers at a --sparsity: keep the linear program's weights where "
+                        "their post-ReLU error on the calibration rows is lower (auto: solved "
+                        "when its refit on the ReLU support is lower; best: always solved; "
+                        "relu: the ReLU program's weights); default auto")
     p.add_argument("--lenient", action="store_true",
                    help="warn and keep going when a layer's solver stops short of an optimal "
                         "status (default: fail with exit status 1 naming the layer)")
@@ -571,7 +576,7 @@ def _cmd_prune(args) -> int:
                 max_samples=args.max_rows, gamma=args.gamma, strict=not args.lenient,
                 progress=not args.quiet, solver_options=solver_options, refit=args.refit,
                 reweight=args.reweight, scope="global" if args.global_budget else "layer",
-                min_per_unit=args.min_per_unit)
+                min_per_unit=args.min_per_unit, program=args.program)
     except (ValueError, TypeError) as err:
         # prune validates its options and the model structure; anything it rejects is ours
         from .prune import PruningError

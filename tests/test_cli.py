@@ -243,6 +243,24 @@ def test_plain_program_flags(env, tmp_path):
     assert doc["options"]["prune"]["refit"] is True and doc["options"]["prune"]["reweight"] == 1
 
 
+def test_program_flag_is_passed_to_the_library(env, tmp_path):
+    """--program relu keeps the ReLU program's weights at a --sparsity, as the library does."""
+    root = env["root"]
+    out = tmp_path / "relu.pt"
+    assert main(prune_args(root, "sd.pt", out, "--arch", "tinyarch:mlp", "--sparsity", "0.5",
+                           "--program", "relu")) == 0
+    doc = json.loads(report_path_for(out).read_text())
+    assert doc["options"]["prune"]["program"] == "relu"
+    assert all(not row["program"].startswith("linear(") for row in doc["layers"])
+    x = torch.from_numpy(np.load(root / "calib.npz")["x"])
+    expected = nettrim.prune(env["model"], x, sparsity=0.5, program="relu").model.state_dict()
+    state = torch.load(out, weights_only=True)
+    for name, value in expected.items():
+        assert torch.allclose(state[name], value, atol=1e-6), name
+    assert main(prune_args(root, "sd.pt", tmp_path / "bad.pt", "--arch", "tinyarch:mlp",
+                           "--program", "linear")) == 2
+
+
 def test_export_program_roundtrip(env, tmp_path):
     root = env["root"]
     x = env["x"]
