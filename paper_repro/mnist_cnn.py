@@ -329,17 +329,20 @@ def plot(results: dict, path) -> pathlib.Path:
     ax1.set_yscale("log")
     ax1.set_ylabel("nonzero weights")
     ax1.legend(fontsize=8)
-    labels = ["unpruned", "FC pruned", "FC pruned+FT", "all pruned", "all pruned+FT"]
-    values = [results["accuracy_before"], results["fc_only"]["accuracy"],
-              results["fc_only"]["accuracy_finetuned"], full["accuracy"],
-              full["accuracy_finetuned"]]
-    ax2.bar(labels, [100 * v for v in values], color="tab:blue")
+    labels = ["unpruned", "FC pruned", "FC pruned+FT", "all pruned", "all pruned+FT",
+              "paper count", "paper count+FT", "magnitude", "magnitude+FT"]
+    values = [results["accuracy_before"]] + [
+        results[key][field] for key in ("fc_only", "all_layers", "paper_count",
+                                         "paper_count_magnitude")
+        for field in ("accuracy", "accuracy_finetuned")]
+    colors = ["gray"] + ["tab:blue"] * 4 + ["tab:green"] * 2 + ["tab:red"] * 2
+    ax2.bar(labels, [100 * v for v in values], color=colors)
     low = min(values)
     ax2.set_ylim(max(0.0, 100 * low - 2), 100)
     for i, v in enumerate(values):
         ax2.text(i, 100 * v, f"{100 * v:.2f}", ha="center", va="bottom", fontsize=8)
     ax2.set_ylabel("test accuracy (%)")
-    ax2.tick_params(axis="x", labelrotation=20)
+    ax2.tick_params(axis="x", labelrotation=35, labelsize=7)
     fig.suptitle("LeNet-style CNN on MNIST, parallel Net-Trim")
     fig.tight_layout()
     return common.save_figure(fig, path)
