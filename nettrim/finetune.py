@@ -24,6 +24,8 @@ from .data import data_loader
 __all__ = ["finetune", "FinetuneResult"]
 
 _PRUNABLE = (nn.Linear, nn.Conv2d)
+#: The optimizers :func:`finetune` takes (``torch.optim`` classes).
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
 class FinetuneResult(NamedTuple):
@@ -95,8 +97,8 @@ def _has_mask(module: nn.Module) -> bool:
 def finetune(model: nn.Module, loader: Any, *, epochs: int = 1, lr: float = 1e-3,
              weight_decay: float = 0.0, batch_size: int = 128, seed: int = 0,
              loss_fn: Optional[Callable] = None, layers: Optional[Iterable[str]] = None,
-             progress: bool = False) -> FinetuneResult:
-    """Fine-tune a pruned model with Adam, keeping its zero weights at zero.
+             progress: bool = False, optimizer: str = "adam") -> FinetuneResult:
+    """Fine-tune a pruned model with Adam (or plain SGD), keeping its zero weights at zero.
 
     Side effects: trains ``model`` in place; its train/eval mode is restored afterwards. The
     global RNG is left as it was (dropout runs under a forked RNG seeded with ``seed``).
@@ -112,7 +114,7 @@ def finetune(model: nn.Module, loader: Any, *, epochs: int = 1, lr: float = 1e-3
         ``seed``.
     epochs : int, default 1
     lr : float, default 1e-3
-        Adam learning rate.
+        Learning rate of the optimizer.
     weight_decay : float, default 0.0
     batch_size : int, default 128
         Used only when ``loader`` is a pair of tensors.
@@ -123,6 +125,10 @@ def finetune(model: nn.Module, loader: Any, *, epochs: int = 1, lr: float = 1e-3
         Names of the Linear / Conv2d modules whose zeros are held (default: all of them).
     progress : bool, default False
         A tqdm bar over batches with the running loss.
+    optimizer : {"adam", "sgd"}, default "adam"
+        ``"sgd"``: plain gradient descent (no momentum), the Net-Trim authors' fine-tuning.
+        It keeps no state between steps, so calls of one epoch each at a decaying ``lr``
+        make a stepwise learning-rate schedule.
 
     Returns
     -------
@@ -140,6 +146,9 @@ def finetune(model: nn.Module, loader: Any, *, epochs: int = 1, lr: float = 1e-3
     if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) \
             or not weight_decay >= 0:
         msg = f"weight_decay must be a number >= 0, got {weight_decay!r}"
+        raise ValueError(msg)
+    if optimizer not in OPTIMIZERS:
+        msg = f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}"
         raise ValueError(msg)
     if loss_fn is not None and not callable(loss_fn):
         msg = f"loss_fn must be callable (outputs, targets) -> loss, got {type(loss_fn).__name__}"
@@ -160,7 +169,7 @@ def finetune(model: nn.Module, loader: Any, *, epochs: int = 1, lr: float = 1e-3
             if not _has_mask(module):
                 torch_prune.custom_from_mask(module, "weight", module.weight.detach() != 0)
                 added.append(module)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        step = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay)
         if progress:
             from tqdm.auto import tqdm
             total = len(data) * epochs if hasattr(data, "__len__") else None
@@ -177,10 +186,10 @@ def finetune(model: nn.Module, loader: Any, *, epochs: int = 1, lr: float = 1e-3
                         raise TypeError(msg)
                     xb = batch[0].to(device)
                     yb = batch[1].to(device)
-                    optimizer.zero_grad(set_to_none=True)
+                    step.zero_grad(set_to_none=True)
                     loss = loss_fn(model(xb), yb)
                     loss.backward()
-                    optimizer.step()
+                    step.step()
                     total_loss += float(loss.detach()) * xb.shape[0]
                     seen += xb.shape[0]
                     if bar is not None:

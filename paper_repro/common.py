@@ -44,6 +44,7 @@ __all__ = [
     "config_dict",
     "environment",
     "load_split",
+    "next_log_guess",
     "parse_args",
     "save_figure",
     "subset",
@@ -218,6 +219,27 @@ def subset(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int) -> tuple:
     generator = torch.Generator().manual_seed(seed)
     index = torch.randperm(x.shape[0], generator=generator)[:n]
     return x[index], y[index]
+
+
+def next_log_guess(tried: Sequence[tuple], target: float, *, increasing: bool) -> float:
+    """Next ``x`` of a search for ``f(x) = target`` by false position on ``log x, log f``.
+
+    ``tried``: the ``(x, f(x))`` pairs so far (at least two, or one pair and a guess), ``f``
+    monotone (``increasing`` or not) and positive. Interpolates between the closest pair
+    that brackets the target, else extrapolates along the last two points; a flat or
+    wrong-signed slope is replaced by +-1.
+    """
+    below = [t for t in tried if t[1] < target]
+    above = [t for t in tried if t[1] >= target]
+    if below and above:   # bracketed: the closest pair on either side
+        a, b = max(below, key=lambda t: t[1]), min(above, key=lambda t: t[1])
+    else:                 # the last two points, the lower f first
+        a, b = sorted(tried[-2:], key=lambda t: t[1])
+    slope = (math.log(b[1]) - math.log(a[1])) / (math.log(b[0]) - math.log(a[0])) \
+        if a[0] != b[0] else float("nan")
+    sign = 1.0 if increasing else -1.0
+    slope = slope if math.isfinite(slope) and sign * slope > 0.1 else sign
+    return math.exp(math.log(a[0]) + (math.log(target) - math.log(a[1])) / slope)
 
 
 @contextlib.contextmanager

@@ -21,9 +21,10 @@ What this script does, for each epsilon of the grid:
 2. ``default``: our pipeline (reweighted l1 + refit) at the same per-layer counts
    (``nettrim.prune(..., sparsity={layer: s})``);
 3. ``magnitude`` and ``sparsegpt`` (``nettrim.baselines.prune_baseline``) at the same counts;
-4. test accuracy of each; at the epsilons of ``finetune_epsilons``, masked fine-tuning
-   (``nettrim.finetune.finetune``, batch 100) of ``finetune_methods`` with the test accuracy
-   after each of ``finetune_steps``.
+4. test accuracy of each; at the epsilons of ``finetune_epsilons``, masked fine-tuning of
+   ``finetune_methods`` at the authors' protocol (``nettrim.finetune.finetune`` with plain
+   SGD, lr 0.01 decayed by 0.98 every 500 steps, batch 100), with the test accuracy after
+   each of ``finetune_steps`` (5k, 10k, 15k).
 
 Then, per method, the largest compression whose accuracy is within ``little_loss`` of the
 unpruned network without fine-tuning (the paper's "little loss", read as at most 1 point).
@@ -107,8 +108,10 @@ class Config:
     finetune_methods : tuple of str
     finetune_steps : tuple of int
         Cumulative fine-tuning steps (batch ``train_batch``) at which test accuracy is taken.
-    finetune_lr : float
-        Adam learning rate of the masked fine-tuning.
+    finetune_lr, finetune_optimizer :
+        Initial learning rate and optimizer (``"sgd"``: plain SGD, the authors'; ``"adam"``)
+        of the masked fine-tuning; the rate is multiplied by ``lr_decay`` every
+        ``lr_decay_steps`` steps (the authors' schedule, as in training).
     little_loss : float
         "Little loss": at most this drop of test accuracy (fraction) without fine-tuning.
     test_samples : int or None
@@ -137,10 +140,11 @@ class Config:
     max_iter: int = 1000
     default_max_iter: int | None = None
     methods: tuple = METHODS
-    finetune_epsilons: tuple = (0.3,)
-    finetune_methods: tuple = ("plain", "magnitude")
-    finetune_steps: tuple = (1000, 3000)
-    finetune_lr: float = 1e-4
+    finetune_epsilons: tuple = (0.3, 0.6)
+    finetune_methods: tuple = ("default", "magnitude")
+    finetune_steps: tuple = (5000, 10000, 15000)
+    finetune_lr: float = 0.01
+    finetune_optimizer: str = "sgd"
     little_loss: float = 0.01
     test_samples: int | None = None
     seed: int = 0
@@ -149,7 +153,8 @@ class Config:
 
 QUICK = Config(train_steps=150, calib_samples=200, epsilons=(0.1, 0.3), max_iter=150,
                methods=("plain", "magnitude", "sparsegpt"), finetune_epsilons=(0.3,),
-               finetune_steps=(5, 10), test_samples=1000)
+               finetune_methods=("plain", "magnitude"), finetune_steps=(5, 10),
+               lr_decay_steps=4, test_samples=1000)
 
 
 def train_authors_recipe(config: Config, x: torch.Tensor, y: torch.Tensor) -> nn.Sequential:
@@ -259,15 +264,25 @@ def _prune_method(method: str, model, x_cal, eps: float, sparsity: dict | None, 
 
 
 def fine_tune_curve(model, x, y, x_test, y_test, config: Config) -> list:
-    """Test accuracy after each cumulative step count of ``config.finetune_steps``."""
+    """Test accuracy after each cumulative step count of ``config.finetune_steps``.
+
+    Masked fine-tuning in blocks of at most ``lr_decay_steps`` steps, the block starting at
+    step ``k`` at ``finetune_lr * lr_decay ** (k // lr_decay_steps)`` (with plain SGD, which
+    keeps no state, this is the authors' staircase schedule exactly; Adam restarts its
+    moments each block). Batches are drawn with replacement from ``x``.
+    """
     accuracies, done = [], 0
     generator = torch.Generator().manual_seed(config.seed + 3)
     for steps in config.finetune_steps:
-        n = (steps - done) * config.train_batch
-        index = torch.randint(x.shape[0], (n,), generator=generator)
-        model = finetune(model, (x[index], y[index]), epochs=1, lr=config.finetune_lr,
-                         batch_size=config.train_batch, seed=config.seed + steps).model
-        done = steps
+        while done < steps:
+            block = min(steps - done, config.lr_decay_steps - done % config.lr_decay_steps)
+            index = torch.randint(x.shape[0], (block * config.train_batch,),
+                                  generator=generator)
+            lr = config.finetune_lr * config.lr_decay ** (done // config.lr_decay_steps)
+            model = finetune(model, (x[index], y[index]), epochs=1, lr=lr,
+                             batch_size=config.train_batch, seed=config.seed + done,
+                             optimizer=config.finetune_optimizer).model
+            done += block
         accuracies.append(accuracy(model, x_test, y_test))
     return accuracies
 
@@ -336,6 +351,8 @@ def run(config: Config = Config(), data_root: str | None = None) -> dict:
             rows.append(row)
             if eps in config.finetune_epsilons:
                 for method in config.finetune_methods:
+                    if method not in results:   # not run, or no solution (row says why)
+                        continue
                     with watch("finetune"):
                         curve = fine_tune_curve(results[method].model, x_train, y_train,
                                                 x_test, y_test, config)

@@ -198,16 +198,7 @@ def match_discrepancy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target
             best = row
         if abs(row["discrepancy"] / target - 1) <= config.match_tol:
             break
-        below = [t for t in tried if t[1] < target]
-        above = [t for t in tried if t[1] >= target]
-        if below and above:   # bracketed: interpolate between the closest pair
-            lo = max(below, key=lambda t: t[1])
-            hi = min(above, key=lambda t: t[1])
-        else:                 # extrapolate along the last two points
-            lo, hi = sorted(tried[-2:], key=lambda t: t[1])
-        slope = (math.log(hi[1]) - math.log(lo[1])) / (math.log(hi[0]) - math.log(lo[0]))
-        slope = slope if math.isfinite(slope) and slope > 0.1 else 1.0
-        eps = math.exp(math.log(lo[0]) + (math.log(target) - math.log(lo[1])) / slope)
+        eps = common.next_log_guess(tried, target, increasing=True)
     best["tried"] = tried
     return best
 

@@ -1,5 +1,7 @@
 """nettrim.finetune: masked fine-tuning keeps zeros zero, returns plain weights and losses."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -48,6 +50,19 @@ def test_zeros_stay_zero_and_the_rest_trains():
         assert isinstance(m.weight, nn.Parameter)
     assert len(result.losses) == 3 and all(v > 0 for v in result.losses)
     assert result.losses[-1] < result.losses[0]
+
+
+def test_sgd_is_one_plain_gradient_step_on_the_kept_weights():
+    model, x, y = model_and_data()
+    pruned(model)
+    reference = copy.deepcopy(model)
+    loss = nn.functional.cross_entropy(reference(x), y)
+    grads = torch.autograd.grad(loss, [m.weight for m in linears(reference)])
+    finetune(model, (x, y), epochs=1, lr=0.1, batch_size=x.shape[0], optimizer="sgd")
+    for m, r, g in zip(linears(model), linears(reference), grads):
+        kept = r.weight != 0
+        expected = torch.where(kept, r.weight - 0.1 * g, torch.zeros_like(g))
+        torch.testing.assert_close(m.weight, expected)
 
 
 def test_saves_as_plain_weights():
@@ -135,6 +150,7 @@ def test_custom_loss():
     ({"layers": ["nope"]}, ValueError, "layers names unknown modules"),
     ({"layers": ["2"]}, ValueError, "must name Linear or Conv2d"),
     ({"batch_size": 0}, ValueError, "batch_size must be a positive int"),
+    ({"optimizer": "rmsprop"}, ValueError, "optimizer must be one of"),
 ])
 def test_bad_arguments(kwargs, err, text):
     model, x, y = model_and_data()

@@ -45,6 +45,7 @@ README_FIELDS = {
                   "fc_only.accuracy", "fc_only.accuracy_finetuned", "all_layers.nonzeros_after",
                   "all_layers.accuracy", "all_layers.accuracy_finetuned",
                   "paper_count.nonzeros_after", "paper_count.accuracy",
+                  "paper_count.target_nonzeros", "paper_count_magnitude.nonzeros_after",
                   "paper_count.accuracy_finetuned", "paper_count_magnitude.accuracy",
                   "paper_count_magnitude.accuracy_finetuned", "cpu_seconds"],
     "sample_complexity": ["recovery_rate", "transition_P50", "fitted_c", "sparsities",
@@ -166,6 +167,15 @@ def test_committed_mnist_fc_compares_every_method_at_the_same_counts():
                                        row["totals"]):
             assert abs(kept - target) <= 0.006 * total + 1
     assert set(results["little_loss"]) == set(METHODS)
+    # the authors' fine-tuning: plain SGD, accuracy after 5k, 10k and 15k steps, for our
+    # default and magnitude at every fine-tuned point
+    config = results["config"]
+    assert config["finetune_optimizer"] == "sgd" and config["finetune_steps"] == [5000, 10000,
+                                                                                  15000]
+    tuned = {(e["epsilon"], e["method"]) for e in results["finetuned"]}
+    assert tuned == {(eps, m) for eps in config["finetune_epsilons"]
+                     for m in config["finetune_methods"]}
+    assert {"default", "magnitude"} <= set(config["finetune_methods"])
 
 
 def test_largest_within_picks_the_largest_compression_that_holds():
@@ -191,6 +201,31 @@ def test_quick_cnn_prunes_the_requested_layers(quick_runs):
                                           entry["nonzeros_after"]))
 
 
+def test_quick_cnn_paper_count_searches_epsilon_and_magnitude_follows(quick_runs):
+    results = json.loads((quick_runs["out"] / "mnist_cnn.json").read_text())
+    entry = results["paper_count"]
+    assert entry["method"] == "plain" and entry["layers"] == results["fc_layers"]
+    for name, kept in zip(entry["layers"], entry["nonzeros_after"]):
+        tried = entry["epsilon_search"][name]
+        # the search starts from the FC-only run's point and keeps its closest try
+        # (the closest); a larger epsilon never keeps more weights
+        assert tried[0][0] == results["config"]["fc_epsilon"] and len(tried) >= 2
+        assert min(abs(n - kept) for _, n in tried[1:]) == 0
+        ordered = sorted(tried)
+        assert all(a[1] >= b[1] for a, b in zip(ordered, ordered[1:]))
+    assert results["paper_count_magnitude"]["nonzeros_after"] == entry["nonzeros_after"]
+
+
+def test_committed_cnn_is_at_the_papers_fc_count():
+    results = json.loads((common.RESULTS_DIR / "mnist_cnn.json").read_text())
+    assert results["quick"] is False and results["cpu_seconds"] > 0
+    entry = results["paper_count"]
+    for kept, paper in zip(entry["nonzeros_after"], results["paper_values"]["fc_nonzeros_after"]):
+        assert abs(kept / paper - 1) <= results["config"]["count_tol"] + 0.02
+    for key in ("fc_only", "paper_count", "paper_count_magnitude"):
+        assert 0 <= results[key]["accuracy"] <= 1 and 0 <= results[key]["accuracy_finetuned"] <= 1
+
+
 def test_quick_spirals_counts_are_consistent(quick_runs):
     results = json.loads((quick_runs["out"] / "spirals.json").read_text())
     main = results["main"]
@@ -212,6 +247,19 @@ def test_quick_spirals_counts_are_consistent(quick_runs):
 
 
 # ---- helpers --------------------------------------------------------------------------------
+def test_next_log_guess_solves_a_power_law_in_one_step():
+    for power in (1.5, -2.0):
+        law = lambda x: 3.0 * x ** power   # noqa: E731
+        tried = [(0.1, law(0.1)), (0.2, law(0.2))]
+        guess = common.next_log_guess(tried, 50.0, increasing=power > 0)
+        assert law(guess) == pytest.approx(50.0)
+    # a flat pair: the slope is replaced by +-1 from the lower point
+    assert common.next_log_guess([(1.0, 4.0), (2.0, 4.0)], 8.0, increasing=True) == \
+        pytest.approx(2.0)
+    assert common.next_log_guess([(1.0, 4.0), (2.0, 4.0)], 8.0, increasing=False) == \
+        pytest.approx(0.5)
+
+
 def test_transition_points_interpolates_the_half_crossing():
     rate = np.array([[0.0, 0.25, 0.75, 1.0], [0.0, 0.0, 0.0, 0.25]])
     points = transition_points([2, 4], [10, 20, 30, 40], rate)
