@@ -765,6 +765,7 @@ def _search_sparsity(solve, target, y_norm, W_start, bias, N):
     lo, hi = (math.log(e) for e in SPARSITY_EPS_RANGE)
     s_lo, s_hi = 0.0, 1.0
     nearest = below = None   # (key, result, eps_abs)
+    unsolved = None          # (result, eps_abs) of the last solve that did not succeed
     iterations = 0
     W_warm, rho = W_start, None
     solves = 0
@@ -786,12 +787,19 @@ def _search_sparsity(solve, target, y_norm, W_start, bias, N):
             W_warm, rho = result.W, (result.rho if math.isfinite(result.rho) else None)
             if dist <= SPARSITY_TOL:
                 return result, eps_abs, iterations, solves
+        if not ok:
+            unsolved = (result, eps_abs)
         if s < target:  # an unsolved (infeasible, capped) point counts as too dense
             lo, s_lo = mid, max(s, s_lo)
         else:
             hi, s_hi = mid, s
     if nearest is None:   # the caller reports the last (unsolved) point with a note
         return result, eps_abs, iterations, solves
+    if below is None and unsolved is not None:
+        # only sparser solutions, the denser epsilons unsolved (e.g. at an iteration cap): the
+        # sparser ones miss the target and no trim can add weights back (an all-zero layer
+        # came back OPTIMAL at 93% asked), so the unsolved point is returned with its status
+        return unsolved[0], unsolved[1], iterations, solves
     # the support jumped over the target (a group of weights vanishes at once): return the
     # closest denser solution, which the caller trims by magnitude
     chosen = below if below is not None else nearest

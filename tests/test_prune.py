@@ -687,3 +687,17 @@ def test_grouped_conv_reports_its_program_choice_once():
     assert row.program == "linear(relu)+bn+groups=4" and relu_row.program == "relu+bn+groups=4"
     assert row.note == "linear program kept in 4 of 4 groups (lower post-ReLU calibration error)"
     assert row.relative_error < relu_row.relative_error
+
+
+def test_capped_search_reports_its_status_instead_of_an_empty_layer():
+    # every solve dense enough for the target hit the iteration cap, only W = 0 (epsilon at
+    # ||Y||) solved: that used to come back as an all-zero layer with status OPTIMAL
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(300, 40, generator=g, dtype=torch.float64)
+    W0 = torch.randn(10, 40, generator=g, dtype=torch.float64)
+    Y = torch.relu(X @ W0.T)
+    res = nettrim.prune_layer(X, Y, sparsity=0.5, refit=False, reweight=0, W0=W0,
+                              solver_options={"max_iter": 5})
+    assert res.report["status"] == "MAX_ITER"
+    assert "gave a solution for sparsity 0.5" in res.report["note"]
+    assert res.report["nonzeros"] > 0
