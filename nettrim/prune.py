@@ -79,8 +79,8 @@ PROGRAM_TOL = 1e-6
 #: ``program="auto"``: the linear program is solved in full (after its refit on the ReLU
 #: program's support won) only on layers of at most this many weights, where it costs little
 #: next to the ReLU program. On small layers it wins: the benchmark ResNet's stem (144
-#: weights) 0.138 against 0.169 for the refit at 50%, and on the layers of bench_archs (at most
-#: 36,864 weights) it decided most cells. On LeNet-300-100's 784 -> 300 layer (235,200) at
+#: weights) 0.138 against 0.169 for the refit at 50%; every layer of bench_archs has at most
+#: 36,864 weights, so its measured choices stand. On LeNet-300-100's 784 -> 300 layer (235,200) at
 #: 90% it lost (0.146 against 0.138 for the refit) and took 12 s more than the 19.5 s of the
 #: rest. ``program="best"`` always solves it.
 LINEAR_SOLVE_MAX_WEIGHTS = 40_000

@@ -37,7 +37,9 @@ A neuron stops when ``r_m <= sqrt(P) eps_abs + eps_rel max(||Z_m||, ||X w_m||)``
 GEMMs shrink as the solve proceeds.
 
 A linear layer has no inequalities: each neuron's QP is then plain least squares on its support,
-solved directly from the same factors (:func:`_least_squares`, no ADMM).
+solved directly from the same factors (:func:`_least_squares`, no ADMM). Measured on the linear
+candidate of ``program="auto"`` on LeNet's 784 -> 300 layer at 90%: 0.23-0.28 s, against 1.8 s
+for 20 ADMM iterations and the polish.
 
 Polish (as OSQP does). ADMM reaches 1e-4 relative accuracy slowly, but it identifies early
 which inequalities bind (the rows its Z step clips). On convergence, and every
@@ -253,11 +255,9 @@ class _Chunk:
         self.bound = None if bound is None else bound[:, cols]
         # start: the given weights on the support, else least squares on all rows
         if W_init is not None:
-            C = torch.gather(W_init[cols].to(torch.float64), 1, idx)
+            self.C = torch.gather(W_init[cols].to(torch.float64), 1, idx).masked_fill_(~valid, 0.0)
         else:
-            B = (X.T @ self.Y).T.to(torch.float64)             # (m, N) = (X^T Y)^T
-            C = torch.cholesky_solve(torch.gather(B, 1, idx)[..., None], L)[..., 0]
-        self.C = C.masked_fill_(~valid, 0.0)
+            self.C = self.least_squares(0)
         # polish data, built on first use: H = X_OS^T X_OS (m, k, k), g = X_OS^T y_O (m, k)
         self.H = torch.zeros_like(L)
         self.g = torch.zeros_like(self.C)
@@ -279,6 +279,18 @@ class _Chunk:
             least = self.bound.masked_fill(~flat, math.inf).argmin(0)    # (m,)
             rep = has_const & flat[least, torch.arange(len(cols), device=X.device)]
             self.reach[least[rep], torch.nonzero(rep).flatten()] = True
+
+    def least_squares(self, steps: int) -> torch.Tensor:
+        """(m, k) least squares on all rows, each on its support: ``G_S w = X_S^T y`` solved
+        with the factor of ``G_S + delta I``, then ``steps`` proximal-point corrections that
+        remove the delta bias (the residual after a step is ``delta`` times the step)."""
+        B = (self.X.T @ self.Y).T.to(torch.float64)            # (m, N) = (X^T Y)^T
+        C = torch.cholesky_solve(torch.gather(B, 1, self.idx)[..., None], self.L)
+        step = C
+        for _ in range(steps):
+            step = self.delta * torch.cholesky_solve(step, self.L)
+            C = C + step
+        return C[..., 0].masked_fill_(~self.valid, 0.0)
 
     def build_hessians(self, rows: torch.Tensor) -> None:
         """Fill H and g of the working rows ``rows`` not built yet (one small GEMM each, over
@@ -376,7 +388,8 @@ def refit(problem: NetTrimProblem, support: Any, *, W0: Any = None, eps_abs: flo
     del X64
     delta = PROX_REL * max(float(G.diagonal().max()), TINY)
     # constant nonzero columns (the ones column of a bias)
-    constant = (X.amax(0) == X.amin(0)) & (X[0] != 0) if P else torch.zeros(N, dtype=torch.bool)
+    constant = (X.amax(0) == X.amin(0)) & (X[0] != 0) if P else \
+        torch.zeros(N, dtype=torch.bool, device=dev)
 
     W = torch.zeros(M, N, dtype=dt, device=dev)
     rho_final = torch.ones(M, dtype=torch.float64)
@@ -437,20 +450,11 @@ def _measure(XW: torch.Tensor, Y: torch.Tensor, active: torch.Tensor,
     return res.double().cpu(), viol.double().cpu()
 
 
-def _least_squares(ch: _Chunk, cols: torch.Tensor, W: torch.Tensor, steps: int = 3) -> bool:
-    """A linear layer's refit: no inequalities, so each neuron's QP is the least squares
-    ``G_S w = X_S^T y`` on its support, solved with the chunk's factor of ``G_S + delta I`` and
-    ``steps`` proximal-point corrections that remove the delta bias (residual
-    ``r_k = delta (w_k - w_{k-1})``). Measured: 1.8 s of ADMM and polish -> 0.2 s for the linear
-    candidate of ``program="auto"`` on LeNet's 784 -> 300 layer. Writes W; returns True."""
-    B = (ch.X.T @ ch.Y).T.to(torch.float64)
-    rhs = torch.gather(B, 1, ch.idx).masked_fill_(~ch.valid, 0.0)
-    C = torch.cholesky_solve(rhs[..., None], ch.L)
-    step = C
-    for _ in range(steps):
-        step = ch.delta * torch.cholesky_solve(step, ch.L)
-        C = C + step
-    ch.C = C[..., 0].masked_fill_(~ch.valid, 0.0)
+def _least_squares(ch: _Chunk, cols: torch.Tensor, W: torch.Tensor) -> bool:
+    """A linear layer's refit: no inequalities, so each neuron's QP is the least squares on
+    its support (:meth:`_Chunk.least_squares`, three bias corrections), no ADMM (timing in
+    the module docstring). Writes W; returns True."""
+    ch.C = ch.least_squares(3)
     W[cols] = ch.dense(ch.C)
     return True
 
