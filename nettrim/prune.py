@@ -324,7 +324,9 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
 
     def solve(eps_abs: float, W_init, rho=None):
         return _solve_l1(problem_for(eps_abs), solver, W_init, penalty, opts, reweight, rho,
-                         progress, refit_on)
+                         progress, refit_on, l1_notes)
+
+    l1_notes: list = []   # what the l1 solves have to say (a reweighting round that failed)
 
     report: dict = {}
     eps_given = None
@@ -387,6 +389,9 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
         report["refit_status"] = refitted.status
         if usable:  # the status stays the l1 program's: the refit W is feasible for it
             result = _with_objective(replace(refitted, status=result.status), penalty)
+    if l1_notes:
+        report["note"] = "; ".join([n for n in [report.get("note")] if n]
+                                   + sorted(set(l1_notes)))
     W = torch.as_tensor(result.W, device=X.device, dtype=X.dtype)
     weight, b = (W[:, :N].contiguous(), W[:, N].contiguous()) if bias else (W, None)
     nonzeros = int((weight != 0).sum())
@@ -656,13 +661,15 @@ def _at_reached_epsilon(problem_for, result, refit_status):
     return replace(result, status=status, epsilon=eps, residual=eps), eps
 
 
-def _solve_l1(problem, solver, W_init, penalty, opts, reweight, rho, progress, refit_on):
+def _solve_l1(problem, solver, W_init, penalty, opts, reweight, rho, progress, refit_on,
+              notes):
     """One (weighted) l1 solve plus ``reweight`` reweighting rounds: (result, total iterations).
 
     Each round takes its penalty from the previous solution refit on its support
     (``refit_on(problem, result, max_iter) -> (refit, usable)``), at most
     :data:`PILOT_MAX_ITER` refit iterations: only the magnitudes of the pilot matter, so a
-    capped refit serves as long as it is finite.
+    capped refit serves as long as it is finite. A round that does not solve ends the
+    reweighting with the previous round's solution, and a line in ``notes`` (a list).
     """
     bar = None
     if solver == "admm":
@@ -688,8 +695,13 @@ def _solve_l1(problem, solver, W_init, penalty, opts, reweight, rho, progress, r
             pen = torch.as_tensor(reweighted_penalty(pilot.W if usable else result.W))
             if penalty is not None:
                 pen = pen * penalty  # unpenalized entries (the bias) stay unpenalized
-            result = run(pen, result.W)
-            iterations += result.iterations
+            weighted = run(pen, result.W)
+            iterations += weighted.iterations
+            if weighted.status not in SUCCESS:   # a failed refinement: keep the solved round
+                notes.append(f"a reweighted l1 round stopped with {weighted.status} after "
+                             f"{weighted.iterations} iterations; the round before it is kept")
+                break
+            result = weighted
     finally:
         if bar is not None:
             bar.close()

@@ -78,6 +78,8 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from scipy.linalg import solve_triangular
+from scipy.optimize import nnls
 
 from .admm import RELAX, RHO_ADAPT, TINY, ADMMSettings, scaled_data
 from .problem import NetTrimProblem, as_tensor
@@ -118,6 +120,9 @@ POLISH_ADD = 1e-3
 POLISH_STRONG = 1e-3
 #: Polish: multipliers down to -POLISH_LAMBDA_TOL (1 + max|lambda|) count as nonnegative.
 POLISH_LAMBDA_TOL = 1e-7
+#: Exact solve (:func:`_exact`): rounds of constraint generation before a neuron is left to
+#: ADMM (0: ADMM only). Measured on LeNet-300-100 at 90%: 2-3 rounds.
+EXACT_ROUNDS = 8
 #: Default delta of :func:`reweighted_penalty`, relative to max|W|.
 DELTA_REL = 1e-3
 
@@ -292,18 +297,21 @@ class _Chunk:
             C = C + step
         return C[..., 0].masked_fill_(~self.valid, 0.0)
 
-    def build_hessians(self, rows: torch.Tensor) -> None:
+    def build_hessians(self, rows: torch.Tensor, float64: bool = False) -> None:
         """Fill H and g of the working rows ``rows`` not built yet (one small GEMM each, over
-        the neuron's active rows and support columns only)."""
-        for j in rows[~self.has_H[rows]].tolist():
+        the neuron's active rows and support columns only); ``float64``: (re)build them all
+        in float64."""
+        for j in (rows if float64 else rows[~self.has_H[rows]]).tolist():
             sup = self.idx[j][self.valid[j]]
             om = self.active[:, j]
             Xo = self.X[:, sup][om]   # columns first: a small gather
             n = len(sup)
             # in the data's dtype (float32: 20% faster than float64 on LeNet's first layer);
             # the certificate (feasible, multipliers >= 0) is checked on the data after
+            if float64:
+                Xo = Xo.to(torch.float64)
             self.H[j, :n, :n] = Xo.T @ Xo
-            self.g[j, :n] = Xo.T @ self.Y[om, j]
+            self.g[j, :n] = Xo.T @ self.Y[om, j].to(Xo.dtype)
         self.has_H[rows] = True
 
     def dense(self, C: torch.Tensor, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -346,7 +354,8 @@ def refit(problem: NetTrimProblem, support: Any, *, W0: Any = None, eps_abs: flo
     W0 : ndarray or Tensor of shape (M, N), optional
         Starting point (the l1 solution). Neuron by neuron, the result is never worse than
         W0: where a row of W0 is supported and feasible (violation <= feas_tol max|Y|) and
-        fits better than the refit row, that row of W0 is returned.
+        fits better than the refit row (by more than ``sqrt(P) eps_abs`` in the scaled
+        residual), that row of W0 is returned.
     eps_abs, eps_rel : float
         Absolute and relative tolerances of the per-neuron primal/dual residual test.
     max_iter : int
@@ -392,7 +401,7 @@ def refit(problem: NetTrimProblem, support: Any, *, W0: Any = None, eps_abs: flo
         torch.zeros(N, dtype=torch.bool, device=dev)
 
     W = torch.zeros(M, N, dtype=dt, device=dev)
-    rho_final = torch.ones(M, dtype=torch.float64)
+    rho_final = torch.full((M,), math.nan, dtype=torch.float64)   # NaN: solved exactly
     sizes = S.sum(1)
     status = OPTIMAL
     iterations = 0
@@ -405,7 +414,15 @@ def refit(problem: NetTrimProblem, support: Any, *, W0: Any = None, eps_abs: flo
         if bound is None:   # linear layer: least squares on each support, solved directly
             done, its = _least_squares(chunk, cols, W), 0
         else:
-            done, its = _run_chunk(chunk, cols, W, settings, viol_tol, rho_final, r_all, s_all)
+            exact = _exact(chunk, viol_tol) if EXACT_ROUNDS and dev.type == "cpu" else \
+                torch.zeros(len(cols), dtype=torch.bool, device=dev)
+            W[cols[exact]] = chunk.dense(chunk.C[exact], exact)
+            done, its = True, 0
+            if not bool(exact.all()):   # left to ADMM (and its polish)
+                rest = torch.nonzero(~exact).flatten()
+                chunk.keep(rest)
+                done, its = _run_chunk(chunk, cols[rest], W, settings, viol_tol, rho_final,
+                                       r_all, s_all)
         iterations = max(iterations, its)
         if not done:
             status = MAX_ITER
@@ -416,7 +433,10 @@ def refit(problem: NetTrimProblem, support: Any, *, W0: Any = None, eps_abs: flo
     if W_start is not None:
         supported = ~((W_start != 0) & ~S).any(1)
         res0, viol0 = _measure(X @ W_start.T, Y, active, bound)
-        take = supported & (viol0 <= viol_tol) & ((res0 < res_m) | (viol_m > viol_tol))
+        # better by more than the absolute tolerance: on a layer with fewer rows than
+        # inputs both may fit to rounding, and the refit's support is what was asked for
+        better = res0 < res_m - math.sqrt(P) * settings.eps_abs
+        take = supported & (viol0 <= viol_tol) & (better | (viol_m > viol_tol))
         if bool(take.any()):
             W[take] = W_start[take]
             res_m = torch.where(take, res0, res_m)
@@ -427,7 +447,7 @@ def refit(problem: NetTrimProblem, support: Any, *, W0: Any = None, eps_abs: flo
     residual = float(torch.linalg.vector_norm(res_m)) * s
     violation = float(viol_m.max()) * s if M else 0.0
     objective = float(W.abs().sum())
-    rho = float(rho_final[sizes.cpu() > 0].median()) if bool((sizes > 0).any()) else float("nan")
+    rho = float(rho_final.nanmedian())
     W_out = W.cpu().numpy() if problem.is_numpy else W
     return NetTrimResult(
         W=W_out, status=status, iterations=iterations, objective=objective, residual=residual,
@@ -457,6 +477,105 @@ def _least_squares(ch: _Chunk, cols: torch.Tensor, W: torch.Tensor) -> bool:
     ch.C = ch.least_squares(3)
     W[cols] = ch.dense(ch.C)
     return True
+
+
+def _exact(ch: _Chunk, viol_tol: float) -> torch.Tensor:
+    """Each neuron's QP solved exactly, as a least-distance program; returns the solved mask.
+
+    Neuron m's refit is ``min 1/2 w^T H w - g^T w  s.t.  B w <= v`` with ``H = X_OS^T X_OS``
+    (+ ``polish_delta`` I), ``g = X_OS^T y_O`` and ``B = X_RS``, ``v = V_R`` on a set R of
+    candidate rows. With ``H = L L^T``, ``c = L^{-1} g`` and ``x = L^T w - c`` it reads
+    ``min ||x||  s.t.  -D x >= D c - v =: h``, ``D = B L^{-T}``: a least-distance program,
+    which Lawson & Hanson (1974, ch. 23) solve by one nonnegative least squares::
+
+        z = argmin_{z >= 0} || [-D^T; h^T] z - e_{k+1} ||,   r = [-D^T; h^T] z - e_{k+1}
+        x = -r[:k] / r[k],    multipliers  lambda = z / (-r[k]) >= 0
+
+    (``r[k] = 0``: the rows R admit no w). The NNLS (scipy's Lawson-Hanson active set) ends in
+    finitely many steps also on degenerate neurons, those with more tight rows than support
+    entries, where the ADMM polish's active-set guesses cycle. Its solution meets the KKT
+    conditions on R by construction; R starts with the rows the start point (the l1
+    solution) meets or violates and grows by every row violated by more than
+    ``POLISH_ADD * viol_tol`` (one GEMM per round checks all rows) until none is: the
+    multipliers of the rows outside R are 0, so the neuron's QP is then solved (certified).
+    A neuron not solved in :data:`EXACT_ROUNDS` rounds is left to ADMM. Measured on
+    LeNet-300-100 (5,000 MNIST rows, one thread, 90%): the 784 -> 300 layer's final refit
+    6.3 s / 275 ADMM iterations -> 1.2 s (2-3 rounds; 0.4 s of them in the per-neuron
+    solves, 0.4 s building H), its capped pilot refit 8.1 s -> 2.3 s, the 300 -> 100 layer's
+    cascade refit 3.6 s -> 0.25 s; residuals equal to the ADMM's within 2e-6 relative, with
+    violations ~1e-6 of max|Y| instead of up to the tolerance.
+    """
+    m = ch.C.shape[0]
+    dev = ch.X.device
+    all_rows = torch.arange(m, device=dev)
+    ch.build_hessians(all_rows)
+    L, info = _factor(ch, all_rows)
+    if bool((info > 0).any()):   # rounding of a float32 H on a singular X_OS: redo in float64
+        redo = torch.nonzero(info > 0).flatten()
+        ch.build_hessians(redo, float64=True)
+        L[redo], info[redo] = _factor(ch, redo)
+    c = torch.linalg.solve_triangular(L, ch.g[..., None], upper=False)[..., 0]
+    L_np, c_np = L.cpu().numpy(), c.cpu().numpy()
+    sizes = ch.valid.sum(1).tolist()
+    X = ch.X
+    XW = X @ ch.dense(ch.C).T
+    rows_R = ch.reach & (XW >= ch.bound)                  # (P, m) the start's tight rows
+    del XW
+    C = ch.C.clone()
+    solved = torch.zeros(m, dtype=torch.bool, device=dev)
+    todo = torch.nonzero(info == 0).flatten()
+    for _ in range(EXACT_ROUNDS):
+        ok = torch.ones(len(todo), dtype=torch.bool, device=dev)
+        for i, j in enumerate(todo.tolist()):
+            w = _least_distance(X, ch.idx[j, :sizes[j]], torch.nonzero(rows_R[:, j]).flatten(),
+                                ch.bound[:, j], L_np[j, :sizes[j], :sizes[j]], c_np[j, :sizes[j]])
+            if w is None:
+                ok[i] = False
+            else:
+                C[j, :sizes[j]] = torch.from_numpy(w).to(dev)
+        todo = todo[ok]
+        if len(todo) == 0:
+            break
+        over = (X @ ch.dense(C[todo], todo).T - ch.bound[:, todo]).masked_fill_(
+            ~ch.reach[:, todo], -math.inf)
+        bad = over > POLISH_ADD * viol_tol
+        feasible = ~bad.any(0)
+        solved[todo[feasible]] = True
+        rows_R[:, todo] |= bad
+        todo = todo[~feasible]
+        if len(todo) == 0:
+            break
+    ch.C[solved] = C[solved]
+    return solved
+
+
+def _factor(ch: _Chunk, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cholesky factors of ``H + polish_delta I`` of the neurons ``rows`` (identity on the
+    padding) and cholesky_ex's info (> 0: not positive definite)."""
+    H = ch.H[rows].clone()
+    H.diagonal(dim1=1, dim2=2).add_(torch.where(ch.valid[rows], ch.polish_delta, 1.0))
+    return torch.linalg.cholesky_ex(H)
+
+
+def _least_distance(X, sup, rows, bound, L, c):
+    """One neuron's QP on the rows ``rows`` (see :func:`_exact`); w on its support (float64
+    ndarray), or None where the rows admit no w or the NNLS did not finish."""
+    k = len(sup)
+    if len(rows) == 0:
+        return solve_triangular(L.T, c, lower=False, check_finite=False)
+    B = X[rows[:, None], sup[None, :]].cpu().numpy().astype(np.float64)    # (r, k) = X_RS
+    D = solve_triangular(L, B.T, lower=True, check_finite=False)        # (k, r) = (B L^-T)^T
+    E = np.vstack([-D, (c @ D - bound[rows].cpu().numpy())[None, :]])
+    e = np.zeros(k + 1)
+    e[-1] = 1.0
+    try:
+        z, _ = nnls(E, e, maxiter=50 * (k + 1))
+    except RuntimeError:   # iteration limit
+        return None
+    r = E @ z - e
+    if not (r[-1] < -1e-12) or not np.isfinite(r).all():   # infeasible rows (r[k] = 0)
+        return None
+    return solve_triangular(L.T, c - r[:k] / r[-1], lower=False, check_finite=False)
 
 
 def _run_chunk(ch: _Chunk, cols: torch.Tensor, W: torch.Tensor, settings: ADMMSettings,

@@ -79,10 +79,19 @@ CASES = [  # P, N, M, relu, with_V
 ]
 
 
+@pytest.fixture(params=["exact", "admm"])
+def path(request, monkeypatch):
+    """Both ways the refit solves a ReLU layer: the exact least-distance solve (default on
+    the CPU) and ADMM with its polish (on CUDA, and for what the exact solve leaves)."""
+    if request.param == "admm":
+        monkeypatch.setattr(refit_module, "EXACT_ROUNDS", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("P,N,M,relu,with_V", CASES)
 @pytest.mark.parametrize("dtype,kind", [("float64", "numpy"), ("float32", "numpy"),
                                         ("float64", "torch"), ("float32", "torch")])
-def test_refit_matches_cvxpy(P, N, M, relu, with_V, dtype, kind):
+def test_refit_matches_cvxpy(P, N, M, relu, with_V, dtype, kind, path):
     base, support, W_l1 = relu_layer(P, N, M, seed=P + N, relu=relu, with_V=with_V)
     problem = convert(base, dtype=dtype, kind=kind)
     S = support if kind == "numpy" else torch.from_numpy(support)
@@ -90,6 +99,8 @@ def test_refit_matches_cvxpy(P, N, M, relu, with_V, dtype, kind):
     ref_value, _ = reference(problem, support)
     res = refit(problem, S, W0=W_start)
     assert res.status == OPTIMAL and res.solver == "refit"
+    if relu and path == "exact":
+        assert res.iterations == 0            # no ADMM iteration: every neuron solved exactly
     if kind == "torch":
         assert isinstance(res.W, torch.Tensor) and res.W.dtype == getattr(torch, dtype)
     else:
@@ -179,16 +190,53 @@ def test_blank_rows_of_a_bias_column_are_one_constraint():
     assert problem.violation(W) <= 1e-3 * float(np.abs(Y).max())
 
 
-def test_max_iter_status_and_never_worse_than_start():
-    # degenerate program (every inequality tight at the original weights, full support): ADMM
-    # needs hundreds of iterations and the polish cannot certify early
+def degenerate_program():
+    """Every inequality tight at the original weights, full support: ADMM needs hundreds of
+    iterations and its polish cannot certify early."""
     rng = np.random.default_rng(7)
     X = rng.standard_normal((300, 40))
     W0 = rng.standard_normal((8, 40)) / np.sqrt(40)
     Y = np.maximum(X @ W0.T, 0)
     Xh = X + 0.1 * rng.standard_normal(X.shape)
-    problem = NetTrimProblem(Xh, Y, 1.0, V=Xh @ W0.T)
-    support = np.ones((8, 40), dtype=bool)
+    return NetTrimProblem(Xh, Y, 1.0, V=Xh @ W0.T), np.ones((8, 40), dtype=bool), W0, Y
+
+
+def test_exact_solve_of_a_degenerate_program():
+    """The least-distance solve certifies what the ADMM polish cannot, with no ADMM iteration
+    and feasible on every row. Reference: cvxpy neuron by neuron (Clarabel fails on the
+    whole layer at once here)."""
+    import cvxpy as cp
+
+    problem, support, W0, Y = degenerate_program()
+    res = refit(problem, support, W0=W0)
+    assert res.status == OPTIMAL and res.iterations == 0
+    assert problem.violation(res.W) <= 1e-6 * np.abs(Y).max()
+    X, V = problem.X, problem.V
+    for m in range(Y.shape[1]):
+        om = Y[:, m] > 0
+        w = cp.Variable(X.shape[1])
+        qp = cp.Problem(cp.Minimize(cp.sum_squares(X[om] @ w - Y[om, m])),
+                        [X[~om] @ w <= V[~om, m]])
+        qp.solve(solver="CLARABEL")
+        assert qp.status == "optimal"
+        fit = np.linalg.norm(X[om] @ res.W[m] - Y[om, m])
+        assert fit == pytest.approx(np.sqrt(qp.value), rel=1e-6)
+
+
+def test_exact_solve_adds_the_rows_it_violates():
+    """Started where no inequality is tight (R empty), the solve must find the binding rows
+    by constraint generation: the unconstrained fit on the support violates some."""
+    problem, support, _ = relu_layer(200, 30, 6, seed=3)
+    ref_value, _ = reference(problem, support)
+    res = refit(problem, support, W0=np.zeros(support.shape))
+    assert res.status == OPTIMAL and res.iterations == 0
+    assert problem.residual(res.W) == pytest.approx(ref_value, rel=1e-6)
+    assert problem.violation(res.W) <= 1e-6 * np.abs(problem.Y).max()
+
+
+def test_max_iter_status_and_never_worse_than_start(monkeypatch):
+    monkeypatch.setattr(refit_module, "EXACT_ROUNDS", 0)   # ADMM only
+    problem, support, W0, Y = degenerate_program()
     res = refit(problem, support, W0=W0, max_iter=3)
     assert res.status == MAX_ITER and res.iterations == 3
     # W0 is feasible and supported: the result may not fit worse, and stays feasible
