@@ -63,7 +63,8 @@ PILOT_RATIO = (0.8, 1.0)
 #: (a count that keeps jumping over its target, seen on layers of a few dozen weights) hands
 #: the layer to the epsilon search with solve_admm, noted in the report.
 SETTLE_MAX_ITER = 1000
-#: Iteration cap of the pilot refit whose weights give a reweighting round its penalty.
+#: Iteration cap of the pilot refit whose weights give a reweighting round its penalty (its
+#: ADMM iterations: on the CPU a ReLU layer's refit is solved exactly, without a cap).
 PILOT_MAX_ITER = 100
 #: Sparsity mode: at most this many solves per layer.
 SPARSITY_MAX_SOLVES = 14

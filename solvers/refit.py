@@ -10,7 +10,16 @@ fit the layer best under the SAME inequalities, which removes the shrinkage::
 
 Symbols as in :mod:`solvers.problem`: ``X (P, N)``, ``Y (P, M)``, ``V (P, M)`` (0 when None),
 ``W (M, N)``, ``Omega = {Y > 0}``. Neuron m only sees its own column of Y and its own support
-``S_m``, so the program splits into M independent convex QPs; they are solved together.
+``S_m``, so the program splits into M independent convex QPs.
+
+How they are solved. A linear layer's QPs are least squares on each support, solved directly
+(:func:`_least_squares`). A ReLU layer's are solved exactly on the CPU, neuron by neuron, as
+least-distance programs by one nonnegative least squares each (Lawson & Hanson 1974), over the
+rows that bind, found by constraint generation (:func:`_exact`); on LeNet-300-100 (5,000 MNIST
+rows, 90%) this took the 784 -> 300 layer's refit from 6.3 s (275 ADMM iterations) to 1.2 s.
+What that leaves (rounding trouble, a neuron not settled in :data:`EXACT_ROUNDS` rounds), and
+every neuron of data on a GPU, where a loop of small sequential solves would idle the device,
+goes to the batched ADMM below (not measured on a GPU: none was available).
 
 ADMM splitting (scaled form, penalty ``rho_m`` per neuron, scaled dual ``U (P, M)``)::
 
