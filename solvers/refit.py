@@ -93,7 +93,7 @@ from scipy.optimize import nnls
 from .admm import RELAX, RHO_ADAPT, TINY, ADMMSettings, scaled_data
 from .problem import NetTrimProblem, as_tensor
 from .result import NetTrimResult
-from .status import INFEASIBLE, MAX_ITER, OPTIMAL
+from .status import INFEASIBLE, MAX_ITER, OPTIMAL, SOLVER_ERROR
 
 __all__ = ["refit", "reweighted_penalty", "FACTOR_BYTES", "PROX_REL", "DELTA_REL"]
 
@@ -285,7 +285,7 @@ class _Chunk:
         self.reach = None
         if self.bound is not None:
             M_sup = torch.zeros(len(cols), N, dtype=X.dtype, device=X.device)
-            M_sup.scatter_(1, idx, valid.to(X.dtype))
+            M_sup.scatter_add_(1, idx, valid.to(X.dtype))   # add: the padding's index 0 adds 0
             has_const = (M_sup[:, constant] > 0).any(1)                   # (m,)
             M_sup[:, constant] = 0.0
             self.reach = (~self.active) & ((X.abs() @ M_sup.T) > 0)      # (P, m)
@@ -453,6 +453,8 @@ def refit(problem: NetTrimProblem, support: Any, *, W0: Any = None, eps_abs: flo
     empty = sizes == 0
     if status == OPTIMAL and bool((empty & (viol_m > viol_tol)).any()):
         status = INFEASIBLE
+    elif status == OPTIMAL and bool((viol_m > viol_tol * (1 + 1e-6)).any()):
+        status = SOLVER_ERROR   # never OPTIMAL with an inequality broken (a bug's safety net)
     residual = float(torch.linalg.vector_norm(res_m)) * s
     violation = float(viol_m.max()) * s if M else 0.0
     objective = float(W.abs().sum())

@@ -5,6 +5,8 @@ import importlib
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import solvers
 from solvers import INFEASIBLE, MAX_ITER, OPTIMAL, NetTrimProblem, solve_admm
@@ -351,3 +353,64 @@ def test_batched_lu_is_valid_with_several_threads():
     assert bool((info == 0).all())
     assert bool(((piv >= 1) & (piv <= 195)).all())
     assert float((K @ x - b).abs().max()) < 1e-8
+
+
+# ---- the exact solve, property-based ---------------------------------------------------------
+def neuron_reference(X, y, v, support):
+    """One neuron's refit QP by cvxpy (Clarabel): the optimal active-set residual, or None
+    where Clarabel does not report optimal."""
+    import cvxpy as cp
+
+    om = y > 0
+    w = cp.Variable(int(support.sum()))
+    Xs = X[:, support]
+    cons = [Xs[~om] @ w <= v[~om]] if (~om).any() else []
+    qp = cp.Problem(cp.Minimize(cp.sum_squares(Xs[om] @ w - y[om])), cons)
+    try:
+        qp.solve(solver="CLARABEL")
+    except cp.error.SolverError:
+        return None
+    return float(np.sqrt(max(qp.value, 0.0))) if qp.status == "optimal" else None
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(P=st.integers(5, 60), N=st.integers(1, 12), M=st.integers(1, 4), seed=st.integers(0, 2 ** 31),
+       with_V=st.booleans(), bias=st.booleans(), blank=st.booleans(), dtype=st.sampled_from(["float32", "float64"]))
+def test_exact_solve_is_feasible_and_optimal(P, N, M, seed, with_V, bias, blank, dtype):
+    """Random ReLU layers (cascade bounds, a ones column, blank rows, fewer rows than inputs,
+    both dtypes): whenever the refit says OPTIMAL its weights meet every inequality and fit as
+    well as cvxpy's optimum, neuron by neuron."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((P, N))
+    if blank:
+        X[: P // 2, : (N + 1) // 2] = 0.0
+    if bias:
+        X = np.hstack([X, np.ones((P, 1))])
+    W_true = rng.standard_normal((M, X.shape[1]))
+    Y = np.maximum(X @ W_true.T + 0.3 * rng.standard_normal((P, M)), 0)
+    V = X @ W_true.T + 0.2 * rng.standard_normal((P, M)) if with_V else None
+    if V is not None:   # keep the program feasible: W_true meets every inequality
+        V = np.maximum(V, X @ W_true.T)
+    support = rng.random((M, X.shape[1])) < 0.7
+    problem = NetTrimProblem(X.astype(dtype), Y.astype(dtype), 1.0,
+                             V=None if V is None else V.astype(dtype))
+    res = refit(problem, support)
+    if res.status != OPTIMAL:
+        return   # nothing claimed (an ADMM cap on a hard instance); a wrong OPTIMAL is the bug
+    W = as_np(res.W)
+    assert np.all(W[~support] == 0)
+    Xd, Yd = problem.X.astype(np.float64), problem.Y.astype(np.float64)
+    Vd = np.zeros_like(Yd) if V is None else problem.V.astype(np.float64)
+    y_max = float(np.abs(Yd).max())
+    # the tolerance (feas_tol max|Y|, 0 when Y = 0) plus the rounding of the data's dtype
+    u = np.finfo(dtype).eps
+    tol = 1e-3 * y_max * (1 + 1e-6) + 8 * (X.shape[1] + 1) * u * (
+        np.linalg.norm(Xd) * np.linalg.norm(W) + np.linalg.norm(Yd) + np.linalg.norm(Vd))
+    for m in range(M):
+        z = Xd @ W[m]
+        off = Yd[:, m] <= 0
+        assert np.all(z[off] <= Vd[off, m] + tol)                         # feasible
+        ref = neuron_reference(Xd, Yd[:, m], Vd[:, m], support[m])
+        if ref is not None:
+            fit = float(np.linalg.norm((z - Yd[:, m])[~off]))
+            assert fit <= ref * (1 + 1e-4) + 1e-4 * y_max                 # optimal
