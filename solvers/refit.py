@@ -87,7 +87,6 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from scipy.linalg import solve_triangular
 from scipy.optimize import nnls
 
 from .admm import RELAX, RHO_ADAPT, TINY, ADMMSettings, scaled_data
@@ -236,7 +235,7 @@ class _Chunk:
     """
 
     def __init__(self, X, G, Y, active, bound, support, cols, W_init, delta, constant):
-        self.X, self.dt = X, X.dtype
+        self.X, self.dt, self.Xt = X, X.dtype, None
         N = X.shape[1]
         S = support[cols]                                     # (m, N) bool
         k = int(S.sum(1).max())
@@ -310,17 +309,20 @@ class _Chunk:
         """Fill H and g of the working rows ``rows`` not built yet (one small GEMM each, over
         the neuron's active rows and support columns only); ``float64``: (re)build them all
         in float64."""
-        for j in (rows if float64 else rows[~self.has_H[rows]]).tolist():
+        todo = (rows if float64 else rows[~self.has_H[rows]]).tolist()
+        if todo and self.Xt is None:
+            self.Xt = self.X.T.contiguous()   # support rows of X^T are contiguous gathers
+        for j in todo:
             sup = self.idx[j][self.valid[j]]
-            om = self.active[:, j]
-            Xo = self.X[:, sup][om]   # columns first: a small gather
+            om = torch.nonzero(self.active[:, j]).flatten()
+            Xo = self.Xt[sup][:, om]   # (k, |Omega|); 25-40% faster than X[:, sup][om] here
             n = len(sup)
             # in the data's dtype (float32: 20% faster than float64 on LeNet's first layer);
             # the certificate (feasible, multipliers >= 0) is checked on the data after
             if float64:
                 Xo = Xo.to(torch.float64)
-            self.H[j, :n, :n] = Xo.T @ Xo
-            self.g[j, :n] = Xo.T @ self.Y[om, j].to(Xo.dtype)
+            self.H[j, :n, :n] = Xo @ Xo.T
+            self.g[j, :n] = Xo @ self.Y[om, j].to(Xo.dtype)
         self.has_H[rows] = True
 
     def dense(self, C: torch.Tensor, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -526,7 +528,7 @@ def _exact(ch: _Chunk, viol_tol: float) -> torch.Tensor:
         ch.build_hessians(redo, float64=True)
         L[redo], info[redo] = _factor(ch, redo)
     c = torch.linalg.solve_triangular(L, ch.g[..., None], upper=False)[..., 0]
-    L_np, c_np = L.cpu().numpy(), c.cpu().numpy()
+    L_cpu, c_cpu = L.cpu(), c.cpu()
     sizes = ch.valid.sum(1).tolist()
     X = ch.X
     XW = X @ ch.dense(ch.C).T
@@ -538,12 +540,13 @@ def _exact(ch: _Chunk, viol_tol: float) -> torch.Tensor:
     for _ in range(EXACT_ROUNDS):
         ok = torch.ones(len(todo), dtype=torch.bool, device=dev)
         for i, j in enumerate(todo.tolist()):
-            w = _least_distance(X, ch.idx[j, :sizes[j]], torch.nonzero(rows_R[:, j]).flatten(),
-                                ch.bound[:, j], L_np[j, :sizes[j], :sizes[j]], c_np[j, :sizes[j]])
+            n = sizes[j]
+            w = _least_distance(X, ch.idx[j, :n], torch.nonzero(rows_R[:, j]).flatten(),
+                                ch.bound[:, j], L_cpu[j, :n, :n], c_cpu[j, :n])
             if w is None:
                 ok[i] = False
             else:
-                C[j, :sizes[j]] = torch.from_numpy(w).to(dev)
+                C[j, :n] = w.to(dev)
         todo = todo[ok]
         if len(todo) == 0:
             break
@@ -569,24 +572,27 @@ def _factor(ch: _Chunk, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def _least_distance(X, sup, rows, bound, L, c):
-    """One neuron's QP on the rows ``rows`` (see :func:`_exact`); w on its support (float64
-    ndarray), or None where the rows admit no w or the NNLS did not finish."""
+    """One neuron's QP on the rows ``rows`` (see :func:`_exact`): w on its support (float64,
+    CPU), or None where the rows admit no w or the NNLS did not finish. ``L`` and ``c`` are
+    float64 CPU tensors; the algebra is torch's (it keeps to torch's thread count, where
+    numpy's BLAS would start its own threads: 1.6x the CPU time on LeNet's first layer), only
+    the NNLS is scipy's."""
     k = len(sup)
     if len(rows) == 0:
-        return solve_triangular(L.T, c, lower=False, check_finite=False)
-    B = X[rows[:, None], sup[None, :]].cpu().numpy().astype(np.float64)    # (r, k) = X_RS
-    D = solve_triangular(L, B.T, lower=True, check_finite=False)        # (k, r) = (B L^-T)^T
-    E = np.vstack([-D, (c @ D - bound[rows].cpu().numpy())[None, :]])
-    e = np.zeros(k + 1)
+        return torch.linalg.solve_triangular(L.T, c[:, None], upper=True)[:, 0]
+    B = X[rows[:, None], sup[None, :]].to(device="cpu", dtype=torch.float64)   # (r, k) = X_RS
+    D = torch.linalg.solve_triangular(L, B.T, upper=False)              # (k, r) = (B L^-T)^T
+    E = torch.cat([-D, (c @ D - bound[rows].to(device="cpu", dtype=torch.float64))[None]])
+    e = torch.zeros(k + 1, dtype=torch.float64)
     e[-1] = 1.0
     try:
-        z, _ = nnls(E, e, maxiter=50 * (k + 1))
+        z, _ = nnls(E.numpy(), e.numpy(), maxiter=50 * (k + 1))
     except RuntimeError:   # iteration limit
         return None
-    r = E @ z - e
-    if not (r[-1] < -1e-12) or not np.isfinite(r).all():   # infeasible rows (r[k] = 0)
+    r = E @ torch.from_numpy(z) - e
+    if not (float(r[-1]) < -1e-12) or not bool(torch.isfinite(r).all()):   # r[k] = 0: no w
         return None
-    return solve_triangular(L.T, c - r[:k] / r[-1], lower=False, check_finite=False)
+    return torch.linalg.solve_triangular(L.T, (c - r[:k] / r[-1])[:, None], upper=True)[:, 0]
 
 
 def _run_chunk(ch: _Chunk, cols: torch.Tensor, W: torch.Tensor, settings: ADMMSettings,
