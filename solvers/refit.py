@@ -244,25 +244,8 @@ class _Chunk:
         valid = torch.gather(S, 1, idx)                       # (m, k)
         idx = idx.masked_fill(~valid, 0)
         self.idx, self.valid, self.N = idx, valid, N
-        # per-neuron factor of G_S + delta I (float64), identity on the padding
-        Gs = G[idx[:, :, None], idx[:, None, :]]
-        pair = valid[:, :, None] & valid[:, None, :]
-        Gs.masked_fill_(~pair, 0.0)
-        diag = Gs.diagonal(dim1=1, dim2=2)
-        diag.add_(torch.where(valid, delta, 1.0))
-        L, info = torch.linalg.cholesky_ex(Gs)
-        bump = delta
-        while bool((info > 0).any()):  # numerically indefinite: raise delta on those neurons
-            bump *= 100.0
-            bad = info > 0
-            Gs[bad] = Gs[bad] + bump * torch.eye(k, dtype=Gs.dtype, device=Gs.device)
-            L2, info2 = torch.linalg.cholesky_ex(Gs[bad])
-            L[bad] = L2
-            info = torch.zeros_like(info)
-            info[bad] = info2
-        self.L, self.delta = L, delta
+        self.G, self._L, self.delta = G, None, delta   # the factors: built on first use
         self.polish_delta = delta * POLISH_REL / PROX_REL
-        del Gs
         self.Y = Y[:, cols]
         self.active = active[:, cols]
         self.bound = None if bound is None else bound[:, cols]
@@ -272,9 +255,9 @@ class _Chunk:
         else:
             self.C = self.least_squares(0)
         # polish data, built on first use: H = X_OS^T X_OS (m, k, k), g = X_OS^T y_O (m, k)
-        self.H = torch.zeros_like(L)
+        self.H = torch.zeros(len(cols), k, k, dtype=torch.float64, device=X.device)
         self.g = torch.zeros_like(self.C)
-        self.has_H = torch.zeros(len(cols), dtype=torch.bool, device=L.device)
+        self.has_H = torch.zeros(len(cols), dtype=torch.bool, device=X.device)
         # rows each neuron's inequalities can bind: off Omega with some input of the support
         # nonzero (one GEMM of nonnegative terms: positive exactly when one term is). Rows
         # whose only nonzero support inputs are constant columns (a bias's ones) all read
@@ -292,6 +275,31 @@ class _Chunk:
             least = self.bound.masked_fill(~flat, math.inf).argmin(0)    # (m,)
             rep = has_const & flat[least, torch.arange(len(cols), device=X.device)]
             self.reach[least[rep], torch.nonzero(rep).flatten()] = True
+
+    @property
+    def L(self) -> torch.Tensor:
+        """(m, k, k) Cholesky factors of ``G_S + delta I`` (float64, identity on the padding),
+        of the neurons still in the chunk; built on first use (the ADMM's W step and the
+        least-squares start; the exact solve does not need them)."""
+        if self._L is None:
+            idx, valid, delta = self.idx, self.valid, self.delta
+            Gs = self.G[idx[:, :, None], idx[:, None, :]]
+            pair = valid[:, :, None] & valid[:, None, :]
+            Gs.masked_fill_(~pair, 0.0)
+            Gs.diagonal(dim1=1, dim2=2).add_(torch.where(valid, delta, 1.0))
+            L, info = torch.linalg.cholesky_ex(Gs)
+            bump = delta
+            while bool((info > 0).any()):  # numerically indefinite: raise delta on those
+                bump *= 100.0
+                bad = info > 0
+                Gs[bad] = Gs[bad] + bump * torch.eye(Gs.shape[1], dtype=Gs.dtype,
+                                                     device=Gs.device)
+                L2, info2 = torch.linalg.cholesky_ex(Gs[bad])
+                L[bad] = L2
+                info = torch.zeros_like(info)
+                info[bad] = info2
+            self._L = L
+        return self._L
 
     def least_squares(self, steps: int) -> torch.Tensor:
         """(m, k) least squares on all rows, each on its support: ``G_S w = X_S^T y`` solved
@@ -333,8 +341,10 @@ class _Chunk:
 
     def keep(self, rows: torch.Tensor) -> None:
         """Drop the neurons not in ``rows`` (indices into the current working set)."""
-        for name in ("idx", "valid", "L", "C", "H", "g", "has_H"):   # one row per neuron
+        for name in ("idx", "valid", "C", "H", "g", "has_H"):   # one row per neuron
             setattr(self, name, getattr(self, name)[rows])
+        if self._L is not None:
+            self._L = self._L[rows]
         for name in ("Y", "active", "bound", "reach"):   # one column per neuron
             value = getattr(self, name)
             if value is not None:
