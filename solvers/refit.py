@@ -131,6 +131,10 @@ POLISH_LAMBDA_TOL = 1e-7
 #: Exact solve (:func:`_exact`): rounds of constraint generation before a neuron is left to
 #: ADMM (0: ADMM only). Measured on LeNet-300-100 at 90%: 2-3 rounds.
 EXACT_ROUNDS = 8
+#: Exact solve: at most this many proximal solves per neuron and round (the first included),
+#: stopped once the objective falls by less than EXACT_KKT_TOL of its size.
+EXACT_REFINE = 8
+EXACT_KKT_TOL = 1e-10
 #: Default delta of :func:`reweighted_penalty`, relative to max|W|.
 DELTA_REL = 1e-3
 
@@ -462,11 +466,14 @@ def refit(problem: NetTrimProblem, support: Any, *, W0: Any = None, eps_abs: flo
             W[take] = W_start[take]
             res_m = torch.where(take, res0, res_m)
             viol_m = torch.where(take, viol0, viol_m)
-    empty = sizes == 0
-    if status == OPTIMAL and bool((empty & (viol_m > viol_tol)).any()):
-        status = INFEASIBLE
-    elif status == OPTIMAL and bool((viol_m > viol_tol * (1 + 1e-6)).any()):
-        status = SOLVER_ERROR   # never OPTIMAL with an inequality broken (a bug's safety net)
+    broken = viol_m > viol_tol * (1 + 1e-6)
+    if status == OPTIMAL and bool(broken.any()):
+        # a row off Omega on which every input of the support is zero reads 0 <= V: with V
+        # below -viol_tol no weight on the support meets it (an empty support is one case)
+        blind = (~active) & ((X.abs() @ S.T.to(X.dtype)) == 0)
+        stuck = (blind & (bound < -viol_tol)).any(0).cpu()
+        # anything else is never OPTIMAL either (a bug's safety net)
+        status = INFEASIBLE if bool((stuck | ~broken).all()) else SOLVER_ERROR
     residual = float(torch.linalg.vector_norm(res_m)) * s
     violation = float(viol_m.max()) * s if M else 0.0
     objective = float(W.abs().sum())
@@ -537,8 +544,7 @@ def _exact(ch: _Chunk, viol_tol: float) -> torch.Tensor:
         redo = torch.nonzero(info > 0).flatten()
         ch.build_hessians(redo, float64=True)
         L[redo], info[redo] = _factor(ch, redo)
-    c = torch.linalg.solve_triangular(L, ch.g[..., None], upper=False)[..., 0]
-    L_cpu, c_cpu = L.cpu(), c.cpu()
+    L_cpu, g_cpu, delta = L.cpu(), ch.g.cpu(), ch.polish_delta
     sizes = ch.valid.sum(1).tolist()
     X = ch.X
     XW = X @ ch.dense(ch.C).T
@@ -552,7 +558,8 @@ def _exact(ch: _Chunk, viol_tol: float) -> torch.Tensor:
         for i, j in enumerate(todo.tolist()):
             n = sizes[j]
             w = _least_distance(X, ch.idx[j, :n], torch.nonzero(rows_R[:, j]).flatten(),
-                                ch.bound[:, j], L_cpu[j, :n, :n], c_cpu[j, :n])
+                                ch.bound[:, j], L_cpu[j, :n, :n], g_cpu[j, :n], delta,
+                                C[j, :n].cpu())
             if w is None:
                 ok[i] = False
             else:
@@ -581,28 +588,51 @@ def _factor(ch: _Chunk, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return torch.linalg.cholesky_ex(H)
 
 
-def _least_distance(X, sup, rows, bound, L, c):
+def _least_distance(X, sup, rows, bound, L, g, delta, w):
     """One neuron's QP on the rows ``rows`` (see :func:`_exact`): w on its support (float64,
-    CPU), or None where the rows admit no w or the NNLS did not finish. ``L`` and ``c`` are
-    float64 CPU tensors; the algebra is torch's (it keeps to torch's thread count, where
-    numpy's BLAS would start its own threads: 1.6x the CPU time on LeNet's first layer), only
-    the NNLS is scipy's."""
+    CPU), or None where the rows admit no w or the NNLS did not finish. ``L`` (the factor of ``H + delta I``), ``g`` and the start ``w`` are float64
+    CPU tensors.
+
+    ``delta`` keeps the factor safe on a singular ``X_OS``; its bias is removed by proximal
+    point steps (each the least-distance program of ``1/2 w^T (H + delta I) w - (g + delta
+    w_prev)^T w``, whose fixed point is the QP's solution) until the objective ``1/2 w^T H w -
+    g^T w`` falls by less than :data:`EXACT_KKT_TOL` of its size, at most
+    :data:`EXACT_REFINE` steps (a direction still moving after them has curvature of order
+    delta: it changes the objective by that order). On a well-conditioned neuron the second
+    step already stops. The algebra is torch's (it keeps to torch's thread count, where numpy's
+    BLAS would start its own threads: 1.6x the CPU time on LeNet's first layer), only the NNLS
+    is scipy's."""
     k = len(sup)
-    if len(rows) == 0:
-        return torch.linalg.solve_triangular(L.T, c[:, None], upper=True)[:, 0]
-    B = X[rows[:, None], sup[None, :]].to(device="cpu", dtype=torch.float64)   # (r, k) = X_RS
-    D = torch.linalg.solve_triangular(L, B.T, upper=False)              # (k, r) = (B L^-T)^T
-    E = torch.cat([-D, (c @ D - bound[rows].to(device="cpu", dtype=torch.float64))[None]])
-    e = torch.zeros(k + 1, dtype=torch.float64)
-    e[-1] = 1.0
-    try:
-        z, _ = nnls(E.numpy(), e.numpy(), maxiter=50 * (k + 1))
-    except RuntimeError:   # iteration limit
-        return None
-    r = E @ torch.from_numpy(z) - e
-    if not (float(r[-1]) < -1e-12) or not bool(torch.isfinite(r).all()):   # r[k] = 0: no w
-        return None
-    return torch.linalg.solve_triangular(L.T, (c - r[:k] / r[-1])[:, None], upper=True)[:, 0]
+    if len(rows):
+        B = X[rows[:, None], sup[None, :]].to(device="cpu", dtype=torch.float64)   # X_RS
+        D = torch.linalg.solve_triangular(L, B.T, upper=False)          # (k, r) = (B L^-T)^T
+        v = bound[rows].to(device="cpu", dtype=torch.float64)
+        E = torch.cat([-D, torch.zeros_like(v)[None]])
+        e = torch.zeros(k + 1, dtype=torch.float64)
+        e[-1] = 1.0
+    f_old = math.inf
+    for _ in range(EXACT_REFINE):
+        c = torch.linalg.solve_triangular(L, (g + delta * w)[:, None], upper=False)[:, 0]
+        x = torch.zeros_like(c)
+        if len(rows):
+            h = c @ D - v
+            scale = max(float(h.abs().max()), TINY)   # normalised: r[k] is of order one
+            E[-1] = h / scale
+            try:
+                z, _ = nnls(E.numpy(), e.numpy(), maxiter=50 * (k + 1))
+            except RuntimeError:   # iteration limit
+                return None
+            r = E @ torch.from_numpy(z) - e
+            if not (float(r[-1]) < -1e-12) or not bool(torch.isfinite(r).all()):
+                return None        # r[k] = 0: the rows admit no w
+            x = -(r[:k] / r[-1]) * scale
+        u = c + x                                             # = L^T w
+        w = torch.linalg.solve_triangular(L.T, u[:, None], upper=True)[:, 0]
+        f = 0.5 * float(u @ u) - 0.5 * delta * float(w @ w) - float(g @ w)
+        if f_old - f <= EXACT_KKT_TOL * (abs(f) + TINY):
+            break
+        f_old = f
+    return w
 
 
 def _run_chunk(ch: _Chunk, cols: torch.Tensor, W: torch.Tensor, settings: ADMMSettings,

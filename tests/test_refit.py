@@ -414,3 +414,44 @@ def test_exact_solve_is_feasible_and_optimal(P, N, M, seed, with_V, bias, blank,
         if ref is not None:
             fit = float(np.linalg.norm((z - Yd[:, m])[~off]))
             assert fit <= ref * (1 + 1e-4) + 1e-4 * y_max                 # optimal
+
+
+def test_exact_solve_removes_its_regularization():
+    """Two nearly collinear inputs (cond(X_S) ~ 1e3, float64): the optimum needs weights of
+    +-1000; the factor's regularization delta alone left a fit of 0.012 where cvxpy reaches
+    7e-10; its proximal steps remove the bias."""
+    rng = np.random.default_rng(0)
+    x1, u, x3 = rng.standard_normal((3, 40))
+    X = np.stack([x1, x1 + 1e-3 * u, x3], 1)
+    Y = np.maximum(u + 0.5 * x3, 0)[:, None]
+    res = refit(NetTrimProblem(X, Y, 1.0), np.ones((1, 3), dtype=bool))
+    assert res.status == OPTIMAL and res.iterations == 0
+    om = Y[:, 0] > 0
+    assert np.linalg.norm((X @ res.W[0] - Y[:, 0])[om]) < 1e-6
+    assert res.W[0, 1] == pytest.approx(1000.0, rel=1e-6)
+
+
+def test_exact_solve_does_not_depend_on_the_scale_of_y():
+    """Outputs a billion times the inputs' scale: still solved exactly (no ADMM iteration;
+    before the least-distance program was normalised, its test r[k] < -1e-12 failed there)
+    and optimal."""
+    problem, support, W_l1 = relu_layer(200, 30, 6, seed=12)
+    big = NetTrimProblem(problem.X, problem.Y * 1e9, 1.0)
+    ref_value, _ = reference(problem, support)   # Clarabel fails at the large scale itself
+    res = refit(big, support, W0=W_l1 * 1e9)
+    assert res.status == OPTIMAL and res.iterations == 0
+    assert big.residual(res.W) == pytest.approx(1e9 * ref_value, rel=1e-6)
+
+
+def test_a_row_blind_to_the_support_with_a_negative_bound_is_infeasible():
+    """Off Omega, a row on which every input of the support is zero reads 0 <= V: V < 0 makes
+    the neuron's refit infeasible, reported as INFEASIBLE (not OPTIMAL, not a solver error)."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((50, 4))
+    X[:10, :2] = 0.0
+    Y = np.maximum(X @ rng.standard_normal((2, 4)).T, 0)
+    V = np.zeros_like(Y)
+    V[np.nonzero(Y[:10, 0] <= 0)[0][0], 0] = -1.0
+    support = np.zeros((2, 4), dtype=bool)
+    support[:, :2] = True
+    assert refit(NetTrimProblem(X, Y, 1.0, V=V), support).status == INFEASIBLE
