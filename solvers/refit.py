@@ -16,7 +16,7 @@ How they are solved. A linear layer's QPs are least squares on each support, sol
 (:func:`_least_squares`). A ReLU layer's are solved exactly on the CPU, neuron by neuron, as
 least-distance programs by one nonnegative least squares each (Lawson & Hanson 1974), over the
 rows that bind, found by constraint generation (:func:`_exact`); on LeNet-300-100 (5,000 MNIST
-rows, 90%) this took the 784 -> 300 layer's refit from 6.3 s (275 ADMM iterations) to 1.2 s.
+rows, 90%) this took the 784 -> 300 layer's refit from 6.3 s (275 ADMM iterations) to 1.5 s.
 What that leaves (rounding trouble, a neuron not settled in :data:`EXACT_ROUNDS` rounds), and
 every neuron of data on a GPU, where a loop of small sequential solves would idle the device,
 goes to the batched ADMM below (not measured on a GPU: none was available).
@@ -512,9 +512,10 @@ def _least_squares(ch: _Chunk, cols: torch.Tensor, W: torch.Tensor) -> bool:
 def _exact(ch: _Chunk, viol_tol: float) -> torch.Tensor:
     """Each neuron's QP solved exactly, as a least-distance program; returns the solved mask.
 
-    Neuron m's refit is ``min 1/2 w^T H w - g^T w  s.t.  B w <= v`` with ``H = X_OS^T X_OS``
-    (+ ``polish_delta`` I), ``g = X_OS^T y_O`` and ``B = X_RS``, ``v = V_R`` on a set R of
-    candidate rows. With ``H = L L^T``, ``c = L^{-1} g`` and ``x = L^T w - c`` it reads
+    Neuron m's refit is ``min 1/2 w^T H w - g^T w  s.t.  B w <= v`` with ``H = X_OS^T X_OS``,
+    ``g = X_OS^T y_O`` and ``B = X_RS``, ``v = V_R`` on a set R of candidate rows. With
+    ``H (+ polish_delta I, removed again by proximal steps: :func:`_least_distance`) = L L^T``,
+    ``c = L^{-1} g`` and ``x = L^T w - c`` it reads
     ``min ||x||  s.t.  -D x >= D c - v =: h``, ``D = B L^{-T}``: a least-distance program,
     which Lawson & Hanson (1974, ch. 23) solve by one nonnegative least squares::
 
@@ -530,9 +531,9 @@ def _exact(ch: _Chunk, viol_tol: float) -> torch.Tensor:
     multipliers of the rows outside R are 0, so the neuron's QP is then solved (certified).
     A neuron not solved in :data:`EXACT_ROUNDS` rounds is left to ADMM. Measured on
     LeNet-300-100 (5,000 MNIST rows, one thread, 90%): the 784 -> 300 layer's final refit
-    6.3 s / 275 ADMM iterations -> 1.2 s (2-3 rounds; 0.4 s of them in the per-neuron
+    6.3 s / 275 ADMM iterations -> 1.5 s (2-3 rounds; ~0.6 s of them in the per-neuron
     solves, 0.4 s building H), its capped pilot refit 8.1 s -> 2.3 s, the 300 -> 100 layer's
-    cascade refit 3.6 s -> 0.25 s; residuals equal to the ADMM's within 2e-6 relative, with
+    cascade refit 3.6 s -> 0.35 s; residuals equal to the ADMM's within 2e-6 relative, with
     violations ~1e-6 of max|Y| instead of up to the tolerance.
     """
     m = ch.C.shape[0]
