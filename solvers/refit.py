@@ -81,6 +81,7 @@ at 85% sparsity) and a tenth of one on the 301 -> 100 layer (5 s vs 43 s at 78%)
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any, Optional
@@ -238,7 +239,7 @@ class _Chunk:
     ``idx[j] (k,)`` (padded with index 0 and coefficient exactly 0 past ``k_j``).
     """
 
-    def __init__(self, X, G, Y, active, bound, support, cols, W_init, delta, constant):
+    def __init__(self, X, gram, Y, active, bound, support, cols, W_init, delta, constant):
         self.X, self.dt, self.Xt = X, X.dtype, None
         N = X.shape[1]
         S = support[cols]                                     # (m, N) bool
@@ -248,7 +249,7 @@ class _Chunk:
         valid = torch.gather(S, 1, idx)                       # (m, k)
         idx = idx.masked_fill(~valid, 0)
         self.idx, self.valid, self.N = idx, valid, N
-        self.G, self._L, self.delta = G, None, delta   # the factors: built on first use
+        self.gram, self._L, self.delta = gram, None, delta   # factors: built on first use
         self.polish_delta = delta * POLISH_REL / PROX_REL
         self.Y = Y[:, cols]
         self.active = active[:, cols]
@@ -287,7 +288,7 @@ class _Chunk:
         least-squares start; the exact solve does not need them)."""
         if self._L is None:
             idx, valid, delta = self.idx, self.valid, self.delta
-            Gs = self.G[idx[:, :, None], idx[:, None, :]]
+            Gs = self.gram()[idx[:, :, None], idx[:, None, :]]
             pair = valid[:, :, None] & valid[:, None, :]
             Gs.masked_fill_(~pair, 0.0)
             Gs.diagonal(dim1=1, dim2=2).add_(torch.where(valid, delta, 1.0))
@@ -327,7 +328,7 @@ class _Chunk:
         for j in todo:
             sup = self.idx[j][self.valid[j]]
             om = torch.nonzero(self.active[:, j]).flatten()
-            Xo = self.Xt[sup][:, om]   # (k, |Omega|); 25-40% faster than X[:, sup][om] here
+            Xo = self.Xt[sup][:, om]   # (k, |Omega|); 20-40% faster than X[:, sup][om] here
             n = len(sup)
             # in the data's dtype (float32: 20% faster than float64 on LeNet's first layer);
             # the certificate (feasible, multipliers >= 0) is checked on the data after
@@ -398,9 +399,12 @@ def refit(problem: NetTrimProblem, support: Any, *, W0: Any = None, eps_abs: flo
 
     Notes
     -----
-    Cost: one Gram matrix ``X^T X`` (P N^2), one Cholesky factor per neuron (``k_m^3 / 3``),
-    then per iteration two GEMMs of size P x N x (neurons not yet converged) and batched
-    triangular solves; the factors of one chunk take at most :data:`FACTOR_BYTES`.
+    Cost of the exact solve (CPU, ReLU layer): per neuron a Hessian on its support and active
+    rows (``|Omega_m| k_m^2``) and a few NNLS solves on the rows that bind; per round one GEMM
+    checking every row. Of the ADMM (what the exact solve leaves, CUDA): one Gram matrix
+    ``X^T X`` (P N^2), one Cholesky factor per neuron (``k_m^3 / 3``), then per iteration two
+    GEMMs of size P x N x (neurons not yet converged) and batched triangular solves; the
+    factors of one chunk take at most :data:`FACTOR_BYTES`.
     """
     if not isinstance(problem, NetTrimProblem):
         msg = f"problem must be a NetTrimProblem, got {type(problem).__name__}"
@@ -417,10 +421,15 @@ def refit(problem: NetTrimProblem, support: Any, *, W0: Any = None, eps_abs: flo
     X, Y, s, active, bound = scaled_data(problem, X, Y, V)
     y_scale = float(Y.abs().max())
     viol_tol = settings.feas_tol * y_scale
-    X64 = X.to(torch.float64)
-    G = X64.T @ X64
-    del X64
-    delta = PROX_REL * max(float(G.diagonal().max()), TINY)
+    # the Gram matrix X^T X (float64) only where the ADMM's factors or the least-squares start
+    # need it; the exact solve does not (P N^2: 0.1 s per refit on LeNet's first layer)
+    @functools.cache
+    def gram() -> torch.Tensor:
+        X64 = X.to(torch.float64)
+        return X64.T @ X64
+
+    diag = torch.linalg.vector_norm(X, dim=0, dtype=torch.float64) ** 2   # diag(X^T X)
+    delta = PROX_REL * max(float(diag.max()), TINY)
     # constant nonzero columns (the ones column of a bias)
     constant = (X.amax(0) == X.amin(0)) & (X[0] != 0) if P else \
         torch.zeros(N, dtype=torch.bool, device=dev)
@@ -435,7 +444,7 @@ def refit(problem: NetTrimProblem, support: Any, *, W0: Any = None, eps_abs: flo
     nonempty = torch.nonzero(sizes > 0).flatten()
     for cols in _chunks(sizes[nonempty].cpu(), FACTOR_BYTES):
         cols = nonempty[cols.to(dev)]
-        chunk = _Chunk(X, G, Y, active, bound, S, cols, W_start, delta, constant)
+        chunk = _Chunk(X, gram, Y, active, bound, S, cols, W_start, delta, constant)
         if bound is None:   # linear layer: least squares on each support, solved directly
             done, its = _least_squares(chunk, cols, W), 0
         else:
@@ -451,7 +460,7 @@ def refit(problem: NetTrimProblem, support: Any, *, W0: Any = None, eps_abs: flo
         iterations = max(iterations, its)
         if not done:
             status = MAX_ITER
-    del G
+    gram.cache_clear()
 
     # ---- per-neuron safeguard against W0, final measures -----------------------------------
     res_m, viol_m = _measure(X @ W.T, Y, active, bound)
@@ -591,8 +600,8 @@ def _factor(ch: _Chunk, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 def _least_distance(X, sup, rows, bound, L, g, delta, w):
     """One neuron's QP on the rows ``rows`` (see :func:`_exact`): w on its support (float64,
-    CPU), or None where the rows admit no w or the NNLS did not finish. ``L`` (the factor of ``H + delta I``), ``g`` and the start ``w`` are float64
-    CPU tensors.
+    CPU), or None where the rows admit no w or the NNLS did not finish. ``L`` (the factor of
+    ``H + delta I``), ``g`` and the start ``w`` are float64 CPU tensors.
 
     ``delta`` keeps the factor safe on a singular ``X_OS``; its bias is removed by proximal
     point steps (each the least-distance program of ``1/2 w^T (H + delta I) w - (g + delta
