@@ -136,6 +136,10 @@ EXACT_ROUNDS = 8
 #: stopped once the objective falls by less than EXACT_KKT_TOL of its size.
 EXACT_REFINE = 8
 EXACT_KKT_TOL = 1e-10
+#: Exact solve: a proximal step longer than this many times the step before it means the QP
+#: is not convex in floating point (their lengths never grow on a convex one); the neuron is
+#: then left to ADMM.
+PROX_GROWTH = 1.5
 #: Default delta of :func:`reweighted_penalty`, relative to max|W|.
 DELTA_REL = 1e-3
 
@@ -318,24 +322,29 @@ class _Chunk:
             C = C + step
         return C[..., 0].masked_fill_(~self.valid, 0.0)
 
-    def build_hessians(self, rows: torch.Tensor, float64: bool = False) -> None:
+    def build_hessians(self, rows: torch.Tensor) -> None:
         """Fill H and g of the working rows ``rows`` not built yet (one small GEMM each, over
-        the neuron's active rows and support columns only); ``float64``: (re)build them all
-        in float64."""
-        todo = (rows if float64 else rows[~self.has_H[rows]]).tolist()
+        the neuron's active rows and support columns only), in float64.
+
+        float64 whatever the data's dtype: a float32 ``X_OS^T X_OS`` of a rank-deficient
+        ``X_OS`` (fewer active rows than support entries) is indefinite at float32's rounding
+        (~1e-8 of its norm), above the factor's regularization (:attr:`polish_delta`, ~1e-9):
+        the QP is then unbounded along that direction and the proximal steps of
+        :func:`_least_distance` diverge (weights of 1e5-1e18 were returned as OPTIMAL on a
+        neuron with one active row and seven inputs). Products of float32 numbers are exact in
+        float64, so the rounding left is float64's (~1e-16). The float32 build was 20% faster
+        on LeNet's first layer (0.4 s per refit)."""
+        todo = rows[~self.has_H[rows]].tolist()
         if todo and self.Xt is None:
             self.Xt = self.X.T.contiguous()   # support rows of X^T are contiguous gathers
         for j in todo:
             sup = self.idx[j][self.valid[j]]
             om = torch.nonzero(self.active[:, j]).flatten()
-            Xo = self.Xt[sup][:, om]   # (k, |Omega|); 20-40% faster than X[:, sup][om] here
+            # 20-40% faster than X[:, sup][om] here
+            Xo = self.Xt[sup][:, om].to(torch.float64)   # (k, |Omega|)
             n = len(sup)
-            # in the data's dtype (float32: 20% faster than float64 on LeNet's first layer);
-            # the certificate (feasible, multipliers >= 0) is checked on the data after
-            if float64:
-                Xo = Xo.to(torch.float64)
             self.H[j, :n, :n] = Xo @ Xo.T
-            self.g[j, :n] = Xo @ self.Y[om, j].to(Xo.dtype)
+            self.g[j, :n] = Xo @ self.Y[om, j].to(torch.float64)
         self.has_H[rows] = True
 
     def dense(self, C: torch.Tensor, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -549,11 +558,7 @@ def _exact(ch: _Chunk, viol_tol: float) -> torch.Tensor:
     dev = ch.X.device
     all_rows = torch.arange(m, device=dev)
     ch.build_hessians(all_rows)
-    L, info = _factor(ch, all_rows)
-    if bool((info > 0).any()):   # rounding of a float32 H on a singular X_OS: redo in float64
-        redo = torch.nonzero(info > 0).flatten()
-        ch.build_hessians(redo, float64=True)
-        L[redo], info[redo] = _factor(ch, redo)
+    L, info = _factor(ch, all_rows)   # info > 0 (not positive definite): left to ADMM
     L_cpu, g_cpu, delta = L.cpu(), ch.g.cpu(), ch.polish_delta
     sizes = ch.valid.sum(1).tolist()
     X = ch.X
@@ -620,8 +625,9 @@ def _least_distance(X, sup, rows, bound, L, g, delta, w):
         E = torch.cat([-D, torch.zeros_like(v)[None]])
         e = torch.zeros(k + 1, dtype=torch.float64)
         e[-1] = 1.0
-    f_old = math.inf
+    f_old, step_old = math.inf, math.inf
     for _ in range(EXACT_REFINE):
+        w_prev = w
         c = torch.linalg.solve_triangular(L, (g + delta * w)[:, None], upper=False)[:, 0]
         x = torch.zeros_like(c)
         if len(rows):
@@ -639,9 +645,14 @@ def _least_distance(X, sup, rows, bound, L, g, delta, w):
         u = c + x                                             # = L^T w
         w = torch.linalg.solve_triangular(L.T, u[:, None], upper=True)[:, 0]
         f = 0.5 * float(u @ u) - 0.5 * delta * float(w @ w) - float(g @ w)
+        # on a convex QP proximal steps never lengthen and never raise the objective; where
+        # they do, H is indefinite at rounding level and the steps diverge: not certified
+        step = float(torch.linalg.vector_norm(w - w_prev))
+        if step > PROX_GROWTH * step_old + TINY or f > f_old + EXACT_KKT_TOL * (abs(f) + TINY):
+            return None
         if f_old - f <= EXACT_KKT_TOL * (abs(f) + TINY):
             break
-        f_old = f
+        f_old, step_old = f, step
     return w
 
 

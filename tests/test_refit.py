@@ -5,7 +5,7 @@ import importlib
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import solvers
@@ -362,6 +362,8 @@ def neuron_reference(X, y, v, support):
     import cvxpy as cp
 
     om = y > 0
+    if not support.any():   # nothing to fit with: w is empty (cvxpy cannot build that program)
+        return float(np.linalg.norm(y[om])) if bool(np.all(v[~om] >= 0)) else None
     w = cp.Variable(int(support.sum()))
     Xs = X[:, support]
     cons = [Xs[~om] @ w <= v[~om]] if (~om).any() else []
@@ -376,6 +378,10 @@ def neuron_reference(X, y, v, support):
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(P=st.integers(5, 60), N=st.integers(1, 12), M=st.integers(1, 4), seed=st.integers(0, 2 ** 31),
        with_V=st.booleans(), bias=st.booleans(), blank=st.booleans(), dtype=st.sampled_from(["float32", "float64"]))
+# a neuron with one active row and seven inputs: its float32 Hessian was indefinite at rounding
+# level and the proximal steps diverged (weights of 3e5 to 1.8e18 returned as OPTIMAL)
+@example(P=5, N=8, M=4, seed=1, with_V=False, bias=False, blank=True, dtype="float32")
+@example(P=7, N=6, M=4, seed=27493137, with_V=True, bias=True, blank=False, dtype="float32")
 def test_exact_solve_is_feasible_and_optimal(P, N, M, seed, with_V, bias, blank, dtype):
     """Random ReLU layers (cascade bounds, a ones column, blank rows, fewer rows than inputs,
     both dtypes): whenever the refit says OPTIMAL its weights meet every inequality and fit as
@@ -414,6 +420,29 @@ def test_exact_solve_is_feasible_and_optimal(P, N, M, seed, with_V, bias, blank,
         if ref is not None:
             fit = float(np.linalg.norm((z - Yd[:, m])[~off]))
             assert fit <= ref * (1 + 1e-4) + 1e-4 * y_max                 # optimal
+
+
+def test_least_distance_refuses_a_nonconvex_hessian():
+    """The proximal steps' divergence guard: an H with an eigenvalue of -0.6 delta (what
+    rounding does to a rank-deficient Gram matrix) makes the steps grow 2.5x each; the solve
+    reports no certificate (None: the neuron goes to ADMM) instead of returning them."""
+    delta = 1e-8
+    a = torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)
+    e = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    H = torch.outer(a, a) - 0.6 * delta * torch.outer(e, e)
+    L = torch.linalg.cholesky(H + delta * torch.eye(3, dtype=torch.float64))
+    g = a * 0.7 + 1e-9 * e          # a rounding-sized part off the range of H
+    X = torch.zeros(4, 3, dtype=torch.float64)
+    w = refit_module._least_distance(X, torch.arange(3), torch.zeros(0, dtype=torch.long),
+                                     torch.zeros(4, dtype=torch.float64), L, g, delta,
+                                     torch.zeros(3, dtype=torch.float64))
+    assert w is None
+    # the same with H positive semidefinite converges
+    L = torch.linalg.cholesky(torch.outer(a, a) + delta * torch.eye(3, dtype=torch.float64))
+    w = refit_module._least_distance(X, torch.arange(3), torch.zeros(0, dtype=torch.long),
+                                     torch.zeros(4, dtype=torch.float64), L, a * 0.7, delta,
+                                     torch.zeros(3, dtype=torch.float64))
+    assert w is not None and float(a @ w) == pytest.approx(0.7, rel=1e-6)
 
 
 def test_exact_solve_removes_its_regularization():
