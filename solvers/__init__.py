@@ -11,6 +11,7 @@ from .admm import ADMMSettings, project_ball, project_constraints, soft_threshol
 from .problem import NetTrimProblem
 from .reference import MAX_REFERENCE_SIZE, solve_cvxpy
 from .refit import refit, reweighted_penalty
+from .gram import GramStats, compress, compress_problem
 from .result import NetTrimResult
 from .lagrangian import solve_lagrangian
 from .status import (INFEASIBLE, MAX_ITER, OPTIMAL, OPTIMAL_INACCURATE, SETTLED, SOLVER_ERROR, STATUSES,
@@ -20,5 +21,5 @@ __all__ = [
     "NetTrimProblem", "NetTrimResult", "solve_admm", "solve_cvxpy", "solve_lagrangian", "SETTLED", "ADMMSettings",
     "soft_threshold", "project_ball", "project_constraints", "MAX_REFERENCE_SIZE",
     "OPTIMAL", "OPTIMAL_INACCURATE", "INFEASIBLE", "MAX_ITER", "SOLVER_ERROR", "STATUSES",
-    "SUCCESS", "refit", "reweighted_penalty",
+    "SUCCESS", "refit", "reweighted_penalty", "GramStats", "compress", "compress_problem",
 ]

@@ -41,15 +41,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 
 from .problem import NetTrimProblem, as_tensor, check_finite, safe_norm
 from .result import NetTrimResult
-from .status import MAX_ITER, OPTIMAL, SOLVER_ERROR
+from .status import INFEASIBLE, MAX_ITER, OPTIMAL, SOLVER_ERROR
 
 __all__ = ["solve_admm", "soft_threshold", "project_ball", "project_constraints",
-           "ADMMSettings", "data_scale"]
+           "ADMMSettings", "data_scale", "checked_settings", "Callback", "l1_result"]
 
 #: Residual balancing: rho is rescaled by sqrt(r'/s') (normalized primal over dual residual)
 #: when that factor leaves [1/RHO_ADAPT, RHO_ADAPT].
@@ -93,6 +92,19 @@ class ADMMSettings:
             if not (isinstance(value, int) and value >= 1):
                 msg = f"{name} must be an integer >= 1, got {value!r}"
                 raise ValueError(msg)
+
+
+#: ``callback(iteration, primal_residual, dual_residual, rho)`` of the ADMM solvers.
+Callback = Optional[Callable[[int, float, float, float], None]]
+
+
+def checked_settings(problem: Any, **options: Any) -> ADMMSettings:
+    """The ADMM options of a solve, checked (:class:`ADMMSettings`), after checking that
+    ``problem`` is a :class:`NetTrimProblem`."""
+    if not isinstance(problem, NetTrimProblem):
+        msg = f"problem must be a NetTrimProblem, got {type(problem).__name__}"
+        raise TypeError(msg)
+    return ADMMSettings(**options)
 
 
 # ---- closed forms ---------------------------------------------------------------------------
@@ -165,6 +177,23 @@ class _Factor:
         # GEMM speed on CPUs (measured: 14 ms vs 8 ms for N = 785, M = 300, float32)
         self.K_inv = torch.cholesky_inverse(torch.linalg.cholesky(K))
 
+    def step(self, W1: torch.Tensor, W2: torch.Tensor, W3: torch.Tensor, XW: torch.Tensor,
+             U1: torch.Tensor, U2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The W3 step with over-relaxation (Boyd et al. 3.4.3)::
+
+            W1 <- a W1 + (1 - a) X W3 (in place),   W2h = a W2 + (1 - a) W3
+            W3 = (X^T X + I)^{-1} (X^T (W1 + U1) + W2h + U2)
+
+        Returns ``(W3, X W3, W2h)``."""
+        W1.mul_(RELAX).add_(XW, alpha=1.0 - RELAX)
+        W2h = W2.mul(RELAX).add_(W3, alpha=1.0 - RELAX)
+        R = self.X.T @ (W1 + U1)
+        R.add_(W2h).add_(U2)
+        W3_new, XW_new = self.solve(R)
+        if XW_new is None:
+            XW_new = self.X @ W3_new
+        return W3_new, XW_new, W2h
+
     def solve(self, R: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Return ``(W, X W)`` when the lemma gives ``X W`` for free, else ``(W, None)``."""
         if self.lemma:
@@ -221,37 +250,56 @@ def _check_warm_start(problem: NetTrimProblem, W0: Any, X: torch.Tensor) -> torc
     return W.T.contiguous()
 
 
-def _zero_result(problem: NetTrimProblem, X: torch.Tensor, Y: torch.Tensor,
-                 active: torch.Tensor, bound: Optional[torch.Tensor], res_tol: float,
-                 viol_tol: float, s: float, rho: float, t0: float) -> Optional[NetTrimResult]:
+def _zero_result(problem: NetTrimProblem, ball: "_Ball", rho: float,
+                 t0: float) -> Optional[NetTrimResult]:
     """The answer W = 0 when it is feasible (then it is optimal: the objective is >= 0 and
-    vanishes there); None otherwise. Scaled units."""
+    vanishes there); None otherwise. A compressed linear program whose epsilon is below its
+    floor gets W = 0 and INFEASIBLE: no W meets it."""
     P, N, M = problem.shape
-    W = torch.zeros(N, M, device=X.device, dtype=X.dtype)
-    res, viol = _feasibility(X @ W, Y, active, bound, problem.relu)
-    if not (res <= res_tol and viol <= viol_tol):
+    W = torch.zeros(N, M, device=ball.X.device, dtype=ball.X.dtype)
+    ok, res, viol = ball.feasible(W)
+    below = problem.below_floor
+    if not (ok or below):
         return None
     W = W.T.contiguous()
     return NetTrimResult(
-        W=W.cpu().numpy() if problem.is_numpy else W, status=OPTIMAL, iterations=0,
-        objective=0.0, residual=res * s, violation=viol * s, epsilon=problem.epsilon,
-        primal_residual=0.0, dual_residual=0.0, solve_time=time.perf_counter() - t0,
-        solver="admm", rho=rho)
+        W=W.cpu().numpy() if problem.is_numpy else W, status=INFEASIBLE if below else OPTIMAL,
+        iterations=0, objective=0.0, residual=res * ball.s, violation=viol * ball.s,
+        epsilon=problem.epsilon, primal_residual=0.0, dual_residual=0.0,
+        solve_time=time.perf_counter() - t0, solver="admm", rho=rho)
 
 
-def _clamp_rho(rho: float, ratio: float, rho_0: float) -> float:
-    """The rescaling factor of residual balancing, cut so that rho stays within RHO_RANGE of
-    its start ``rho_0`` (returns the factor actually applied)."""
+def _converged(settings: ADMMSettings, sqrt_dim: float, r_norm: float, s_norm: float,
+               pri_scale: float, dual_scale: float) -> bool:
+    """The primal/dual residual test (Boyd et al. 2011, 3.3.1) with absolute and relative
+    tolerances: ``r <= sqrt(dim) eps_abs + eps_rel pri_scale``, likewise s with dual_scale."""
+    return (r_norm <= sqrt_dim * settings.eps_abs + settings.eps_rel * pri_scale
+            and s_norm <= sqrt_dim * settings.eps_abs + settings.eps_rel * dual_scale)
+
+
+def _balance(rho: float, rho_0: float, r_rel: float, s_rel: float, U1: torch.Tensor,
+             U2: torch.Tensor) -> float:
+    """Residual balancing on the normalized residuals (as OSQP does): ``rho *= sqrt(r'/s')``
+    with ``r' = r / (primal scale)``, ``s' = s / (dual scale)`` when that factor leaves
+    ``[1/RHO_ADAPT, RHO_ADAPT]``, cut so that rho stays within RHO_RANGE of its start
+    ``rho_0``; the scaled duals are rescaled in place (no refactorization is needed).
+    Returns the new rho."""
+    if not (r_rel > 0 and s_rel > 0):
+        return rho
+    ratio = math.sqrt(r_rel / s_rel)
+    if not math.isfinite(ratio) or 1.0 / RHO_ADAPT <= ratio <= RHO_ADAPT:
+        return rho
     target = min(max(rho * ratio, rho_0 / RHO_RANGE), rho_0 * RHO_RANGE)
-    return target / rho
+    ratio = target / rho
+    U1.div_(ratio)
+    U2.div_(ratio)
+    return target
 
 
 def solve_admm(problem: NetTrimProblem, *, W0: Any = None, penalty: Any = None,
                rho: Optional[float] = None, eps_abs: float = ADMMSettings.eps_abs,
                eps_rel: float = ADMMSettings.eps_rel, feas_tol: float = ADMMSettings.feas_tol,
-               max_iter: int = ADMMSettings.max_iter,
-               callback: Optional[Callable[[int, float, float, float], None]] = None,
-               ) -> NetTrimResult:
+               max_iter: int = ADMMSettings.max_iter, callback: Callback = None) -> NetTrimResult:
     """Solve the Net-Trim program by ADMM (see the module docstring for the recursion).
 
     Parameters
@@ -292,23 +340,16 @@ def solve_admm(problem: NetTrimProblem, *, W0: Any = None, penalty: Any = None,
         W0 or penalty of the wrong shape or not finite; Y or V out of the dtype's range once
         scaled by X's scale (see :func:`scaled_data`).
     """
-    settings = ADMMSettings(rho=1.0 if rho is None else rho, eps_abs=eps_abs, eps_rel=eps_rel,
-                            feas_tol=feas_tol, max_iter=max_iter)
-    if not isinstance(problem, NetTrimProblem):
-        msg = f"problem must be a NetTrimProblem, got {type(problem).__name__}"
-        raise TypeError(msg)
+    settings = checked_settings(problem, rho=1.0 if rho is None else rho, eps_abs=eps_abs,
+                                eps_rel=eps_rel, feas_tol=feas_tol, max_iter=max_iter)
     t0 = time.perf_counter()
     X, Y, V = problem.program_tensors()
     P, N, M = problem.shape
     dev, dt = X.device, X.dtype
 
     # ---- scaling and constant data --------------------------------------------------------
-    X, Y, s, active, bound = scaled_data(problem, X, Y, V)
-    eps = problem.epsilon / s
-    y_scale = float(Y.abs().max())
-    # residual allowed to the returned W: epsilon (1 + feas_tol), with an absolute floor of
-    # feas_tol^2 ||Y||_F so that epsilon = 0 (exact fit) is reachable in floating point
-    res_tol = eps * (1 + feas_tol) + feas_tol ** 2 * float(torch.linalg.vector_norm(Y))
+    ball = _Ball(problem, settings.feas_tol)
+    X = ball.X
     W3_start = None if W0 is None else _check_warm_start(problem, W0, X)
     thr_weight = None
     if penalty is not None:
@@ -320,57 +361,113 @@ def solve_admm(problem: NetTrimProblem, *, W0: Any = None, penalty: Any = None,
             msg = "penalty must be finite and nonnegative"
             raise ValueError(msg)
         thr_weight = thr_weight.T.contiguous()
-    zero = _zero_result(problem, X, Y, active, bound, res_tol, settings.feas_tol * y_scale, s,
-                        settings.rho, t0)
+    zero = _zero_result(problem, ball, settings.rho, t0)
     if zero is not None:
         return zero
     factor = _Factor(X)
 
     # ---- initial point --------------------------------------------------------------------
-    if W3_start is not None:
-        W3 = W3_start
-    else:
-        W3 = torch.zeros(N, M, device=dev, dtype=dt)
-    W2 = W3.clone()
-    XW = X @ W3
-    U1 = torch.zeros_like(Y)
-    U2 = torch.zeros_like(W3)
+    W3 = W3_start if W3_start is not None else torch.zeros(N, M, device=dev, dtype=dt)
     if rho is None:
         # scale-aware start: the l1 duals are O(1), the weights O(mean|W|), so rho ~ 1/mean|W|,
         # with W the warm start or the ridge solution (X^T X + I)^{-1} X^T Y.
-        W_ref = W3 if W0 is not None else factor.solve(X.T @ Y)[0]
+        W_ref = W3 if W0 is not None else factor.solve(X.T @ ball.Y)[0]
         w_mean = float(W_ref.abs().mean())
         rho_k = RHO_START / w_mean if 0 < w_mean < math.inf else 1.0
     else:
         rho_k = settings.rho
+
+    # W2 = S_{1/rho}(W3 - U2): the soft threshold (weighted by the penalty)
+    def prox(V: torch.Tensor, rho_: float) -> torch.Tensor:
+        return soft_threshold(V, (1.0 / rho_) if thr_weight is None else thr_weight / rho_)
+
+    W2, status, it, r_norm, s_norm, rho_k = _iterate(ball, factor, W3, rho_k, settings, prox,
+                                                     callback)
+    return l1_result(problem, ball, W2, thr_weight, status=status, iterations=it,
+                     residuals=(r_norm, s_norm), t0=t0, solver="admm", rho=rho_k)
+
+
+def l1_result(problem: NetTrimProblem, ball: "_Ball", W2: torch.Tensor,
+              weight: Optional[torch.Tensor], *, status: str, iterations: int,
+              residuals: tuple[float, float], t0: float, solver: str, rho: float,
+              lam: float = math.nan, reached: bool = False) -> NetTrimResult:
+    """The result of an l1 ADMM from its sparse iterate ``W2 (N, M)`` (scaled data): residual
+    and violation measured, SOLVER_ERROR in place of a success with anything non-finite,
+    ``objective = sum weight |W|``; ``reached``: epsilon is the residual reached (the
+    Lagrangian), else the problem's."""
+    res, viol = _feasibility(ball.X @ W2, ball.Y, ball.active, ball.bound, problem.relu,
+                             ball.floor)
+    s = ball.s
+    if status != MAX_ITER and not (math.isfinite(res * s) and math.isfinite(viol * s)
+                                  and bool(torch.isfinite(W2).all())):
+        status = SOLVER_ERROR   # never OPTIMAL with a non-finite answer or residual
+    W = W2.T.contiguous()
+    objective = float((W.abs() if weight is None else W.abs() * weight.T).sum())
+    if problem.is_numpy:
+        W = W.cpu().numpy()
+    return NetTrimResult(
+        W=W, status=status, iterations=iterations, objective=objective, residual=res * s,
+        violation=viol * s, epsilon=res * s if reached else problem.epsilon,
+        primal_residual=residuals[0] * s, dual_residual=residuals[1] * s,
+        solve_time=time.perf_counter() - t0, solver=solver, rho=rho, lam=lam)
+
+
+class _Ball:
+    """A program's scaled data (:func:`scaled_data`) and the tolerances of its ball ADMM.
+
+    ``eps`` is the ball's radius on the data, ``floor`` a compressed linear program's squared
+    floor (:mod:`solvers.gram`; 0 otherwise), both scaled; the returned W must meet
+    ``residual <= res_tol``: epsilon (1 + feas_tol), with an absolute floor of
+    ``feas_tol^2 ||Y||_F`` so that epsilon = 0 (exact fit) is reachable in floating point,
+    and ``violation <= viol_tol = feas_tol max|Y|``."""
+
+    def __init__(self, problem: NetTrimProblem, feas_tol: float):
+        X, Y, V = problem.program_tensors()
+        self.X, self.Y, self.s, self.active, self.bound = scaled_data(problem, X, Y, V)
+        self.relu = problem.relu
+        self.eps = problem.radius / self.s
+        self.floor = problem.floor_sq / self.s ** 2
+        self.res_tol = (problem.epsilon / self.s) * (1 + feas_tol) + feas_tol ** 2 * math.sqrt(
+            float(torch.linalg.vector_norm(self.Y)) ** 2 + self.floor)
+        self.viol_tol = feas_tol * float(self.Y.abs().max())
+
+    def feasible(self, W3: torch.Tensor) -> tuple[bool, float, float]:
+        """Whether ``W3 (N, M)`` meets the program within the tolerances; its residual and
+        violation."""
+        res, viol = _feasibility(self.X @ W3, self.Y, self.active, self.bound, self.relu,
+                                 self.floor)
+        return res <= self.res_tol and viol <= self.viol_tol, res, viol
+
+
+def _iterate(ball: _Ball, factor: _Factor, W3: torch.Tensor, rho_k: float,
+             settings: ADMMSettings, prox: Callable[[torch.Tensor, float], torch.Tensor],
+             callback: Callback = None) -> tuple:
+    """The ball ADMM's iterations (module docstring) from ``W3 (N, M)`` and penalty ``rho_k``,
+    with the W2 step ``prox(W3 - U2, rho)`` (the soft threshold of the l1 objective, or the
+    group soft threshold of :mod:`solvers.group`). Returns ``(W2, status, iterations,
+    r_norm, s_norm, rho)``; status OPTIMAL when the residual test passed and W2 is feasible,
+    else MAX_ITER."""
+    X, Y, active, bound = ball.X, ball.Y, ball.active, ball.bound
+    P, N = X.shape
+    M = Y.shape[1]
+    XW = X @ W3
+    U1 = torch.zeros_like(Y)
+    U2 = torch.zeros_like(W3)
+    W2 = W3.clone()
     rho_0 = rho_k
     sqrt_dim = math.sqrt(P * M + N * M)
-
     status, it = MAX_ITER, 0
     r_norm = s_norm = math.inf
     for it in range(1, settings.max_iter + 1):
         # W1 = Proj_C(X W3 - U1)
         Z = XW - U1
         D = Z - Y
-        if problem.relu:
+        if ball.relu:
             D.masked_fill_(~active, 0.0)
-        W1 = _project_with(Z, D, bound, eps)
+        W1 = _project_with(Z, D, bound, ball.eps)
         del Z, D
-        # W2 = S_{1/rho}(W3 - U2)
-        thr = (1.0 / rho_k) if thr_weight is None else thr_weight / rho_k
-        W2 = soft_threshold(W3 - U2, thr)
-        # over-relaxation (Boyd et al. 3.4.3): W1 <- a W1 + (1 - a) X W3, W2 <- a W2 + (1 - a) W3
-        if RELAX != 1.0:
-            W1.mul_(RELAX).add_(XW, alpha=1.0 - RELAX)
-            W2h = W2.mul(RELAX).add_(W3, alpha=1.0 - RELAX)
-        else:
-            W2h = W2
-        # W3 = (X^T X + I)^{-1} (X^T (W1 + U1) + W2 + U2)
-        R = X.T @ (W1 + U1)
-        R.add_(W2h).add_(U2)
-        W3_new, XW_new = factor.solve(R)
-        if XW_new is None:
-            XW_new = X @ W3_new
+        W2 = prox(W3 - U2, rho_k)
+        W3_new, XW_new, W2h = factor.step(W1, W2, W3, XW, U1, U2)
         # dual updates U1 += W1 - X W3 ; U2 += W2 - W3  (the primal residuals)
         r1 = W1.sub_(XW_new)
         U1.add_(r1)
@@ -385,49 +482,28 @@ def solve_admm(problem: NetTrimProblem, *, W0: Any = None, penalty: Any = None,
         # r1 + X W3 restores W1 in place (r1 is W1's storage)
         pri_scale = max(_norm(r1.add_(XW), W2), _norm(XW, W3))
         dual_scale = rho_k * _norm(U1, U2)
-        eps_pri = sqrt_dim * settings.eps_abs + settings.eps_rel * pri_scale
-        eps_dual = sqrt_dim * settings.eps_abs + settings.eps_rel * dual_scale
-        if r_norm <= eps_pri and s_norm <= eps_dual and it % settings.check_every == 0:
-            W2 = soft_threshold(W3 - U2, thr)   # the iterate we would return
-            res, viol = _feasibility(X @ W2, Y, active, bound, problem.relu)
-            if res <= res_tol and viol <= settings.feas_tol * y_scale:
+        if _converged(settings, sqrt_dim, r_norm, s_norm, pri_scale, dual_scale) \
+                and it % settings.check_every == 0:
+            W2 = prox(W3 - U2, rho_k)   # the iterate we would return
+            if ball.feasible(W2)[0]:
                 status = OPTIMAL
                 break
-        # residual balancing on the normalized residuals (as OSQP does): rho *= sqrt(r'/s')
-        # with r' = r / (primal scale), s' = s / (dual scale); no refactorization needed.
-        r_rel = r_norm / max(pri_scale, TINY)
-        s_rel = s_norm / max(dual_scale, TINY)
-        if it % settings.adapt_every == 0 and r_rel > 0 and s_rel > 0:
-            ratio = math.sqrt(r_rel / s_rel)
-            if math.isfinite(ratio) and (ratio > RHO_ADAPT or ratio < 1.0 / RHO_ADAPT):
-                ratio = _clamp_rho(rho_k, ratio, rho_0)
-                rho_k *= ratio
-                U1.div_(ratio)
-                U2.div_(ratio)
-
+        if it % settings.adapt_every == 0:
+            rho_k = _balance(rho_k, rho_0, r_norm / max(pri_scale, TINY),
+                             s_norm / max(dual_scale, TINY), U1, U2)
     if status == MAX_ITER:
-        W2 = soft_threshold(W3 - U2, (1.0 / rho_k) if thr_weight is None else thr_weight / rho_k)
-    res, viol = _feasibility(X @ W2, Y, active, bound, problem.relu)
-    if status != MAX_ITER and not (math.isfinite(res * s) and math.isfinite(viol * s)
-                                  and bool(torch.isfinite(W2).all())):
-        status = SOLVER_ERROR   # never OPTIMAL with a non-finite answer or residual
-    W = W2.T.contiguous()
-    objective = float((W.abs() if thr_weight is None else W.abs() * thr_weight.T).sum())
-    if problem.is_numpy:
-        W = W.cpu().numpy()
-    return NetTrimResult(
-        W=W, status=status, iterations=it, objective=objective, residual=res * s,
-        violation=viol * s, epsilon=problem.epsilon, primal_residual=r_norm * s,
-        dual_residual=s_norm * s, solve_time=time.perf_counter() - t0, solver="admm",
-        rho=rho_k)
+        W2 = prox(W3 - U2, rho_k)
+    return W2, status, it, r_norm, s_norm, rho_k
 
 
 def _feasibility(XW: torch.Tensor, Y: torch.Tensor, active: torch.Tensor,
-                 bound: Optional[torch.Tensor], relu: bool) -> tuple[float, float]:
-    """Active-set residual and largest violation of pre-activations XW (scaled units)."""
+                 bound: Optional[torch.Tensor], relu: bool, floor: float = 0.0
+                 ) -> tuple[float, float]:
+    """Active-set residual and largest violation of pre-activations XW (scaled units); a
+    linear program on compressed rows adds its squared ``floor`` (scaled) to the residual."""
     D = XW - Y
     if not relu:
-        return float(torch.linalg.vector_norm(D)), 0.0
+        return math.sqrt(float(torch.linalg.vector_norm(D)) ** 2 + floor), 0.0
     res = float(torch.linalg.vector_norm(D.masked_fill_(~active, 0.0)))
     viol = float((XW - bound).max())   # bound is +inf on the active set
     return res, max(0.0, viol)

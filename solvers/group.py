@@ -27,11 +27,10 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .admm import (RELAX, RHO_ADAPT, RHO_START, TINY, ADMMSettings, _Factor, _feasibility, _norm,
-                   _project_with, scaled_data)
+from .admm import RHO_START, TINY, ADMMSettings, _Ball, _Factor, _iterate, checked_settings
 from .problem import NetTrimProblem
+from .reference import below_floor_result
 from .result import NetTrimResult
-from .status import MAX_ITER, OPTIMAL
 
 __all__ = ["group_soft_threshold", "group_norms", "solve_group_admm", "solve_group_cvxpy",
            "check_groups"]
@@ -96,79 +95,34 @@ def solve_group_admm(problem: NetTrimProblem, groups: Any, *, W0: Any = None,
         ``objective`` is ``sum_j ||W[:, g == j]||_F``; ``solver="admm:group"``. Status
         ``OPTIMAL`` only when W2 (with its exact zero groups) is feasible within ``feas_tol``.
     """
-    settings = ADMMSettings(rho=1.0 if rho is None else rho, eps_abs=eps_abs, eps_rel=eps_rel,
-                            feas_tol=feas_tol, max_iter=max_iter)
-    if not isinstance(problem, NetTrimProblem):
-        msg = f"problem must be a NetTrimProblem, got {type(problem).__name__}"
-        raise TypeError(msg)
+    settings = checked_settings(problem, rho=1.0 if rho is None else rho, eps_abs=eps_abs,
+                                eps_rel=eps_rel, feas_tol=feas_tol, max_iter=max_iter)
     t0 = time.perf_counter()
-    X, Y, V = problem.program_tensors()
+    if problem.below_floor:   # compressed rows: epsilon below what any W leaves
+        return below_floor_result(problem, t0, "admm:group")
     P, N, M = problem.shape
+    ball = _Ball(problem, settings.feas_tol)
+    X = ball.X
     g = check_groups(groups, N).to(X.device)
     n_groups = int(g.max()) + 1 if N else 0
-    X, Y, s, active, bound = scaled_data(problem, X, Y, V)
-    eps = problem.epsilon / s
-    y_scale = float(Y.abs().max())
-    res_tol = eps * (1 + feas_tol) + feas_tol ** 2 * float(torch.linalg.vector_norm(Y))
     factor = _Factor(X)
     W3 = problem._weight(W0).T.contiguous() if W0 is not None else \
         torch.zeros(N, M, device=X.device, dtype=X.dtype)
-    XW = X @ W3
-    U1, U2 = torch.zeros_like(Y), torch.zeros_like(W3)
     if rho is None:  # as solve_admm: rho ~ 1 / (typical group norm) of the reference weights
-        W_ref = W3 if W0 is not None else factor.solve(X.T @ Y)[0]
+        W_ref = W3 if W0 is not None else factor.solve(X.T @ ball.Y)[0]
         g_mean = float(group_norms(W_ref, g, n_groups).mean()) if n_groups else 0.0
         rho_k = RHO_START / g_mean if g_mean > 0 else 1.0
     else:
         rho_k = settings.rho
-    sqrt_dim = math.sqrt(P * M + N * M)
-    status, it = MAX_ITER, 0
-    r_norm = s_norm = math.inf
-    W2 = W3
-    for it in range(1, settings.max_iter + 1):
-        Z = XW - U1                                       # W1 = Proj_C(X W3 - U1)
-        D = Z - Y
-        if problem.relu:
-            D.masked_fill_(~active, 0.0)
-        W1 = _project_with(Z, D, bound, eps)
-        W2 = group_soft_threshold(W3 - U2, g, 1.0 / rho_k)   # the group soft threshold
-        W1.mul_(RELAX).add_(XW, alpha=1.0 - RELAX)        # over-relaxation
-        W2h = W2.mul(RELAX).add_(W3, alpha=1.0 - RELAX)
-        W3_new, XW_new = factor.solve(X.T @ (W1 + U1) + W2h + U2)
-        if XW_new is None:
-            XW_new = X @ W3_new
-        r1 = W1 - XW_new
-        r2 = W2h - W3_new
-        U1.add_(r1)
-        U2.add_(r2)
-        r_norm = _norm(r1, r2)
-        s_norm = rho_k * _norm(XW_new - XW, W3_new - W3)
-        W3, XW = W3_new, XW_new
-        pri_scale = max(_norm(W1, W2), _norm(XW, W3))
-        dual_scale = rho_k * _norm(U1, U2)
-        eps_pri = sqrt_dim * settings.eps_abs + settings.eps_rel * pri_scale
-        eps_dual = sqrt_dim * settings.eps_abs + settings.eps_rel * dual_scale
-        if r_norm <= eps_pri and s_norm <= eps_dual:
-            W2 = group_soft_threshold(W3 - U2, g, 1.0 / rho_k)
-            res, viol = _feasibility(X @ W2, Y, active, bound, problem.relu)
-            if res <= res_tol and viol <= settings.feas_tol * y_scale:
-                status = OPTIMAL
-                break
-        r_rel = r_norm / max(pri_scale, TINY)
-        s_rel = s_norm / max(dual_scale, TINY)
-        if it % settings.adapt_every == 0 and r_rel > 0 and s_rel > 0:
-            ratio = math.sqrt(r_rel / s_rel)
-            if math.isfinite(ratio) and (ratio > RHO_ADAPT or ratio < 1.0 / RHO_ADAPT):
-                rho_k *= ratio
-                U1.div_(ratio)
-                U2.div_(ratio)
-    if status != OPTIMAL:
-        W2 = group_soft_threshold(W3 - U2, g, 1.0 / rho_k)
-    res, viol = _feasibility(X @ W2, Y, active, bound, problem.relu)
+    W2, status, it, r_norm, s_norm, rho_k = _iterate(
+        ball, factor, W3, rho_k, settings,
+        lambda V, rho_: group_soft_threshold(V, g, 1.0 / rho_))   # the group soft threshold
+    _, res, viol = ball.feasible(W2)
     objective = float(group_norms(W2, g, n_groups).sum())
     W = W2.T.contiguous()
     if problem.is_numpy:
         W = W.cpu().numpy()
+    s = ball.s
     return NetTrimResult(
         W=W, status=status, iterations=it, objective=objective, residual=res * s,
         violation=viol * s, epsilon=problem.epsilon, primal_residual=r_norm * s,
@@ -185,6 +139,8 @@ def solve_group_cvxpy(problem: NetTrimProblem, groups: Any, *, solver: str = "CL
     from .status import SOLVER_ERROR
 
     t0 = time.perf_counter()
+    if problem.below_floor:   # compressed rows: epsilon below what any W leaves
+        return below_floor_result(problem, t0, f"cvxpy:{solver}:group")
     P, N, M = problem.shape
     g = check_groups(groups, N).numpy()
     Xt = problem.tensors()[0]
@@ -203,6 +159,7 @@ def solve_group_cvxpy(problem: NetTrimProblem, groups: Any, *, solver: str = "CL
     else:
         W_np = W.value
         res, viol = problem_residuals(X, Y, active, V, W_np, problem.relu)
+        res = problem.full_residual(res)
         obj = float(sum(np.linalg.norm(W_np[:, g == j]) for j in range(int(g.max()) + 1)))
     return NetTrimResult(
         W=W_np if problem.is_numpy else torch.as_tensor(W_np, dtype=Xt.dtype),

@@ -46,15 +46,16 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
-from .admm import (RELAX, RHO_ADAPT, RHO_RANGE, RHO_START, TINY, ADMMSettings, _check_warm_start,
-                   _Factor, _feasibility, scaled_data, soft_threshold)
+from .admm import (RHO_ADAPT, RHO_RANGE, RHO_START, TINY, ADMMSettings, Callback,
+                   _Ball, _check_warm_start, _Factor, _feasibility, checked_settings, l1_result,
+                   soft_threshold)
 from .problem import NetTrimProblem, as_tensor
 from .result import NetTrimResult
-from .status import MAX_ITER, OPTIMAL, OPTIMAL_INACCURATE, SETTLED, SOLVER_ERROR
+from .status import MAX_ITER, OPTIMAL, OPTIMAL_INACCURATE, SETTLED
 
 __all__ = ["solve_lagrangian", "ADAPT_EVERY", "SETTLE_WINDOW", "SETTLE_TOL", "NNZ_TOL",
            "NNZ_SETTLE"]
@@ -114,8 +115,7 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
                      rho: Optional[float] = None, settle_tol: Optional[float] = None,
                      eps_abs: float = ADMMSettings.eps_abs, eps_rel: float = ADMMSettings.eps_rel,
                      feas_tol: float = ADMMSettings.feas_tol,
-                     max_iter: int = ADMMSettings.max_iter,
-                     callback: Optional[Callable[[int, float, float, float], None]] = None,
+                     max_iter: int = ADMMSettings.max_iter, callback: Callback = None,
                      ) -> NetTrimResult:
     """Solve the Net-Trim program through its Lagrangian (see the module docstring).
 
@@ -154,11 +154,8 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
         ``solver="admm-lagrangian"``; ``lam`` the final weight. ``epsilon`` is
         ``problem.epsilon``, or with ``nonzeros`` the residual reached.
     """
-    settings = ADMMSettings(rho=RHO_START if rho is None else rho, eps_abs=eps_abs, eps_rel=eps_rel,
-                            feas_tol=feas_tol, max_iter=max_iter)
-    if not isinstance(problem, NetTrimProblem):
-        msg = f"problem must be a NetTrimProblem, got {type(problem).__name__}"
-        raise TypeError(msg)
+    settings = checked_settings(problem, rho=RHO_START if rho is None else rho, eps_abs=eps_abs,
+                                eps_rel=eps_rel, feas_tol=feas_tol, max_iter=max_iter)
     if settle_tol is not None and not (isinstance(settle_tol, (int, float)) and settle_tol >= 0):
         msg = f"settle_tol must be a number >= 0, got {settle_tol!r}"
         raise ValueError(msg)
@@ -166,9 +163,9 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
         msg = f"lam must be a positive finite number, got {lam!r}"
         raise ValueError(msg)
     t0 = time.perf_counter()
-    X, Y, V = problem.program_tensors()
     P, N, M = problem.shape
-    X, Y, s, active, bound = scaled_data(problem, X, Y, V)
+    ball = _Ball(problem, settings.feas_tol)   # the scaled data
+    X, Y, active, bound, floor = ball.X, ball.Y, ball.active, ball.bound, ball.floor
     weight = None
     if penalty is not None:
         weight = as_tensor(penalty, name="penalty").to(device=X.device, dtype=X.dtype)
@@ -232,13 +229,7 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
             calm = calm + 1 if changes <= max_changes else 0
         del now
         # over-relaxation, W3 = (X^T X + I)^{-1} (X^T (W1 + U1) + W2 + U2)
-        W1.mul_(RELAX).add_(XW, alpha=1.0 - RELAX)
-        W2h = W2.mul(RELAX).add_(W3, alpha=1.0 - RELAX)
-        R = X.T @ (W1 + U1)
-        R.add_(W2h).add_(U2)
-        W3_new, XW_new = factor.solve(R)
-        if XW_new is None:
-            XW_new = X @ W3_new
+        W3_new, XW_new, W2h = factor.step(W1, W2, W3, XW, U1, U2)
         r1 = W1.sub_(XW_new)           # W1's storage now holds the primal residual
         U1.add_(r1)
         r2 = W2h.sub_(W3_new)
@@ -268,7 +259,7 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
                                             & (s_m <= abs_tol + settings.eps_rel * dual)).all())
         if converged or settled:
             W2 = soft_threshold(W3 - U2, thr)
-            res, viol = _feasibility(X @ W2, Y, active, bound, problem.relu)
+            res, viol = _feasibility(X @ W2, Y, active, bound, problem.relu, floor)
             if viol <= viol_tol:
                 status = OPTIMAL if converged else OPTIMAL_INACCURATE
                 break
@@ -308,20 +299,9 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
     if status == MAX_ITER:
         W2 = soft_threshold(W3 - U2, lam_k / rho_m if weight is None else
                             weight * (lam_k / rho_m))
-    res, viol = _feasibility(X @ W2, Y, active, bound, problem.relu)
-    if status != MAX_ITER and not (math.isfinite(res * s) and math.isfinite(viol * s)
-                                  and bool(torch.isfinite(W2).all())):
-        status = SOLVER_ERROR
-    W = W2.T.contiguous()
-    objective = float((W.abs() if weight is None else W.abs() * weight.T).sum())
-    if problem.is_numpy:
-        W = W.cpu().numpy()
-    return NetTrimResult(
-        W=W, status=status, iterations=it, objective=objective, residual=res * s,
-        violation=viol * s, epsilon=res * s,
-        primal_residual=r_norm * s, dual_residual=s_norm * s,
-        solve_time=time.perf_counter() - t0, solver="admm-lagrangian",
-        rho=float(rho_m.median()), lam=lam_k)
+    return l1_result(problem, ball, W2, weight, status=status, iterations=it,
+                     residuals=(r_norm, s_norm), t0=t0, solver="admm-lagrangian",
+                     rho=float(rho_m.median()), lam=lam_k, reached=True)
 
 
 def _col_sq(A: torch.Tensor) -> torch.Tensor:

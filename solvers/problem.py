@@ -17,7 +17,10 @@ Program (ReLU layer)::
                 (X W^T + S)[p, m] <= V[p, m]      (p, m) not in Omega
 
 Linear layer (``relu=False``): one Frobenius ball ``|| X W^T + S - Y ||_F <= epsilon`` over all
-entries and no inequalities.
+entries and no inequalities. A linear program may also be given on compressed rows
+(:mod:`solvers.gram`): then ``floor_sq`` is the squared residual that no weight removes, the
+program reads ``|| X W^T + S - Y ||_F^2 + floor_sq <= epsilon^2`` and every residual reported
+is that full one.
 
 The offset leaves the program's form unchanged: it is the plain program with the ball's center
 ``Y - S`` and the bound ``V - S`` (:meth:`NetTrimProblem.program_tensors`, what the solvers
@@ -101,6 +104,19 @@ def safe_norm(t: torch.Tensor, dim: Any = None) -> torch.Tensor:
     return n
 
 
+def _nonnegative(value: Any, name: str, what: str) -> float:
+    """``value`` as a finite float >= 0; TypeError / ValueError naming ``name`` otherwise."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        msg = f"{name} must be a real number, got {value!r}"
+        raise TypeError(msg) from None
+    if not math.isfinite(number) or number < 0:
+        msg = f"{name} must be finite and >= 0 ({what}), got {number}"
+        raise ValueError(msg)
+    return number
+
+
 @dataclass(frozen=True)
 class NetTrimProblem:
     """One layer's Net-Trim program (see the module docstring for the symbols).
@@ -121,6 +137,10 @@ class NetTrimProblem:
     S : ndarray or Tensor of shape (P, M), optional
         Known offset added to ``X W^T`` before the activation (a residual block's skip term,
         recorded per sample): the output is ``relu(X W^T + S)``. ``None`` means 0.
+    floor_sq : float, default 0
+        Linear programs only: a squared residual added to every W's (the part of the target
+        outside the range of X when X and Y are compressed rows, :func:`solvers.gram.compress`).
+        The ball's radius on the data is then :attr:`radius`.
 
     Notes
     -----
@@ -135,6 +155,7 @@ class NetTrimProblem:
     V: Any = None
     relu: bool = True
     S: Any = None
+    floor_sq: float = 0.0
 
     def __post_init__(self) -> None:
         X = as_tensor(self.X, name="X")
@@ -152,13 +173,11 @@ class NetTrimProblem:
         Y = Y.to(X.dtype)
         check_finite(X, "X")
         check_finite(Y, "Y")
-        try:
-            epsilon = float(self.epsilon)
-        except (TypeError, ValueError):
-            msg = f"epsilon must be a real number, got {self.epsilon!r}"
-            raise TypeError(msg) from None
-        if not math.isfinite(epsilon) or epsilon < 0:
-            msg = f"epsilon must be finite and >= 0 (an absolute tolerance), got {epsilon}"
+        epsilon = _nonnegative(self.epsilon, "epsilon", "an absolute tolerance")
+        floor_sq = _nonnegative(self.floor_sq, "floor_sq", "a squared residual")
+        if floor_sq and self.relu:
+            msg = ("floor_sq was given with relu=True: only a linear program's rows can be "
+                   "compressed (the inequalities are per row); set relu=False")
             raise ValueError(msg)
         V = None
         if self.V is not None:
@@ -182,6 +201,7 @@ class NetTrimProblem:
         object.__setattr__(self, "S", None if S is None else (S.numpy() if numpy_in else S))
         object.__setattr__(self, "epsilon", epsilon)
         object.__setattr__(self, "relu", bool(self.relu))
+        object.__setattr__(self, "floor_sq", floor_sq)
 
     # ---- shape and kind -------------------------------------------------------------------
     @property
@@ -210,6 +230,29 @@ class NetTrimProblem:
             bound = -S if V is None else V - S
         return X, Y - S, bound
 
+    @property
+    def radius(self) -> float:
+        """Radius of the ball on the data: ``sqrt(epsilon^2 - floor_sq)`` (epsilon without a
+        floor); 0 where epsilon is below the floor (then no W is feasible:
+        :attr:`below_floor`)."""
+        if not self.floor_sq:
+            return self.epsilon
+        return math.sqrt(max(self.epsilon ** 2 - self.floor_sq, 0.0))
+
+    @property
+    def below_floor(self) -> bool:
+        """Whether epsilon is below the residual every W leaves (the program is infeasible)."""
+        return self.epsilon ** 2 < self.floor_sq * (1.0 - 1e-12)
+
+    def full_residual(self, residual: float) -> float:
+        """A residual on the data as the program's: ``sqrt(residual^2 + floor_sq)``."""
+        return math.sqrt(residual * residual + self.floor_sq) if self.floor_sq else residual
+
+    def target_norm(self) -> float:
+        """``||Y - S||_F`` of the program (the floor's part included)."""
+        _, Y, _ = self.program_tensors()
+        return self.full_residual(float(safe_norm(Y)))
+
     def active_mask(self) -> torch.Tensor:
         """Boolean tensor of shape (P, M): True on Omega."""
         _, Y, _ = self.tensors()
@@ -233,7 +276,7 @@ class NetTrimProblem:
         D = X @ self._weight(W).T - Y
         if self.relu:
             D = D.masked_fill(~self.active_mask(), 0.0)
-        return float(safe_norm(D))
+        return self.full_residual(float(safe_norm(D)))
 
     def violation(self, W: Any) -> float:
         """Largest inequality violation ``max(0, max_{not Omega} (X W^T + S - V))`` (0 if
@@ -251,6 +294,6 @@ class NetTrimProblem:
         """Feasible within ``rtol``: violation <= rtol max|Y| and residual <= epsilon (1 + rtol)
         + rtol^2 ||Y||_F (the last term lets epsilon = 0 be met in floating point)."""
         _, Y, _ = self.tensors()
-        res_tol = self.epsilon * (1 + rtol) + rtol ** 2 * float(safe_norm(Y))
+        res_tol = self.epsilon * (1 + rtol) + rtol ** 2 * self.full_residual(float(safe_norm(Y)))
         return (self.residual(W) <= res_tol
                 and self.violation(W) <= rtol * float(Y.abs().max()))

@@ -29,13 +29,14 @@ import time
 from typing import Any, Optional
 
 import numpy as np
+import torch
 
 from .problem import NetTrimProblem, as_tensor
 from .result import NetTrimResult
 from .status import INFEASIBLE, MAX_ITER, OPTIMAL, OPTIMAL_INACCURATE, SOLVER_ERROR
 
 __all__ = ["solve_cvxpy", "STATUS_MAP", "MAX_REFERENCE_SIZE", "SUPPORT_RTOL", "program_constraints",
-           "program_data", "problem_residuals"]
+           "program_data", "problem_residuals", "below_floor_result"]
 
 #: cvxpy status -> project status.
 STATUS_MAP = {
@@ -101,6 +102,8 @@ def solve_cvxpy(problem: NetTrimProblem, *, solver: str = "CLARABEL", penalty: A
         raise ValueError(msg)
     t0 = time.perf_counter()
     Xt = problem.tensors()[0]
+    if problem.below_floor:   # compressed rows: epsilon is below what any W leaves
+        return below_floor_result(problem, t0, f"cvxpy:{solver}")
     X, Y, active, V = program_data(problem)
     weights = None
     if penalty is not None:
@@ -110,13 +113,13 @@ def solve_cvxpy(problem: NetTrimProblem, *, solver: str = "CLARABEL", penalty: A
             raise ValueError(msg)
 
     def solve(fixed_zero=None):
-        return _solve_program(cp, X, Y, active, V, problem.epsilon, problem.relu, weights,
+        return _solve_program(cp, X, Y, active, V, problem.radius, problem.relu, weights,
                               fixed_zero, dict(solver=solver, verbose=verbose,
                                                **(solver_options or {})))
 
     W_np, status, iterations = solve()
     if W_np is not None and status in (OPTIMAL, OPTIMAL_INACCURATE):
-        support = _support(X, Y, active, V, W_np, weights, problem.epsilon, problem.relu)
+        support = _support(X, Y, active, V, W_np, weights, problem.radius, problem.relu)
         polished, polish_status, its = solve(~support)
         iterations += its
         if polished is not None and polish_status in (OPTIMAL, OPTIMAL_INACCURATE):
@@ -128,6 +131,7 @@ def solve_cvxpy(problem: NetTrimProblem, *, solver: str = "CLARABEL", penalty: A
         res = viol = obj = float("nan")
     else:
         res, viol = problem_residuals(X, Y, active, V, W_np, problem.relu)
+        res = problem.full_residual(res)
         obj = float(np.abs(W_np).sum() if weights is None else (weights * np.abs(W_np)).sum())
     if problem.is_numpy:
         W_out = W_np.astype(problem.X.dtype)
@@ -139,6 +143,20 @@ def solve_cvxpy(problem: NetTrimProblem, *, solver: str = "CLARABEL", penalty: A
         violation=viol, epsilon=problem.epsilon, primal_residual=float("nan"),
         dual_residual=float("nan"), solve_time=time.perf_counter() - t0,
         solver=f"cvxpy:{solver}")
+
+
+def below_floor_result(problem: NetTrimProblem, t0: float, solver: str) -> NetTrimResult:
+    """``INFEASIBLE`` with W = 0 for a compressed linear program whose epsilon is below its
+    floor (:attr:`solvers.NetTrimProblem.below_floor`): the ball of radius 0 on the
+    compressed rows is met by some W, the program itself by none."""
+    Xt = problem.tensors()[0]
+    M, N = problem.shape[2], problem.shape[1]
+    W = torch.zeros(M, N, dtype=Xt.dtype, device=Xt.device)
+    return NetTrimResult(
+        W=W.cpu().numpy() if problem.is_numpy else W, status=INFEASIBLE, iterations=0,
+        objective=0.0, residual=problem.residual(W), violation=0.0, epsilon=problem.epsilon,
+        primal_residual=float("nan"), dual_residual=float("nan"),
+        solve_time=time.perf_counter() - t0, solver=solver)
 
 
 #: Of two success statuses, the result takes the less accurate one.
@@ -193,7 +211,7 @@ def program_constraints(problem: NetTrimProblem, W: Any) -> tuple:
     import cvxpy as cp
 
     X, Y, active, V = program_data(problem)
-    return _constraints(cp, X, Y, active, V, problem.epsilon, problem.relu, W), X, Y, active, V
+    return _constraints(cp, X, Y, active, V, problem.radius, problem.relu, W), X, Y, active, V
 
 
 def _support(X, Y, active, V, W, weights, epsilon, relu) -> np.ndarray:

@@ -90,7 +90,7 @@ import numpy as np
 import torch
 from scipy.optimize import nnls
 
-from .admm import RELAX, RHO_ADAPT, TINY, ADMMSettings, scaled_data
+from .admm import RELAX, RHO_ADAPT, TINY, ADMMSettings, checked_settings, scaled_data
 from .problem import NetTrimProblem, as_tensor
 from .result import NetTrimResult
 from .status import INFEASIBLE, MAX_ITER, OPTIMAL, SOLVER_ERROR
@@ -415,10 +415,7 @@ def refit(problem: NetTrimProblem, support: Any, *, W0: Any = None, eps_abs: flo
     GEMMs of size P x N x (neurons not yet converged) and batched triangular solves; the
     factors of one chunk take at most :data:`FACTOR_BYTES`.
     """
-    if not isinstance(problem, NetTrimProblem):
-        msg = f"problem must be a NetTrimProblem, got {type(problem).__name__}"
-        raise TypeError(msg)
-    settings = ADMMSettings(eps_abs=eps_abs, eps_rel=eps_rel, max_iter=max_iter)
+    settings = checked_settings(problem, eps_abs=eps_abs, eps_rel=eps_rel, max_iter=max_iter)
     t0 = time.perf_counter()
     X, Y, V = problem.program_tensors()
     P, N, M = problem.shape
@@ -492,7 +489,7 @@ def refit(problem: NetTrimProblem, support: Any, *, W0: Any = None, eps_abs: flo
         stuck = (blind & (bound < -viol_tol)).any(0).cpu()
         # anything else is never OPTIMAL either (a bug's safety net)
         status = INFEASIBLE if bool((stuck | ~broken).all()) else SOLVER_ERROR
-    residual = float(torch.linalg.vector_norm(res_m)) * s
+    residual = problem.full_residual(float(torch.linalg.vector_norm(res_m)) * s)
     violation = float(viol_m.max()) * s if M else 0.0
     objective = float(W.abs().sum())
     rho = float(rho_final.nanmedian())
@@ -758,9 +755,7 @@ def _polish(ch: _Chunk, rows: torch.Tensor, XW: torch.Tensor, U: torch.Tensor,
 def _polish_rows(ch, rows, XW, U, viol_tol) -> torch.Tensor:
     X = ch.X
     d = len(rows)
-    f64 = torch.float64
     idx, valid = ch.idx[rows], ch.valid[rows]
-    k = idx.shape[1]
     n_free = valid.sum(1)
     H, g = ch.H[rows], ch.g[rows]
     w0 = ch.C[rows]
