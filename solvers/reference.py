@@ -56,6 +56,11 @@ STATUS_MAP = {
 #: fraction of max|Y|.
 SUPPORT_RTOL = 1e-6
 
+#: A success status is kept only when the returned W meets the program within this relative
+#: tolerance (:meth:`NetTrimProblem.is_feasible`, as solve_admm's ``feas_tol``); else
+#: SOLVER_ERROR.
+CHECK_RTOL = 1e-3
+
 #: Largest ``P * N * M`` (nonzeros of the constraint matrix) solved without ``force=True``:
 #: about 3e7 takes Clarabel about a minute on 2 cores, 1e8 tens of minutes, 1e9 hours.
 MAX_REFERENCE_SIZE = 100_000_000
@@ -85,7 +90,9 @@ def solve_cvxpy(problem: NetTrimProblem, *, solver: str = "CLARABEL", penalty: A
     Returns
     -------
     NetTrimResult
-        ``status`` from :data:`STATUS_MAP`; W is all NaN when no solution came back. W has
+        ``status`` from :data:`STATUS_MAP`, and SOLVER_ERROR in place of a success whose W
+        misses the program by more than :data:`CHECK_RTOL`; W is all NaN when no solution
+        came back. W has
         exact zeros off the support chosen by the rule in the module docstring (solved twice:
         once for the support, once polished on it; ``iterations`` counts both).
     """
@@ -105,6 +112,14 @@ def solve_cvxpy(problem: NetTrimProblem, *, solver: str = "CLARABEL", penalty: A
     if problem.below_floor:   # compressed rows: epsilon is below what any W leaves
         return below_floor_result(problem, t0, f"cvxpy:{solver}")
     X, Y, active, V = program_data(problem)
+    # scaled as the ADMM is, and further: X by its scale, Y, V and epsilon by Y's, so W by
+    # their ratio; the conic solver's absolute tolerances then mean the same at every scale
+    # (unscaled, Y ~ 1e-10 came back OPTIMAL at 5-20x epsilon and Y ~ 1e10 INFEASIBLE)
+    x_scale, y_scale = _scales(X, Y, V)
+    Xs, Ys = X / x_scale, Y / y_scale
+    Vs = None if V is None else V / y_scale
+    eps_s = problem.radius / y_scale
+    w_scale = y_scale / x_scale
     weights = None
     if penalty is not None:
         weights = as_tensor(penalty, name="penalty").detach().cpu().double().numpy()
@@ -113,13 +128,13 @@ def solve_cvxpy(problem: NetTrimProblem, *, solver: str = "CLARABEL", penalty: A
             raise ValueError(msg)
 
     def solve(fixed_zero=None):
-        return _solve_program(cp, X, Y, active, V, problem.radius, problem.relu, weights,
+        return _solve_program(cp, Xs, Ys, active, Vs, eps_s, problem.relu, weights,
                               fixed_zero, dict(solver=solver, verbose=verbose,
                                                **(solver_options or {})))
 
     W_np, status, iterations = solve()
     if W_np is not None and status in (OPTIMAL, OPTIMAL_INACCURATE):
-        support = _support(X, Y, active, V, W_np, weights, problem.radius, problem.relu)
+        support = _support(Xs, Ys, active, Vs, W_np, weights, eps_s, problem.relu)
         polished, polish_status, its = solve(~support)
         iterations += its
         if polished is not None and polish_status in (OPTIMAL, OPTIMAL_INACCURATE):
@@ -130,8 +145,12 @@ def solve_cvxpy(problem: NetTrimProblem, *, solver: str = "CLARABEL", penalty: A
         W_np = np.full((M, N), np.nan)
         res = viol = obj = float("nan")
     else:
+        W_np = W_np * w_scale
         res, viol = problem_residuals(X, Y, active, V, W_np, problem.relu)
         res = problem.full_residual(res)
+        if status in (OPTIMAL, OPTIMAL_INACCURATE) and not problem.is_feasible(
+                W_np, rtol=CHECK_RTOL):
+            status = SOLVER_ERROR   # the backend's point misses the program: never a success
         obj = float(np.abs(W_np).sum() if weights is None else (weights * np.abs(W_np)).sum())
     if problem.is_numpy:
         W_out = W_np.astype(problem.X.dtype)
@@ -157,6 +176,16 @@ def below_floor_result(problem: NetTrimProblem, t0: float, solver: str) -> NetTr
         objective=0.0, residual=problem.residual(W), violation=0.0, epsilon=problem.epsilon,
         primal_residual=float("nan"), dual_residual=float("nan"),
         solve_time=time.perf_counter() - t0, solver=solver)
+
+
+def _scales(X: np.ndarray, Y: np.ndarray, V: Optional[np.ndarray]) -> tuple[float, float]:
+    """X's largest column norm and Y's largest magnitude (V's where Y is all zero), 1 where
+    zero: the units the program is solved in."""
+    x_scale = float(np.linalg.norm(X, axis=0).max()) if X.size else 0.0
+    y_scale = float(np.abs(Y).max()) if Y.size else 0.0
+    if y_scale == 0.0 and V is not None and V.size:
+        y_scale = float(np.abs(V).max())
+    return (x_scale if x_scale > 0 else 1.0), (y_scale if y_scale > 0 else 1.0)
 
 
 #: Of two success statuses, the result takes the less accurate one.

@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from solvers import (MAX_ITER, OPTIMAL, NetTrimProblem, project_ball, project_constraints,
-                     soft_threshold, solve_admm, solve_cvxpy)
+from solvers import (MAX_ITER, OPTIMAL, SOLVER_ERROR, SUCCESS, NetTrimProblem, project_ball,
+                     project_constraints, soft_threshold, solve_admm, solve_cvxpy)
 
 
 def random_layer(P, N, M, *, seed=0, relu=True, rel_eps=0.1, with_V=False, sparse_x=False):
@@ -261,3 +263,46 @@ def test_problem_is_frozen_and_measures():
     assert problem.violation(np.zeros((3, 10))) == 0.0
     with pytest.raises(Exception):
         problem.epsilon = 3.0
+
+
+# ---- cvxpy statuses at extreme scales ---------------------------------------------------------
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(y_exp=st.integers(-15, 15), x_exp=st.integers(-6, 6), relu=st.booleans(),
+       seed=st.integers(0, 2 ** 31))
+def test_cvxpy_statuses_hold_at_every_scale(y_exp, x_exp, relu, seed):
+    """A program feasible by construction (the planted weights meet it) scaled by 10^k in its
+    outputs and 10^j in its inputs: solve_cvxpy reports a success, its W meets the program
+    (residual within epsilon, inequalities), and its objective is the unscaled one's times
+    10^(k-j). Unscaled, Y ~ 1e-10 came back OPTIMAL at 5-20x epsilon and Y ~ 1e10 INFEASIBLE."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((30, 6))
+    W0 = rng.standard_normal((3, 6))
+    Z = X @ W0.T
+    Y = np.maximum(Z, 0) if relu else Z
+    base = solve_cvxpy(NetTrimProblem(X, Y, 0.3 * np.linalg.norm(Y), relu=relu))
+    assert base.status in SUCCESS
+    xs, ys = 10.0 ** x_exp, 10.0 ** y_exp
+    problem = NetTrimProblem(X * xs, Y * ys, 0.3 * np.linalg.norm(Y) * ys, relu=relu)
+    assert problem.is_feasible(W0 * ys / xs)     # feasible by construction
+    result = solve_cvxpy(problem)
+    assert result.status in SUCCESS
+    assert problem.is_feasible(result.W)
+    assert result.residual <= problem.epsilon * (1 + 1e-3)
+    assert result.objective == pytest.approx(base.objective * ys / xs, rel=1e-3)
+
+
+def test_cvxpy_success_is_checked_against_the_program(monkeypatch):
+    """A backend point that misses the program is never reported as a success."""
+    import solvers.reference as reference
+
+    X = np.random.default_rng(0).standard_normal((20, 4))
+    Y = np.maximum(X @ np.ones((2, 4)).T, 0)
+    problem = NetTrimProblem(X, Y, 0.1 * np.linalg.norm(Y))
+    real = reference._solve_program
+
+    def off(cp, X, Y, active, V, epsilon, relu, weights, fixed_zero, options):
+        W, status, its = real(cp, X, Y, active, V, epsilon, relu, weights, fixed_zero, options)
+        return (None if W is None else W * 0.5), status, its   # a wrong point labelled optimal
+
+    monkeypatch.setattr(reference, "_solve_program", off)
+    assert solve_cvxpy(problem).status == SOLVER_ERROR
