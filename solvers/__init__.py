@@ -10,7 +10,7 @@ Arrays only (numpy or torch tensors); nothing here knows about models.
 from .admm import ADMMSettings, project_ball, project_constraints, soft_threshold, solve_admm
 from .problem import NetTrimProblem
 from .reference import MAX_REFERENCE_SIZE, solve_cvxpy
-from .refit import refit, reweighted_penalty
+from .refit import refit, refit_soft, reweighted_penalty
 from .gram import GramStats, compress, compress_problem
 from .result import NetTrimResult
 from .lagrangian import solve_lagrangian
@@ -21,5 +21,5 @@ __all__ = [
     "NetTrimProblem", "NetTrimResult", "solve_admm", "solve_cvxpy", "solve_lagrangian", "SETTLED", "ADMMSettings",
     "soft_threshold", "project_ball", "project_constraints", "MAX_REFERENCE_SIZE",
     "OPTIMAL", "OPTIMAL_INACCURATE", "INFEASIBLE", "MAX_ITER", "SOLVER_ERROR", "STATUSES",
-    "SUCCESS", "refit", "reweighted_penalty", "GramStats", "compress", "compress_problem",
+    "SUCCESS", "refit", "refit_soft", "reweighted_penalty", "GramStats", "compress", "compress_problem",
 ]

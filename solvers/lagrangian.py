@@ -60,6 +60,8 @@ from .status import MAX_ITER, OPTIMAL, OPTIMAL_INACCURATE, SETTLED
 __all__ = ["solve_lagrangian", "ADAPT_EVERY", "SETTLE_WINDOW", "SETTLE_TOL", "NNZ_TOL",
            "NNZ_SETTLE"]
 
+#: The data term's treatment of the inequalities (see ``loss`` of :func:`solve_lagrangian`).
+LOSSES = ("hard", "soft")
 #: Period (iterations) of the residual balancing and of the lam update.
 ADAPT_EVERY = 5
 #: Exponent of the count controller ``lam *= (nnz / k) ** NNZ_GAIN``.
@@ -116,7 +118,7 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
                      eps_abs: float = ADMMSettings.eps_abs, eps_rel: float = ADMMSettings.eps_rel,
                      feas_tol: float = ADMMSettings.feas_tol,
                      max_iter: int = ADMMSettings.max_iter, callback: Callback = None,
-                     ) -> NetTrimResult:
+                     loss: str = "hard") -> NetTrimResult:
     """Solve the Net-Trim program through its Lagrangian (see the module docstring).
 
     Parameters
@@ -145,6 +147,11 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
         266 from solve_admm's 1 / mean|W| rule).
     settle_tol : float, optional
         Enable the settled-support stop (``OPTIMAL_INACCURATE``) with this fraction.
+    loss : {"hard", "soft"}, default "hard"
+        ``"soft"``: the inequalities become the penalty ``1/2 ||max(0, X W^T - V) off
+        Omega||^2`` of :func:`solvers.refit.refit_soft` (the prox off Omega is then ``Z`` below
+        V and ``(V + rho Z) / (1 + rho)`` above it), an upper bound on the post-ReLU error of
+        a parallel layer; the result then solves that penalized program, not the hard one.
     eps_abs, eps_rel, feas_tol, max_iter, callback
         As in :func:`solvers.solve_admm`.
 
@@ -156,6 +163,10 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
     """
     settings = checked_settings(problem, rho=RHO_START if rho is None else rho, eps_abs=eps_abs,
                                 eps_rel=eps_rel, feas_tol=feas_tol, max_iter=max_iter)
+    if loss not in LOSSES:
+        msg = f"loss must be one of {LOSSES}, got {loss!r}"
+        raise ValueError(msg)
+    soft = loss == "soft" and problem.relu
     if settle_tol is not None and not (isinstance(settle_tol, (int, float)) and settle_tol >= 0):
         msg = f"settle_tol must be a number >= 0, got {settle_tol!r}"
         raise ValueError(msg)
@@ -216,7 +227,9 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
         Z = XW - U1
         W1 = (Y + rho_m * Z) / (1.0 + rho_m)
         if bound is not None:
-            W1 = torch.where(active, W1, torch.minimum(Z, bound))
+            # hard: min(Z, V) off Omega; soft: the prox of 1/2 max(0, z - V)^2 there
+            W1 = torch.where(active, W1, torch.minimum(Z, bound) if not soft else torch.where(
+                Z <= bound, Z, (bound + rho_m * Z) / (1.0 + rho_m)))
         del Z
         # W2 = S_{lam penalty / rho}(W3 - U2)
         thr = lam_k / rho_m if weight is None else weight * (lam_k / rho_m)
@@ -260,7 +273,7 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
         if converged or settled:
             W2 = soft_threshold(W3 - U2, thr)
             res, viol = _feasibility(X @ W2, Y, active, bound, problem.relu, floor)
-            if viol <= viol_tol:
+            if viol <= viol_tol or soft:   # soft: the inequalities are a penalty
                 status = OPTIMAL if converged else OPTIMAL_INACCURATE
                 break
             if settled:   # a support for a refit, but not (yet) a feasible point

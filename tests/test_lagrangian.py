@@ -100,3 +100,34 @@ def test_bad_arguments():
         solve_lagrangian(problem, nonzeros=4, penalty=np.ones((3, 6)))
     with pytest.raises(TypeError, match="NetTrimProblem"):
         solve_lagrangian("not a problem", nonzeros=4)
+
+
+@pytest.mark.parametrize("with_V", [False, True])
+def test_soft_loss_solves_the_penalized_lagrangian(with_V):
+    """loss="soft": the solution minimizes lam sum|W| + 1/2 ||(XW^T - Y) on Omega||^2 +
+    1/2 ||max(0, XW^T - V) off Omega||^2 at the lam it ends with (checked against cvxpy by
+    objective; lam is on the data scaled by solvers.admm.data_scale)."""
+    import cvxpy as cp
+
+    from solvers.admm import data_scale
+
+    problem, _ = random_layer(200, 15, 4, seed=11, with_V=with_V)
+    res = solve_lagrangian(problem, nonzeros=25, loss="soft")
+    assert res.status in SUCCESS
+    X, Y = problem.X, problem.Y
+    V = np.zeros_like(Y) if problem.V is None else problem.V
+    lam = res.lam * data_scale(torch.as_tensor(X)) ** 2   # the unscaled weight
+    om = Y > 0
+
+    def objective(W):
+        Z = X @ W.T
+        return lam * np.abs(W).sum() + 0.5 * np.sum((Z - Y)[om] ** 2) + 0.5 * np.sum(
+            np.maximum(Z - V, 0)[~om] ** 2)
+
+    W = cp.Variable(res.W.shape)
+    Z = X @ W.T
+    fit = cp.sum_squares(cp.multiply(om, Z - Y)) + cp.sum_squares(cp.multiply(~om, cp.pos(Z - V)))
+    cp.Problem(cp.Minimize(lam * cp.sum(cp.abs(W)) + 0.5 * fit)).solve(solver="CLARABEL")
+    assert objective(res.W) <= objective(W.value) * (1 + 2e-3)
+    with pytest.raises(ValueError, match="loss"):
+        solve_lagrangian(problem, nonzeros=25, loss="tight")

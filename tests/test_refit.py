@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import solvers
 from solvers import INFEASIBLE, MAX_ITER, OPTIMAL, NetTrimProblem, solve_admm
-from solvers.refit import refit, reweighted_penalty
+from solvers.refit import refit, refit_soft, reweighted_penalty
 
 # the module itself (``solvers.refit`` the attribute is the function, re-exported by solvers)
 refit_module = importlib.import_module("solvers.refit")
@@ -484,3 +484,104 @@ def test_a_row_blind_to_the_support_with_a_negative_bound_is_infeasible():
     support = np.zeros((2, 4), dtype=bool)
     support[:, :2] = True
     assert refit(NetTrimProblem(X, Y, 1.0, V=V), support).status == INFEASIBLE
+
+
+# ---- the ReLU-aware (soft) refit ---------------------------------------------------------------
+def soft_reference(X, y, v, support):
+    """One neuron's soft refit by cvxpy: the optimal value of 1/2 ||(Xw - y)_Omega||^2 +
+    1/2 ||max(0, Xw - v) off Omega||^2 on the support, or None where Clarabel fails."""
+    import cvxpy as cp
+
+    om = y > 0
+    if not support.any():
+        return 0.5 * float(np.sum(y[om] ** 2) + np.sum(np.maximum(-v[~om], 0) ** 2))
+    w = cp.Variable(int(support.sum()))
+    Xs = X[:, support]
+    terms = []
+    if om.any():
+        terms.append(0.5 * cp.sum_squares(Xs[om] @ w - y[om]))
+    if (~om).any():
+        terms.append(0.5 * cp.sum_squares(cp.pos(Xs[~om] @ w - v[~om])))
+    qp = cp.Problem(cp.Minimize(sum(terms)))
+    try:
+        qp.solve(solver="CLARABEL")
+    except cp.error.SolverError:
+        return None
+    return float(qp.value) if qp.status == "optimal" else None
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(P=st.integers(5, 60), N=st.integers(1, 12), M=st.integers(1, 4), seed=st.integers(0, 2 ** 31),
+       with_V=st.booleans(), bias=st.booleans(), blank=st.booleans(),
+       dtype=st.sampled_from(["float32", "float64"]), warm=st.booleans())
+def test_soft_refit_matches_cvxpy(P, N, M, seed, with_V, bias, blank, dtype, warm):
+    """refit_soft against cvxpy, neuron by neuron (cascade bounds, a ones column, blank rows,
+    fewer rows than inputs, both dtypes, with and without a start): when it says OPTIMAL its
+    objective is cvxpy's optimum."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((P, N))
+    if blank:
+        X[: P // 2, : (N + 1) // 2] = 0.0
+    if bias:
+        X = np.hstack([X, np.ones((P, 1))])
+    W_true = rng.standard_normal((M, X.shape[1]))
+    Y = np.maximum(X @ W_true.T + 0.3 * rng.standard_normal((P, M)), 0)
+    V = X @ W_true.T + 0.2 * rng.standard_normal((P, M)) if with_V else None
+    support = rng.random((M, X.shape[1])) < 0.7
+    problem = NetTrimProblem(X.astype(dtype), Y.astype(dtype), 1.0,
+                             V=None if V is None else V.astype(dtype))
+    res = refit_soft(problem, support, W0=W_true if warm else None)
+    assert res.status == OPTIMAL
+    W = as_np(res.W).astype(np.float64)
+    assert np.all(W[~support] == 0)
+    Xd, Yd = problem.X.astype(np.float64), problem.Y.astype(np.float64)
+    Vd = np.zeros_like(Yd) if V is None else problem.V.astype(np.float64)
+    total = 0.0
+    for m in range(M):
+        ref = soft_reference(Xd, Yd[:, m], Vd[:, m], support[m])
+        z = Xd @ W[m]
+        om = Yd[:, m] > 0
+        ours = 0.5 * (np.sum((z[om] - Yd[om, m]) ** 2)
+                      + np.sum(np.maximum(z[~om] - Vd[~om, m], 0) ** 2))
+        total += ours
+        if ref is not None:
+            scale = 0.5 * float(np.sum(Yd[:, m] ** 2) + np.sum(Vd[:, m] ** 2)) + 1e-12
+            u = 1e-10 if dtype == "float64" else 1e-5
+            assert ours <= ref + 1e-6 * abs(ref) + u * scale
+    assert res.residual == pytest.approx(np.sqrt(2 * total), rel=1e-4,
+                                         abs=(1e-9 if dtype == "float64" else 1e-5)
+                                         * (np.linalg.norm(Yd) + np.linalg.norm(Vd)))
+
+
+def test_soft_refit_bounds_the_post_relu_error_and_beats_the_linear_refit():
+    """On a parallel ReLU layer the soft objective bounds the post-ReLU error from above and
+    is at most the linear refit's residual on the pre-activations (the same support)."""
+    problem, support, W_l1 = relu_layer(400, 30, 8, seed=3)
+    X, Y = problem.X, problem.Y
+    rng = np.random.default_rng(3)
+    pre = X @ (W_l1 + 0.01 * rng.standard_normal(W_l1.shape)).T
+    pre = np.where(Y > 0, Y, np.minimum(pre, 0))   # a pre-activation: Y on Omega, <= 0 off it
+    soft = refit_soft(problem, support)
+    linear = refit(NetTrimProblem(X, pre, 0.0, relu=False), support)
+    assert soft.status == OPTIMAL and linear.status == OPTIMAL
+    post = np.linalg.norm(np.maximum(X @ soft.W.T, 0) - Y)
+    assert post <= soft.residual * (1 + 1e-9)
+    assert soft.residual <= linear.residual * (1 + 1e-9)
+    # and its own post-ReLU error is no worse than the linear refit's
+    assert post <= np.linalg.norm(np.maximum(X @ linear.W.T, 0) - Y) * (1 + 1e-9)
+
+
+def test_soft_refit_on_a_linear_layer_is_the_least_squares_refit():
+    problem, support, _ = relu_layer(100, 10, 3, seed=4, relu=False)
+    a, b = refit_soft(problem, support), refit(problem, support)
+    np.testing.assert_allclose(a.W, b.W)
+
+
+def test_soft_refit_checks_its_options():
+    problem, support, _ = relu_layer(50, 6, 2, seed=5)
+    with pytest.raises(ValueError, match="max_iter"):
+        refit_soft(problem, support, max_iter=0)
+    with pytest.raises(ValueError, match="tol"):
+        refit_soft(problem, support, tol=-1.0)
+    with pytest.raises(TypeError, match="problem"):
+        refit_soft("not a problem", support)
