@@ -533,9 +533,12 @@ def refit_soft(problem: NetTrimProblem, support: Any, *, W0: Any = None,
     pieces (finite termination, as for a QP's active set): with ``J`` the rows off Omega above
     their bound at the iterate, the step solves ``(H + B_J^T B_J) d = -grad`` (``H = X_OS^T
     X_OS``, ``B = X_S`` off Omega; plus ``SOFT_RIDGE`` of H's diagonal), then a backtracking
-    (Armijo) line search. A neuron is certified (OPTIMAL) when its gradient, computed from the
-    rows in float64, is below ``tol`` times its scale ``||X_S||_F max(||r||, ||X w||, ||y||)``
-    (r the residual vector whose product with X_S is the gradient).
+    (Armijo) line search. A neuron is certified (OPTIMAL) when its Newton decrement
+    ``-grad . d`` (twice the decrease its quadratic model predicts; the gradient from the rows
+    in float64) is within ``tol`` of its objective (plus ``(tol max(||r||, ||X w||, ||y||))^2``
+    for an objective near 0). A small gradient alone does not certify: where the problem is
+    flat along some direction (fewer active rows than inputs) it can be small far from the
+    optimum.
 
     Parameters
     ----------
@@ -546,7 +549,7 @@ def refit_soft(problem: NetTrimProblem, support: Any, *, W0: Any = None,
     max_iter : int
         Newton steps at most; a neuron not certified by then gives ``MAX_ITER``.
     tol : float
-        Relative gradient tolerance of the certificate.
+        Relative tolerance of the certificate (the Newton decrement over the objective).
 
     Returns
     -------
@@ -629,38 +632,26 @@ def _soft(ch: "_Chunk", max_iter: int, tol: float) -> tuple[bool, int]:
         return 0.5 * (torch.linalg.vector_norm(D, dim=0, dtype=torch.float64) ** 2
                       + torch.linalg.vector_norm(over, dim=0, dtype=torch.float64) ** 2)
 
-    f = objective(XW.clone())
-    sq = torch.linalg.vector_norm(X, dim=0, dtype=torch.float64) ** 2          # (N,)
-    col_norm = (sq[ch.idx] * ch.valid).sum(1).sqrt()                             # ||X_S||_F
     certified = torch.zeros(m, dtype=torch.bool, device=dev)
     its = 0
     for its in range(1, max_iter + 1):
+        f = objective(XW.clone())
         over = (XW - ch.bound).clamp(min=0.0)           # rows above their bound (P, m)
         resid = (XW - ch.Y).masked_fill_(off, 0.0) + over
         # gradient X_S^T (active residual + excess), from the rows in float64
         G = X.T.to(torch.float64) @ resid.to(torch.float64)                    # (N, m)
         grad = torch.gather(G.T, 1, ch.idx).masked_fill_(~ch.valid, 0.0)       # (m, k)
-        # the gradient's scale: ||X_S||_F times the largest of ||residual||, ||X w||, ||y||
-        # (the rounding of X w in the data's dtype is relative to ||X w||)
-        size = torch.stack([torch.linalg.vector_norm(a, dim=0, dtype=torch.float64)
-                            for a in (resid, XW, ch.Y)]).amax(0)
-        scale = col_norm * size
-        certified = torch.linalg.vector_norm(grad, dim=1) <= tol * scale.clamp(min=TINY)
-        if bool(certified.all()):
-            break
-        todo = torch.nonzero(~certified).flatten()
         # Newton systems: H + B_J^T B_J on the support, identity on the padding, plus a ridge
         # of SOFT_RIDGE of the largest diagonal entry (raised where Cholesky still fails):
         # where the system is singular (fewer binding rows than inputs) the gradient lies in
         # its range and the step is the least-norm one
-        K = H[todo] + torch.diag_embed(pad[todo])
-        J = over[:, todo] > 0
-        for i, j in enumerate(todo.tolist()):
-            rows = torch.nonzero(J[:, i]).flatten()
-            if len(rows):
-                n = int(ch.valid[j].sum())
-                B = X[rows[:, None], ch.idx[j, :n][None, :]].to(torch.float64)
-                K[i, :n, :n] += B.T @ B
+        K = H + torch.diag_embed(pad)
+        J = over > 0
+        for j in torch.nonzero(J.any(0)).flatten().tolist():
+            rows = torch.nonzero(J[:, j]).flatten()
+            n = int(ch.valid[j].sum())
+            B = X[rows[:, None], ch.idx[j, :n][None, :]].to(torch.float64)
+            K[j, :n, :n] += B.T @ B
         ridge = SOFT_RIDGE * K.diagonal(dim1=1, dim2=2).amax(1).clamp(min=TINY)
         L, info = torch.linalg.cholesky_ex(K + ridge[:, None, None] * eye)
         for _ in range(6):
@@ -670,13 +661,21 @@ def _soft(ch: "_Chunk", max_iter: int, tol: float) -> tuple[bool, int]:
             L, info = torch.linalg.cholesky_ex(K + ridge[:, None, None] * eye)
         ok = info == 0
         d = torch.zeros_like(C)
-        d[todo[ok]] = -torch.cholesky_solve(grad[todo[ok]][..., None], L[ok])[..., 0]
+        d[ok] = -torch.cholesky_solve(grad[ok][..., None], L[ok])[..., 0]
         d.masked_fill_(~ch.valid, 0.0)
+        # certificate: the Newton decrement -grad.d (twice the decrease the step predicts)
+        # within tol of the objective, plus (tol * size)^2 where the objective is ~0 (an exact
+        # fit); size: the largest of ||residual||, ||X w||, ||y|| (X w's rounding scales with
+        # ||X w||)
+        slope = (grad * d).sum(1)                       # = -decrement, < 0 for descent
+        size = torch.stack([torch.linalg.vector_norm(a, dim=0, dtype=torch.float64)
+                            for a in (resid, XW, ch.Y)]).amax(0)
+        certified = ok & (-slope <= tol * f + (tol * size) ** 2)
+        if bool(certified.all()):
+            break
         XD = X @ ch.dense(d).T
-        slope = (grad * d).sum(1)                       # < 0 for a descent direction
         t = torch.ones(m, dtype=torch.float64, device=dev)
-        accepted = torch.zeros(m, dtype=torch.bool, device=dev)
-        accepted[certified] = True
+        accepted = certified.clone()
         for _ in range(SOFT_BACKTRACK):
             trial = objective(XW + (t[None, :] * XD.to(torch.float64)).to(XW.dtype))
             good = (trial <= f + 1e-4 * t * slope) & ~accepted
@@ -684,13 +683,11 @@ def _soft(ch: "_Chunk", max_iter: int, tol: float) -> tuple[bool, int]:
             if bool(accepted.all()):
                 break
             t = torch.where(accepted, t, 0.5 * t)
-        t = torch.where(accepted, t, torch.zeros_like(t))   # no decrease found: stay
-        t[certified] = 0.0
-        C = C + t[:, None] * d
-        XW = XW + (t[None, :] * XD.to(torch.float64)).to(XW.dtype)
-        f = objective(XW.clone())
+        t = torch.where(accepted & ~certified, t, torch.zeros_like(t))   # no decrease: stay
         if not bool((t > 0).any()):   # stuck at rounding level: no step decreases f
             break
+        C = C + t[:, None] * d
+        XW = X @ ch.dense(C).T                          # recomputed: no drift of rounding
     ch.C = C
     return bool(certified.all()), its
 
