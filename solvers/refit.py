@@ -613,45 +613,46 @@ def refit_soft(problem: NetTrimProblem, support: Any, *, W0: Any = None,
 
 def _soft(ch: "_Chunk", max_iter: int, tol: float) -> tuple[bool, int]:
     """Newton's method on the pieces for the neurons of ``ch`` (:func:`refit_soft`); updates
-    ``ch.C``. Returns (all certified, steps)."""
+    ``ch.C``. Certified neurons leave the working set. Returns (all certified, steps)."""
     X = ch.X
     m, k = ch.C.shape
     dev = X.device
-    every = torch.arange(m, device=dev)
-    ch.build_hessians(every)
-    H = ch.H
+    ch.build_hessians(torch.arange(m, device=dev))
     eye = torch.eye(k, dtype=torch.float64, device=dev)
-    pad = (~ch.valid).to(torch.float64)                 # identity on the padding
-    off = ~ch.active
+    # H + B_J^T B_J of each neuron, updated by the rows that enter or leave J (few, after the
+    # first step); the identity on the padding
+    K_all = ch.H + torch.diag_embed((~ch.valid).to(torch.float64))
+    J_all = torch.zeros(X.shape[0], m, dtype=torch.bool, device=dev)
     C = ch.C.clone()
-    XW = X @ ch.dense(C).T                              # (P, m) data dtype
-
-    def objective(Z: torch.Tensor) -> torch.Tensor:      # (m,) float64
-        D = (Z - ch.Y).masked_fill_(off, 0.0)
-        over = (Z - ch.bound).clamp_(min=0.0)
-        return 0.5 * (torch.linalg.vector_norm(D, dim=0, dtype=torch.float64) ** 2
-                      + torch.linalg.vector_norm(over, dim=0, dtype=torch.float64) ** 2)
-
-    certified = torch.zeros(m, dtype=torch.bool, device=dev)
+    live = torch.arange(m, device=dev)                 # neurons not yet certified
     its = 0
     for its in range(1, max_iter + 1):
-        f = objective(XW.clone())
-        over = (XW - ch.bound).clamp(min=0.0)           # rows above their bound (P, m)
-        resid = (XW - ch.Y).masked_fill_(off, 0.0) + over
-        # gradient X_S^T (active residual + excess), from the rows in float64
-        G = X.T.to(torch.float64) @ resid.to(torch.float64)                    # (N, m)
-        grad = torch.gather(G.T, 1, ch.idx).masked_fill_(~ch.valid, 0.0)       # (m, k)
-        # Newton systems: H + B_J^T B_J on the support, identity on the padding, plus a ridge
-        # of SOFT_RIDGE of the largest diagonal entry (raised where Cholesky still fails):
-        # where the system is singular (fewer binding rows than inputs) the gradient lies in
-        # its range and the step is the least-norm one
-        K = H + torch.diag_embed(pad)
+        idx, valid = ch.idx[live], ch.valid[live]
+        Y, bound, off = ch.Y[:, live], ch.bound[:, live], ~ch.active[:, live]
+        XW = X @ ch.dense(C[live], live).T              # (P, m') data dtype
+        over = (XW - bound).clamp_(min=0.0)            # excess over the bound (P, m')
+        resid = (XW - Y).masked_fill_(off, 0.0).add_(over)
+        f = 0.5 * torch.linalg.vector_norm(resid, dim=0, dtype=torch.float64) ** 2
+        # gradient X_S^T (active residual + excess) over all rows, in float64 (its rounding
+        # in float32 is above what the certificate asks)
+        G = X.T.to(torch.float64) @ resid.to(torch.float64)
+        grad = torch.gather(G.T, 1, idx).masked_fill_(~valid, 0.0)
+        # Newton systems: H + B_J^T B_J on the support (B_J: the rows over their bound), plus a
+        # ridge of SOFT_RIDGE of the largest diagonal entry (raised where Cholesky still
+        # fails): where the system is singular (fewer binding rows than inputs) the gradient
+        # lies in its range and the step is the least-norm one
         J = over > 0
-        for j in torch.nonzero(J.any(0)).flatten().tolist():
-            rows = torch.nonzero(J[:, j]).flatten()
-            n = int(ch.valid[j].sum())
-            B = X[rows[:, None], ch.idx[j, :n][None, :]].to(torch.float64)
-            K[j, :n, :n] += B.T @ B
+        changed = J ^ J_all[:, live]
+        sizes = valid.sum(1).tolist()
+        for i in torch.nonzero(changed.any(0)).flatten().tolist():
+            j = int(live[i])
+            rows = torch.nonzero(changed[:, i]).flatten()
+            n = sizes[i]
+            B = X[rows[:, None], idx[i, :n][None, :]].to(torch.float64)
+            sign = torch.where(J[rows, i], 1.0, -1.0).to(torch.float64)   # enter +, leave -
+            K_all[j, :n, :n] += (B.T * sign) @ B
+        J_all[:, live] = J
+        K = K_all[live]
         ridge = SOFT_RIDGE * K.diagonal(dim1=1, dim2=2).amax(1).clamp(min=TINY)
         L, info = torch.linalg.cholesky_ex(K + ridge[:, None, None] * eye)
         for _ in range(6):
@@ -660,36 +661,45 @@ def _soft(ch: "_Chunk", max_iter: int, tol: float) -> tuple[bool, int]:
             ridge = torch.where(info > 0, ridge * 1e3, ridge)
             L, info = torch.linalg.cholesky_ex(K + ridge[:, None, None] * eye)
         ok = info == 0
-        d = torch.zeros_like(C)
-        d[ok] = -torch.cholesky_solve(grad[ok][..., None], L[ok])[..., 0]
-        d.masked_fill_(~ch.valid, 0.0)
+        d = torch.zeros_like(grad)
+        Lk = L[ok]   # two triangular solves: 5x faster than cholesky_solve here (one RHS)
+        half = torch.linalg.solve_triangular(Lk, grad[ok][..., None], upper=False)
+        d[ok] = -torch.linalg.solve_triangular(Lk.transpose(1, 2), half, upper=True)[..., 0]
+        d.masked_fill_(~valid, 0.0)
         # certificate: the Newton decrement -grad.d (twice the decrease the step predicts)
         # within tol of the objective, plus (tol * size)^2 where the objective is ~0 (an exact
         # fit); size: the largest of ||residual||, ||X w||, ||y|| (X w's rounding scales with
         # ||X w||)
         slope = (grad * d).sum(1)                       # = -decrement, < 0 for descent
         size = torch.stack([torch.linalg.vector_norm(a, dim=0, dtype=torch.float64)
-                            for a in (resid, XW, ch.Y)]).amax(0)
-        certified = ok & (-slope <= tol * f + (tol * size) ** 2)
-        if bool(certified.all()):
+                            for a in (resid, XW, Y)]).amax(0)
+        done = ok & (-slope <= tol * f + (tol * size) ** 2)
+        if bool(done.all()):
+            live = live[:0]
             break
-        XD = X @ ch.dense(d).T
-        t = torch.ones(m, dtype=torch.float64, device=dev)
-        accepted = certified.clone()
+        # backtracking (Armijo) line search on the neurons still running
+        keep = ~done
+        live, d, slope, f = live[keep], d[keep], slope[keep], f[keep]
+        XW, Y, bound, off = XW[:, keep], Y[:, keep], bound[:, keep], off[:, keep]
+        XD = X @ ch.dense(d, live).T
+        t = torch.ones(len(live), dtype=torch.float64, device=dev)
+        accepted = torch.zeros_like(t, dtype=torch.bool)
         for _ in range(SOFT_BACKTRACK):
-            trial = objective(XW + (t[None, :] * XD.to(torch.float64)).to(XW.dtype))
-            good = (trial <= f + 1e-4 * t * slope) & ~accepted
-            accepted |= good
+            Z = XW + (t[None, :] * XD.to(torch.float64)).to(XW.dtype)
+            trial = 0.5 * (torch.linalg.vector_norm((Z - Y).masked_fill_(off, 0.0), dim=0,
+                                                    dtype=torch.float64) ** 2
+                           + torch.linalg.vector_norm((Z - bound).clamp_(min=0.0), dim=0,
+                                                      dtype=torch.float64) ** 2)
+            accepted |= trial <= f + 1e-4 * t * slope
             if bool(accepted.all()):
                 break
             t = torch.where(accepted, t, 0.5 * t)
-        t = torch.where(accepted & ~certified, t, torch.zeros_like(t))   # no decrease: stay
+        t = torch.where(accepted, t, torch.zeros_like(t))   # no decrease found: stay
         if not bool((t > 0).any()):   # stuck at rounding level: no step decreases f
             break
-        C = C + t[:, None] * d
-        XW = X @ ch.dense(C).T                          # recomputed: no drift of rounding
+        C[live] += t[:, None] * d
     ch.C = C
-    return bool(certified.all()), its
+    return len(live) == 0, its
 
 
 def _measure(XW: torch.Tensor, Y: torch.Tensor, active: torch.Tensor,
