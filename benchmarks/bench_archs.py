@@ -34,7 +34,6 @@ error message; the run goes on. The table states the commit it was run on.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -47,11 +46,13 @@ import torch
 from torch import nn
 
 import nettrim
-from nettrim.checkpoint import atomic_write
-from nettrim.data import load_mnist
+from nettrim.io.datasets import load_mnist
+from nettrim.io.files import atomic_write
 from nettrim.models import accuracy, train_classifier
 
-HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import HERE, log, write_json, write_text  # noqa: E402
+
 RESULTS = HERE / "results"
 NETTRIM_MODES = {"nt-parallel": "parallel", "nt-cascade": "cascade"}
 BASELINES = ("magnitude", "wanda", "sparsegpt")
@@ -144,10 +145,6 @@ def build(name: str) -> nn.Module:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
 def commit_of_tree() -> str:
     """The checked-out commit (with '+changes' when the work tree differs), or 'unknown'."""
     try:
@@ -158,13 +155,6 @@ def commit_of_tree() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+changes" if dirty else "")
-
-
-def write_text(path, text):
-    def write(temp):
-        with open(temp, "w") as f:
-            f.write(text)
-    atomic_write(path, write)
 
 
 def layer_names(model):
@@ -379,10 +369,7 @@ def main(argv=None) -> dict:
     text = format_table(payload)
     print(text)
     if args.out:
-        def write(temp):
-            with open(temp, "w") as f:
-                json.dump(payload, f, indent=1)
-        atomic_write(args.out, write)
+        write_json(args.out, payload)
         write_text(Path(args.out).with_suffix(".txt"), text)
     return payload
 

@@ -27,19 +27,18 @@ Single-threaded torch; the settings (calibration size, solver options) are in th
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 import nettrim
-from nettrim.checkpoint import atomic_write
-from nettrim.data import load_mnist
+from nettrim.io.datasets import load_mnist
 from nettrim.models import accuracy, mlp, train_classifier
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_data_and_out, quiet_single_thread, save_results  # noqa: E402
 
 MODELS = {
     "lenet": dict(dataset="mnist", sizes=[784, 300, 100, 10], epochs=3),
@@ -82,20 +81,14 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=1000, help="calibration images")
     p.add_argument("--max-iter", type=int, default=1500, help="ADMM cap per solve")
     p.add_argument("--reweight", type=int, default=0, help="Net-Trim reweighting rounds")
-    p.add_argument("--data-root", default=os.environ.get("NETTRIM_DATA", "../shared/data"))
-    p.add_argument("--out", default="benchmarks/results/bench_global")
+    add_data_and_out(p, "bench_global")
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    warnings.simplefilter("ignore", nettrim.PruningWarning)
+    quiet_single_thread()
     out = {"settings": dict(vars(args), threads=1, min_per_unit=4,
                             note="test accuracy without fine-tuning; calibration = a seeded "
                                  "random subset of the training images"),
            "rows": []}
     lines = []
-
-    def save():
-        atomic_write(args.out + ".json", lambda t: Path(t).write_text(json.dumps(out, indent=1)))
-        atomic_write(args.out + ".txt", lambda t: Path(t).write_text("\n".join(lines) + "\n"))
 
     for name in args.models:
         model, x, xt, yt = trained(name, args.data_root)
@@ -132,8 +125,8 @@ def main(argv=None) -> int:
                 lines.append(f"{s:>7.0%} {method:<18} {reached:>8.2%} {acc:>9.2%} {seconds:>8.1f}"
                              f"  {list(kept.values())}")
                 print(lines[-1], flush=True)
-                save()
-    save()
+                save_results(args.out, out, lines)
+    save_results(args.out, out, lines)
     return 0
 
 

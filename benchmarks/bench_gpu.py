@@ -32,7 +32,7 @@ from nettrim import baselines
 from solvers import NetTrimProblem, solve_admm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quality import write_json  # noqa: E402
+from common import write_json  # noqa: E402
 
 SIZES = {"full": (50_000, 4096, 4096), "small": (5_000, 512, 512)}
 

@@ -4,7 +4,7 @@ LeNet-300-100 (MNIST, trained here, 3 epochs) and the plain CNN of bench_structu
 (2 epochs) are pruned per layer by magnitude to each sparsity (the latency of a sparse layer
 depends on its sparsity and shape, not on which method chose the zeros; Net-Trim's own models
 are timed in bench_structured.py). For each: median CPU latency (ms) at batch 1 and 256 of the
-model as stored (dense kernels), compacted (:func:`nettrim.surgery.compact`: dead units
+model as stored (dense kernels), compacted (:func:`nettrim.compact`: dead units
 removed) and :func:`nettrim.sparsify` (CSR kernels where measured faster at that batch), and
 the checkpoint size, plain safetensors vs :func:`nettrim.save_sparse` (CSR arrays).
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -27,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import nettrim  # noqa: E402
 from bench_structured import MODELS, trained  # noqa: E402
-from nettrim.checkpoint import atomic_write  # noqa: E402
-from nettrim.data import load_mnist  # noqa: E402
+from common import add_data_and_out, save_results, write_text  # noqa: E402
+from nettrim.io.datasets import load_mnist  # noqa: E402
+from nettrim.model.sparse import latency_report, save_sparse  # noqa: E402
 from nettrim.models import accuracy  # noqa: E402
-from nettrim.sparse import latency_report, save_sparse  # noqa: E402
 
 
 
@@ -51,7 +50,7 @@ def shrunk(name: str, units: dict) -> torch.nn.Module:
 def structured_latency(results: str, repeats: int, out_path: str) -> None:
     """Re-time the shapes bench_structured.py produced, dense original vs shrunk, in one run
     (that run timed them while other benchmarks shared the CPU)."""
-    from nettrim.surgery import measure_latency
+    from nettrim.model.surgery import measure_latency
     rows = [r for r in json.loads(Path(results).read_text())["rows"] if r["method"] == "nettrim"
             or r["method"] == "dense"]
     lines = ["structured Net-Trim shapes (bench_structured.py), median CPU ms, one thread",
@@ -69,7 +68,7 @@ def structured_latency(results: str, repeats: int, out_path: str) -> None:
         lines.append(f"{r['model']:<6} {r['fraction']:>5.2f} {r['parameters']:>8} | {t1:>7.3f} "
                      f"{b1 / t1:>6.2f}x | {t256:>8.3f} {b256 / t256:>6.2f}x")
         print(lines[-1], flush=True)
-    atomic_write(out_path, lambda t: Path(t).write_text("\n".join(lines) + "\n"))
+    write_text(out_path, "\n".join(lines) + "\n")
 
 
 def main(argv=None) -> int:
@@ -78,8 +77,7 @@ def main(argv=None) -> int:
     p.add_argument("--sparsities", nargs="+", type=float,
                    default=[0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99])
     p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--data-root", default=os.environ.get("NETTRIM_DATA", "../shared/data"))
-    p.add_argument("--out", default="benchmarks/results/bench_latency")
+    add_data_and_out(p, "bench_latency")
     p.add_argument("--structured", metavar="BENCH_STRUCTURED.json",
                    help="only re-time the shapes of bench_structured.py's Net-Trim rows")
     args = p.parse_args(argv)
@@ -121,8 +119,7 @@ def main(argv=None) -> int:
                          f"{dense_bytes / 1024:>8.0f} {csr_bytes / 1024:>7.0f}  "
                          f"{b1['sparse_layers']} / {b256['sparse_layers']}")
             print(lines[-1], flush=True)
-            atomic_write(args.out + ".json", lambda t: Path(t).write_text(json.dumps(out, indent=1)))
-            atomic_write(args.out + ".txt", lambda t: Path(t).write_text("\n".join(lines) + "\n"))
+            save_results(args.out, out, lines)
     return 0
 
 

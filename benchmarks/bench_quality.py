@@ -53,10 +53,13 @@ from safetensors.torch import save_file
 
 import nettrim
 from nettrim import baselines
-from nettrim.checkpoint import atomic_write
-from nettrim.data import load_mnist
-from nettrim.finetune import finetune
+from nettrim.io.datasets import load_mnist
+from nettrim.io.files import atomic_write
 from nettrim.models import accuracy, pretrained
+from nettrim.training.finetune import finetune
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import log, write_json  # noqa: E402
 
 NETTRIM = {  # column name -> prune_layer flags
     "nt-plain": dict(refit=False, reweight=0),
@@ -119,10 +122,6 @@ def parse_args(argv=None):
         if not 0 <= s < 1:
             p.error(f"--sparsities: each must be in [0, 1), got {s}")
     return args
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
 
 
 def relative_error(X, W, b, Y, relu):
@@ -351,13 +350,6 @@ def format_network_table(net, methods, sparsities, acc_dense):
                                         if not math.isnan(net[s][m][2]))
         for s in sparsities))
     return "\n".join(lines)
-
-
-def write_json(path, payload):
-    def write(temp):
-        with open(temp, "w") as f:
-            json.dump(payload, f, indent=1)
-    atomic_write(path, write)
 
 
 def main(argv=None) -> int:

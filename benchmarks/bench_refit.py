@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from nettrim.data import load_mnist
+    from nettrim.io.datasets import load_mnist
     from nettrim.models import pretrained
     model = pretrained("lenet_300_100", data_root=args.data_root).eval()
     x, _ = load_mnist(args.data_root, train=True)

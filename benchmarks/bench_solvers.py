@@ -40,7 +40,7 @@ def synthetic_layer(P, N, M, *, seed=0, rel_eps=0.05, dtype=np.float64):
 def mnist_first_layer(samples, data_root):
     """(X, Y): MNIST images and LeNet-300-100's first-layer ReLU outputs, or None."""
     try:
-        from nettrim.data import load_mnist
+        from nettrim.io.datasets import load_mnist
         from nettrim.models import pretrained
         x, _ = load_mnist(data_root, train=True, download=False)
         model = pretrained("lenet_300_100", data_root=data_root)

@@ -32,21 +32,15 @@ import torch
 
 import nettrim
 from nettrim import baselines
-from nettrim.data import load_mnist
+from nettrim.io.datasets import load_mnist
 from nettrim.models import lenet_300_100, pretrained, train_classifier
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_solvers  # noqa: E402  (the iteration-vs-GEMM measurement lives there)
-from bench_quality import write_json  # noqa: E402
+from common import REPO, log, write_json  # noqa: E402
 
 TARGETS = {"layer_time_x_sparsegpt": 100.0, "layer_error_x_sparsegpt": 0.5,
            "network_epochs": 10.0, "demo_seconds": 120.0, "iteration_x_gemms": 1.5}
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
 
 
 def rel_error(X, W, b, Y, relu):

@@ -15,21 +15,20 @@ MACs per sample and median CPU latency (one thread) at batch 1 and 256, seconds.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 import nettrim
-from nettrim.checkpoint import atomic_write
-from nettrim.data import load_mnist
+from nettrim.io.datasets import load_mnist
 from nettrim.models import accuracy, lenet_300_100, train_classifier
 from nettrim.structured import model_cost
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_data_and_out, quiet_single_thread, save_results  # noqa: E402
 
 
 def plain_cnn() -> nn.Sequential:
@@ -59,11 +58,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-rows", type=int, default=8000,
                    help="rows kept per layer (conv layers: image patches)")
     p.add_argument("--max-iter", type=int, default=1500, help="group-l1 ADMM cap per solve")
-    p.add_argument("--data-root", default=os.environ.get("NETTRIM_DATA", "../shared/data"))
-    p.add_argument("--out", default="benchmarks/results/bench_structured")
+    add_data_and_out(p, "bench_structured")
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    warnings.simplefilter("ignore", nettrim.PruningWarning)
+    quiet_single_thread()
     x, y = load_mnist(args.data_root, train=True)
     xt, yt = load_mnist(args.data_root, train=False)
     g = torch.Generator().manual_seed(0)
@@ -74,10 +71,6 @@ def main(argv=None) -> int:
                                  "torch CPU, one thread; taylor scored with the labels"),
            "rows": []}
     lines = []
-
-    def save():
-        atomic_write(args.out + ".json", lambda t: Path(t).write_text(json.dumps(out, indent=1)))
-        atomic_write(args.out + ".txt", lambda t: Path(t).write_text("\n".join(lines) + "\n"))
 
     def record(name, f, method, model, seconds, units):
         cost = model_cost(model, xt[:256], repeats=50)
@@ -91,7 +84,7 @@ def main(argv=None) -> int:
                      f"{row['macs']:>9} {row['latency_b1_ms']:>8.3f} {row['latency_b256_ms']:>9.3f}"
                      f" {seconds:>8.1f}  {units}")
         print(lines[-1], flush=True)
-        save()
+        save_results(args.out, out, lines)
 
     for name in args.models:
         model = trained(name, x, y)
@@ -121,7 +114,7 @@ def main(argv=None) -> int:
                            if isinstance(m, (nn.Linear, nn.Conv2d))}
                 assert units_b == units, (units_b, units)   # matched unit (parameter) counts
                 record(name, f, crit, base.model, time.perf_counter() - t0, units_b)
-    save()
+    save_results(args.out, out, lines)
     return 0
 
 

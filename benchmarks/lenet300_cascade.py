@@ -26,8 +26,8 @@ import time
 import torch
 
 import nettrim
-from nettrim.checkpoint import atomic_write
-from nettrim.data import load_mnist
+from nettrim.io.files import atomic_write
+from nettrim.io.datasets import load_mnist
 from nettrim.models import accuracy, pretrained
 
 

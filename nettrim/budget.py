@@ -33,10 +33,21 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any, Mapping, Optional
+import warnings
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torch import nn
+
+from solvers import OPTIMAL, OPTIMAL_INACCURATE, SUCCESS, ADMMSettings
+
+from .checks import check_sparsity
+from .inputs import reiterable
+from .layer import prune_layer
+from .model.capture import capture, prunable_layers
+from .model.surgery import apply_masks, set_layer_weight
+from .results import (MAX_ITER_HINT, PruneResult, PruningError, PruningWarning, layer_result,
+                      output_discrepancy, report_row)
 
 __all__ = ["DEFAULT_MIN_PER_UNIT", "SCOPES", "ALLOCATIONS", "GLOBAL_TOL", "check_budget",
            "check_scope", "layer_floors", "global_keep_masks", "interpolated_counts",
@@ -66,8 +77,7 @@ def check_budget(sparsity: Any, name: str = "sparsity") -> float:
     if isinstance(sparsity, Mapping):
         msg = f"{name} must be one model-wide fraction in [0, 1) with scope='global', got a dict"
         raise TypeError(msg)
-    from .baselines import _check_sparsity
-    return _check_sparsity(sparsity, name)
+    return check_sparsity(sparsity, name)
 
 
 def _check_min_per_unit(min_per_unit: Any) -> int:
@@ -185,7 +195,6 @@ class _Layer:
         self.solved: dict = {}   # relative epsilon -> LayerPruneResult
 
     def solve(self, eps: float):
-        from .prune import prune_layer
         if eps not in self.solved:
             warm = None
             if self.solved:  # warm start from the nearest epsilon already solved
@@ -244,24 +253,19 @@ def prune_global(model: nn.Module, inputs: Any, sparsity: Any, *, allocation: st
                  activations: Optional[dict] = None, max_samples: Optional[int] = None,
                  seed: int = 0, device: Any = None, inplace: bool = False, masks: bool = False,
                  strict: bool = False, progress: bool = False, refit: bool = True,
-                 reweight: int = 1, solver_options: Optional[dict] = None):
+                 reweight: int = 1, solver_options: Optional[dict] = None,
+                 per_layer_prune: Optional[Callable] = None):
     """``nettrim.prune(..., sparsity=s, scope="global")``: see the module docstring.
+
+    ``per_layer_prune`` is the per-layer model driver (:func:`nettrim.prune`, which passes
+    itself: it sits above this module) that ``allocation="magnitude"`` runs with each layer's
+    share as its sparsity; the other allocations solve the layers here (:func:`prune_layer`).
 
     Returns a :class:`nettrim.PruneResult` whose ``options`` add ``scope``, ``allocation``
     (``{layer: {"kept", "total", "sparsity"}}``), ``global_sparsity`` (reached),
     ``min_per_unit``, ``floored`` (layers held at the guard) and, for the epsilon split,
     ``epsilon`` (the common relative epsilon) and ``search`` (``[(epsilon, kept)]``).
     """
-    import warnings
-
-    from solvers import OPTIMAL, OPTIMAL_INACCURATE, SUCCESS, ADMMSettings
-
-    from .baselines import _finish, _report_row
-    from .capture import capture, prunable_layers
-    from .prune import (MAX_ITER_HINT, PruneResult, PruningError, PruningWarning,
-                        output_discrepancy, prune)
-    from .surgery import apply_masks, set_layer_weight
-
     target_s = check_budget(sparsity)
     if allocation not in ALLOCATIONS:
         msg = f"allocation must be one of {ALLOCATIONS}, got {allocation!r}"
@@ -281,10 +285,14 @@ def prune_global(model: nn.Module, inputs: Any, sparsity: Any, *, allocation: st
                   reweight=reweight, solver_options=solver_options)
 
     if allocation == "magnitude":
+        if per_layer_prune is None:
+            msg = ("allocation='magnitude' runs the per-layer driver: pass per_layer_prune="
+                   "nettrim.prune (or call nettrim.prune(..., scope='global'))")
+            raise TypeError(msg)
         keep = global_keep_masks({n: m.weight.detach().flatten(1).abs() for n, m in
                                   selected.items()}, target_s, min_per_unit=min_per_unit)
         per_layer = {n: 1.0 - int(k.sum()) / k.numel() for n, k in keep.items()}
-        out = prune(model, inputs, sparsity=per_layer, mode="parallel", **common)
+        out = per_layer_prune(model, inputs, sparsity=per_layer, mode="parallel", **common)
         floored = [n for n, k in keep.items() if int(k.sum()) <= floors[n]]
         return _finish_global(out, target_s, total, "magnitude", min_per_unit, floored)
 
@@ -325,8 +333,8 @@ def prune_global(model: nn.Module, inputs: Any, sparsity: Any, *, allocation: st
             result = layer.solve(eps_of[name])
             if counts[name] < result.report["nonzeros"]:  # between two epsilons: trim
                 trimmed = _keep_largest(result.weight, counts[name])
-                redo = _finish("nettrim", layer.W0, trimmed, layer.data.X, result.bias,
-                               layer.data.post, layer.kwargs["relu"], time.perf_counter())
+                redo = layer_result("nettrim", layer.W0, trimmed, layer.data.X, result.bias,
+                                    layer.data.post, layer.kwargs["relu"], time.perf_counter())
                 rep = dict(result.report)
                 rep.update({k: redo.report[k] for k in ("nonzeros", "sparsity",
                                                         "relative_error")})
@@ -345,7 +353,7 @@ def prune_global(model: nn.Module, inputs: Any, sparsity: Any, *, allocation: st
         module = modules[name]
         set_layer_weight(module, result.weight, result.bias)
         rep = dict(rep, seconds=sum(r.report["seconds"] for r in layer.solved.values()))
-        rows.append(_report_row(name, layer.data, module, layer.W0, rep))
+        rows.append(report_row(name, layer.data, module, layer.W0, rep))
         allocation_of[name] = rep["nonzeros"]
     if masks:
         apply_masks(target, list(state))
@@ -354,7 +362,7 @@ def prune_global(model: nn.Module, inputs: Any, sparsity: Any, *, allocation: st
                    solver_options=solver_options, layers=list(state),
                    epsilon_common=dense, search=path, seconds=time.perf_counter() - t0)
     out = PruneResult(model=target, report=rows, options=options)
-    if isinstance(inputs, torch.Tensor) or iter(inputs) is not inputs:
+    if reiterable(inputs):
         out.output_error = output_discrepancy(model, target, inputs, device=device)
     out.options["epsilon_per_layer"] = {n: eps_of.get(n) for n in state}
     return _finish_global(out, target_s, total, allocation, min_per_unit, sorted(fixed))
@@ -403,7 +411,6 @@ def marginal_split(layers, budget: int, floors: Mapping[str, int]):
 def _floor_solution(layer: _Layer, floor: int):
     """The layer pruned to about ``floor`` kept weights, never fewer, by its own sparsity
     search (asked for GLOBAL_TOL denser: the search lands within that of its target)."""
-    from .prune import prune_layer
     target = max(0.0, 1.0 - floor / layer.total - GLOBAL_TOL)
     return prune_layer(layer.data.X, layer.data.post, sparsity=target, W0=layer.W0, b0=layer.b0,
                        **layer.kwargs)

@@ -31,8 +31,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write
-from .data import data_loader, load_mnist
+from .checks import check_xy
+from .inputs import model_device
+from .io.datasets import data_loader, load_mnist
+from .io.files import atomic_write
 
 __all__ = [
     "PRETRAINED",
@@ -149,28 +151,6 @@ def lenet_cnn() -> nn.Sequential:
     )
 
 
-def _check_xy(x: object, y: object) -> None:
-    """Validate a (samples, labels) pair for classification."""
-    if not isinstance(x, torch.Tensor):
-        msg = f"x: expected a torch.Tensor of shape (n, ...), got {type(x).__name__}"
-        raise TypeError(msg)
-    if not isinstance(y, torch.Tensor):
-        msg = f"y: expected an int64 torch.Tensor of shape (n,), got {type(y).__name__}"
-        raise TypeError(msg)
-    if y.ndim != 1 or y.dtype != torch.int64:
-        msg = f"y: expected an int64 tensor of shape (n,), got {y.dtype} of shape {tuple(y.shape)}"
-        raise ValueError(msg)
-    if x.ndim < 1 or x.shape[0] != y.shape[0]:
-        msg = f"x: expected {y.shape[0]} samples (as many as y), got shape {tuple(x.shape)}"
-        raise ValueError(msg)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter (CPU for a parameterless model)."""
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
 def train_classifier(
     model: nn.Module,
     x: torch.Tensor,
@@ -218,7 +198,7 @@ def train_classifier(
     if not isinstance(model, nn.Module):
         msg = f"model: expected a torch.nn.Module, got {type(model).__name__}"
         raise TypeError(msg)
-    _check_xy(x, y)
+    check_xy(x, y)
     epochs = _check_int("epochs", epochs, 1)
     if not lr > 0:
         msg = f"lr: expected a positive float, got {lr!r}"
@@ -226,7 +206,7 @@ def train_classifier(
     if not weight_decay >= 0:
         msg = f"weight_decay: expected a float >= 0, got {weight_decay!r}"
         raise ValueError(msg)
-    device = _model_device(model)
+    device = model_device(model)
     loader = data_loader(x, y, batch_size=batch_size, shuffle=True, seed=seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
@@ -276,11 +256,11 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
     if not isinstance(model, nn.Module):
         msg = f"model: expected a torch.nn.Module, got {type(model).__name__}"
         raise TypeError(msg)
-    _check_xy(x, y)
+    check_xy(x, y)
     if y.shape[0] == 0:
         msg = "x, y: expected at least one sample, got 0"
         raise ValueError(msg)
-    device = _model_device(model)
+    device = model_device(model)
     was_training = model.training
     correct = 0
     model.eval()
@@ -303,7 +283,7 @@ class PretrainedSpec:
     builder : callable
         Returns a freshly initialised model.
     dataset : {"mnist", "fashion-mnist"}
-        Training set (the ``train=True`` split of :func:`nettrim.data.load_mnist`).
+        Training set (the ``train=True`` split of :func:`nettrim.io.datasets.load_mnist`).
     epochs : int
         Default number of training epochs.
     lr : float
@@ -336,14 +316,9 @@ def _spec(name: str) -> PretrainedSpec:
     return PRETRAINED[name]
 
 
-def pretrained_path(
-    name: str,
-    *,
-    data_root: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    epochs: int | None = None,
-    seed: int = 0,
-) -> pathlib.Path:
+def pretrained_path(name: str, *, data_root: str | os.PathLike | None = None,
+                    cache_dir: str | os.PathLike | None = None, epochs: int | None = None,
+                    seed: int = 0) -> pathlib.Path:
     """Cache file of :func:`pretrained` for these arguments (it need not exist).
 
     Returns
@@ -361,14 +336,9 @@ def pretrained_path(
     return pathlib.Path(cache_dir).expanduser() / f"{name}-epochs{epochs}-seed{seed}.pt"
 
 
-def pretrained(
-    name: str,
-    *,
-    data_root: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    epochs: int | None = None,
-    seed: int = 0,
-) -> nn.Module:
+def pretrained(name: str, *, data_root: str | os.PathLike | None = None,
+               cache_dir: str | os.PathLike | None = None, epochs: int | None = None,
+               seed: int = 0) -> nn.Module:
     """A trained reference model, trained once and cached.
 
     The first call builds the model (initialised under ``torch.manual_seed(seed)``, without
@@ -383,7 +353,7 @@ def pretrained(
             "fashion_fc_784_300_1000_100_10"}
         The last is the FC net trained on Fashion-MNIST; the others train on MNIST.
     data_root : str or path-like, optional
-        Where the datasets are (see :func:`nettrim.data.data_root`); missing files are
+        Where the datasets are (see :func:`nettrim.io.datasets.data_root`); missing files are
         downloaded.
     cache_dir : str or path-like, optional
         Where the weights are cached; default ``$NETTRIM_CACHE`` or ``~/.cache/nettrim/models``.

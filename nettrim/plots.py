@@ -12,6 +12,8 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .io.files import atomic_write
+
 __all__ = ["plot_relative_error", "plot_report", "plot_sparsity"]
 
 #: Figure size in inches per layer (width) and the minimum width.
@@ -46,8 +48,6 @@ def _figure(n_layers: int):
 
 
 def _save(fig, path: str | os.PathLike) -> pathlib.Path:
-    from .checkpoint import atomic_write
-
     fig.tight_layout()
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 

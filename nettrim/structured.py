@@ -7,7 +7,7 @@ channel with its ``kh * kw`` patch columns; after a Flatten, a channel's ``H * W
 under the same constraints, so the layer's outputs stay within epsilon of the original. A unit
 whose group comes out zero feeds nothing, so it is removed from the layer before (its weight
 rows and bias, and the matching entries of any BatchNorm in between) with
-:func:`nettrim.surgery.remove_units`: the returned model is physically smaller.
+:func:`nettrim.model.surgery.remove_units`: the returned model is physically smaller.
 
 Parallel mode: every layer's program uses the original network's activations; removing units of
 the layer before does not change the inputs the layer keeps, so each layer's epsilon guarantee
@@ -39,8 +39,13 @@ from solvers import (INFEASIBLE, MAX_ITER, OPTIMAL_INACCURATE, SUCCESS, ADMMSett
 from solvers.group import group_norms, solve_group_admm, solve_group_cvxpy
 from solvers.refit import refit as refit_support
 
-from .capture import SUPPORTED, _flatten_sequential, capture, prunable_layers
-from .surgery import _consumer, count_parameters, measure_latency, remove_units, set_layer_weight
+from .checks import per_layer
+from .inputs import reiterable
+from .model.capture import SUPPORTED, capture, prunable_layers
+from .model.graph import flatten_sequential
+from .model.surgery import (apply_masks, consumer, count_parameters, measure_latency,
+                            remove_units, set_layer_weight)
+from .results import PruneResult, PruningError, PruningWarning, output_discrepancy, report_row
 
 __all__ = ["prune_units", "unit_groups", "count_flops", "model_cost"]
 
@@ -61,13 +66,13 @@ def unit_groups(model: nn.Module, names: Optional[list] = None) -> dict:
         msg = (f"structured=True removes units through an nn.Sequential chain (nested "
                f"Sequentials are fine); got a {type(model).__name__}")
         raise TypeError(msg)
-    chain = list(_flatten_sequential(model))
+    chain = list(flatten_sequential(model))
     index_of = {name: i for i, (name, _) in enumerate(chain)}
     layers = [(i, name, m) for i, (name, m) in enumerate(chain) if isinstance(m, SUPPORTED)]
     found, why = {}, {}
     for (pi, pname, prod), (ci, cname, cons) in zip(layers, layers[1:]):
         try:
-            nxt_name, _, flatten, _ = _consumer(chain, pi)
+            nxt_name, _, flatten, _ = consumer(chain, pi)
         except TypeError as err:
             why[cname] = str(err)
             continue
@@ -267,10 +272,6 @@ def prune_units(model: nn.Module, inputs: Any, epsilon: Any = None, *, sparsity:
         ``.options["cost"]``: ``{"before": ..., "after": ...}`` parameters, MACs per sample
         and CPU latency (ms, batch 1 and 256; :func:`model_cost`).
     """
-    from .baselines import _report_row
-    from .prune import PruneResult, PruningError, PruningWarning, _per_layer, output_discrepancy
-    from .surgery import apply_masks
-
     if scope != "layer":
         msg = "structured=True takes per-layer targets: scope='global' is not supported with it"
         raise ValueError(msg)
@@ -289,7 +290,7 @@ def prune_units(model: nn.Module, inputs: Any, epsilon: Any = None, *, sparsity:
         raise ValueError(msg)
     names = list(groups_of)
     what = "epsilon" if sparsity is None else "sparsity"
-    targets = _per_layer(epsilon if sparsity is None else sparsity, names, what)
+    targets = per_layer(epsilon if sparsity is None else sparsity, names, what)
     missing = [n for n in names if n not in targets]
     if missing:
         msg = f"{what} dict misses layers {missing} (structured=True prunes {names})"
@@ -355,7 +356,7 @@ def prune_units(model: nn.Module, inputs: Any, epsilon: Any = None, *, sparsity:
                    relative_error=float(torch.linalg.vector_norm(out - s.Y)) / s.y_norm
                    if s.y_norm > 0 else 0.0, status=result.status, iterations=s.iterations,
                    seconds=seconds, solver=result.solver)
-        rows.append(_report_row(name, None, module, W_orig, rep))
+        rows.append(report_row(name, None, module, W_orig, rep))
     if masks:
         apply_masks(target, [n for n, m in target.named_modules() if isinstance(m, SUPPORTED)])
     options = dict(structured=True, epsilon=epsilon, sparsity=sparsity, mode="parallel",
@@ -365,6 +366,6 @@ def prune_units(model: nn.Module, inputs: Any, epsilon: Any = None, *, sparsity:
                    cost={"before": cost_before, "after": model_cost(target, example)},
                    seconds=time.perf_counter() - t0)
     out = PruneResult(model=target, report=rows, options=options)
-    if isinstance(inputs, torch.Tensor) or iter(inputs) is not inputs:
+    if reiterable(inputs):
         out.output_error = output_discrepancy(model, target, inputs, device=device)
     return out

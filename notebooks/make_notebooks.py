@@ -32,7 +32,7 @@ print("quick mode:", QUICK, "| repository:", ROOT)'''
 
 MODEL = '''\
 import torch
-from nettrim.data import load_mnist
+from nettrim.io.datasets import load_mnist
 from nettrim.models import accuracy, lenet_300_100, pretrained, train_classifier
 
 x_train, y_train = load_mnist(DATA, train=True)

@@ -32,8 +32,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import nettrim  # noqa: E402
-from nettrim.data import load_spirals  # noqa: E402
-from nettrim.prune import output_discrepancy  # noqa: E402
+from nettrim.io.datasets import load_spirals  # noqa: E402
+from nettrim.results import output_discrepancy  # noqa: E402
 from paper_repro import common  # noqa: E402
 from paper_repro.spirals import train_spiral  # noqa: E402
 
@@ -197,11 +197,7 @@ def plot(results: dict, path) -> pathlib.Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python paper_repro/cascade_vs_parallel.py [--quick] [--out-dir DIR]``."""
-    args = common.parse_args(argv, __doc__.splitlines()[0])
-    config = QUICK if args.quick else Config()
-    results = run(config, args.data_root)
-    results["quick"] = args.quick
-    common.write_json(args.out_dir / f"{NAME}.json", results)
+    args, config, results = common.run_main(argv, __doc__, Config(), QUICK, run, NAME)
     plot(results, args.out_dir / f"{NAME}.png")
     print(f"{'width':>6} {'mode':>9} " + " ".join(f"eps={e:<14}" for e in config.epsilons))
     for entry in results["widths"]:
@@ -212,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{entry['width']:>6} {mode:>9} {cells}")
         print(f"{'':>6} cascade - parallel sparsity at equal discrepancy: "
               f"{entry['comparison']['mean_difference']}")
-    print(f"{results['seconds']:.1f} s; wrote {args.out_dir / (NAME + '.json')}")
+    print(common.wrote(results, args, NAME))
     return 0
 
 

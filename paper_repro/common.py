@@ -33,7 +33,7 @@ matplotlib.use("Agg")  # scripts and tests draw off-screen
 
 import torch  # noqa: E402  (after the backend choice)
 
-from nettrim.checkpoint import atomic_write  # noqa: E402
+from nettrim.io.files import atomic_write  # noqa: E402
 
 __all__ = [
     "PAPER_METHOD",
@@ -46,11 +46,13 @@ __all__ = [
     "load_split",
     "next_log_guess",
     "parse_args",
+    "run_main",
     "save_figure",
     "subset",
     "threads",
     "to_jsonable",
     "write_json",
+    "wrote",
 ]
 
 #: Where the full runs' results are committed.
@@ -73,7 +75,7 @@ class ExperimentArgs:
     out_dir : pathlib.Path
         Where ``<name>.json`` and the figures go (default :data:`RESULTS_DIR`).
     data_root : str or None
-        Dataset directory passed to the ``nettrim.data`` loaders (None: ``$NETTRIM_DATA``,
+        Dataset directory passed to the ``nettrim.io.datasets`` loaders (None: ``$NETTRIM_DATA``,
         else ``~/.cache/nettrim``).
     """
 
@@ -117,6 +119,27 @@ def parse_args(argv: Sequence[str] | None, description: str) -> ExperimentArgs:
     ns = parser.parse_args(None if argv is None else list(argv))
     out_dir = pathlib.Path(ns.out_dir) if ns.out_dir is not None else RESULTS_DIR
     return ExperimentArgs(quick=ns.quick, out_dir=out_dir, data_root=ns.data_root)
+
+
+def run_main(argv: Sequence[str] | None, doc: str, config: Any, quick: Any, run,
+             name: str | None, *, public=None) -> tuple:
+    """The start every script's ``main`` shares: parse the common flags (``doc``'s first line is
+    the description), ``run(config, data_root)`` with the full ``config`` (``quick`` with
+    ``--quick``), and write ``<out-dir>/<name>.json`` (``name`` None: the chosen config's
+    ``name``; ``public(results)`` when given, for results holding entries that are not JSON).
+    Returns ``(args, config, results)``."""
+    args = parse_args(argv, doc.splitlines()[0])
+    config = quick if args.quick else config
+    results = run(config, args.data_root)
+    results["quick"] = args.quick
+    name = config.name if name is None else name
+    write_json(args.out_dir / f"{name}.json", results if public is None else public(results))
+    return args, config, results
+
+
+def wrote(results: Mapping, args: ExperimentArgs, name: str) -> str:
+    """The last line of a script's output: its time and the JSON it wrote."""
+    return f"{results['seconds']:.1f} s; wrote {args.out_dir / (name + '.json')}"
 
 
 def config_dict(config: Any) -> dict:
@@ -206,8 +229,9 @@ def cached_model(key: str, builder, train) -> tuple:
 
 @functools.lru_cache(maxsize=8)
 def load_split(data_root: str | None, dataset: str, train: bool) -> tuple:
-    """``nettrim.data.load_mnist`` cached per process (scripts and tests share the decode)."""
-    from nettrim.data import load_mnist
+    """``nettrim.io.datasets.load_mnist`` cached per process (scripts and tests share the
+    decode)."""
+    from nettrim.io.datasets import load_mnist
 
     return load_mnist(data_root, train=train, dataset=dataset)
 

@@ -38,9 +38,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import nettrim  # noqa: E402
 from nettrim.baselines import prune_baseline  # noqa: E402
-from nettrim.finetune import finetune  # noqa: E402
+from nettrim.training.finetune import finetune  # noqa: E402
 from nettrim.models import accuracy, lenet_cnn, pretrained, train_classifier  # noqa: E402
-from nettrim.prune import output_discrepancy  # noqa: E402
+from nettrim.results import output_discrepancy  # noqa: E402
 from paper_repro import common  # noqa: E402
 
 NAME = "mnist_cnn"
@@ -353,11 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ``--data-root DIR`` points at the datasets.
     """
-    args = common.parse_args(argv, __doc__.splitlines()[0])
-    config = QUICK if args.quick else Config()
-    results = run(config, args.data_root)
-    results["quick"] = args.quick
-    common.write_json(args.out_dir / f"{NAME}.json", results)
+    args, config, results = common.run_main(argv, __doc__, Config(), QUICK, run, NAME)
     plot(results, args.out_dir / f"{NAME}.png")
     print(f"unpruned test accuracy {100 * results['accuracy_before']:.2f}%")
     for key in ("fc_only", "all_layers", "paper_count", "paper_count_magnitude"):
@@ -366,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{'/'.join(map(str, e['nonzeros_after']))}; accuracy {100 * e['accuracy']:.2f}% "
               f"-> fine-tuned {100 * e['accuracy_finetuned']:.2f}%; discrepancy "
               f"{e['discrepancy']:.4f}")
-    print(f"{results['seconds']:.1f} s; wrote {args.out_dir / (NAME + '.json')}")
+    print(common.wrote(results, args, NAME))
     return 0
 
 

@@ -22,7 +22,7 @@ What this script does, for each epsilon of the grid:
    (``nettrim.prune(..., sparsity={layer: s})``);
 3. ``magnitude`` and ``sparsegpt`` (``nettrim.baselines.prune_baseline``) at the same counts;
 4. test accuracy of each; at the epsilons of ``finetune_epsilons``, masked fine-tuning of
-   ``finetune_methods`` at the authors' protocol (``nettrim.finetune.finetune`` with plain
+   ``finetune_methods`` at the authors' protocol (``nettrim.finetune`` with plain
    SGD, lr 0.01 decayed by 0.98 every 500 steps, batch 100), with the test accuracy after
    each of ``finetune_steps`` (5k, 10k, 15k).
 
@@ -49,9 +49,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import nettrim  # noqa: E402
 from nettrim.baselines import prune_baseline  # noqa: E402
-from nettrim.finetune import finetune  # noqa: E402
+from nettrim.training.finetune import finetune  # noqa: E402
 from nettrim.models import PRETRAINED, accuracy, pretrained  # noqa: E402
-from nettrim.prune import output_discrepancy  # noqa: E402
+from nettrim.results import output_discrepancy  # noqa: E402
 from paper_repro import common  # noqa: E402
 
 NAME = "mnist_fc"
@@ -454,11 +454,8 @@ def main(argv: Sequence[str] | None = None, *, config: Config | None = None,
     ``config`` / ``quick_config`` replace the full / quick settings (used by
     :mod:`paper_repro.fashion_fc`).
     """
-    args = common.parse_args(argv, __doc__.splitlines()[0])
-    config = (quick_config or QUICK) if args.quick else (config or Config())
-    results = run(config, args.data_root)
-    results["quick"] = args.quick
-    common.write_json(args.out_dir / f"{config.name}.json", results)
+    args, config, results = common.run_main(argv, __doc__, config or Config(),
+                                            quick_config or QUICK, run, None)
     plot(results, args.out_dir / f"{config.name}.png")
     print_table(results)
     print(f"{results['seconds']:.1f} s ({results['cpu_seconds']:.1f} CPU s); wrote "

@@ -218,17 +218,13 @@ def plot(results: dict, path: str | pathlib.Path) -> pathlib.Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python paper_repro/sample_complexity.py [--quick] [--out-dir DIR]``."""
-    args = common.parse_args(argv, __doc__.splitlines()[0])
-    config = QUICK if args.quick else Config()
-    results = run(config, args.data_root)
-    results["quick"] = args.quick
-    common.write_json(args.out_dir / f"{NAME}.json", results)
+    args, config, results = common.run_main(argv, __doc__, Config(), QUICK, run, NAME)
     plot(results, args.out_dir / f"{NAME}.png")
     print(f"s \\ P  " + " ".join(f"{p:>5}" for p in results["samples"]))
     for s, row in zip(results["sparsities"], results["recovery_rate"]):
         print(f"{s:>5}  " + " ".join(f"{r:>5.2f}" for r in row))
     print(f"fitted P_50 = c s log(N/s) with c = {results['fitted_c']}; "
-          f"{results['seconds']:.1f} s; wrote {args.out_dir / (NAME + '.json')}")
+          + common.wrote(results, args, NAME))
     return 0
 
 

@@ -37,9 +37,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import nettrim  # noqa: E402
-from nettrim.data import load_spirals  # noqa: E402
+from nettrim.io.datasets import load_spirals  # noqa: E402
 from nettrim.models import accuracy, mlp, spiral_net, train_classifier  # noqa: E402
-from nettrim.prune import output_discrepancy  # noqa: E402
+from nettrim.results import output_discrepancy  # noqa: E402
 from paper_repro import common  # noqa: E402
 
 NAME = "spirals"
@@ -332,11 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ``--data-root DIR`` points at the datasets.
     """
-    args = common.parse_args(argv, __doc__.splitlines()[0])
-    config = QUICK if args.quick else Config()
-    results = run(config, args.data_root)
-    results["quick"] = args.quick
-    common.write_json(args.out_dir / f"{NAME}.json", public(results))
+    args, config, results = common.run_main(argv, __doc__, Config(), QUICK, run, NAME,
+                                            public=public)
     plot_contours(results, args.out_dir / f"{NAME}_contour.png")
     plot_widths(results, args.out_dir / f"{NAME}_widths.png")
     m = results["main"]
@@ -349,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{row['width']:>6} {row['epsilon']:>8} "
               f"{'/'.join(map(str, row['nonzeros_after'])):>22} {row['discrepancy']:>12.4f} "
               f"{row['accuracy_after']:>6.3f}")
-    print(f"{results['seconds']:.1f} s; wrote {args.out_dir / (NAME + '.json')}")
+    print(common.wrote(results, args, NAME))
     return 0
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 import nettrim
 from nettrim.capture import capture_cascade, layer_matrix
-from nettrim.prune import PROGRAM_MARGIN, SPARSITY_TOL
+from nettrim.layer import PROGRAM_MARGIN, SPARSITY_TOL
 from solvers import MAX_ITER, OPTIMAL, SUCCESS
 from solvers.refit import refit as refit_fn
 
@@ -431,7 +431,7 @@ def test_capped_refit_is_kept_when_feasible_and_better(monkeypatch):
     """A refit stopped by its iteration cap replaces the l1 weights only when it keeps the
     inequalities and does not raise the residual; the layer's status stays the l1 program's and
     ``refit_status`` says the refit was capped."""
-    prune_module = importlib.import_module("nettrim.prune")
+    prune_module = importlib.import_module("nettrim.layer.pipeline")
     X, W, b, Y = planted_layer(P=300, N=30, M=6, seed=4, density=0.4)
     plain = nettrim.prune_layer(X, Y, epsilon=0.2, bias=True, refit=False, reweight=0)
     # ADMM only (the exact solve, the CPU default, has no cap to hit)
@@ -470,7 +470,7 @@ class SimpleResult:
 def test_reweighting_takes_its_penalty_from_the_refit_weights(monkeypatch):
     """Each reweighting round's penalty is built from the previous solution refit on its support
     (not from the shrunk l1 weights)."""
-    prune_module = importlib.import_module("nettrim.prune")
+    prune_module = importlib.import_module("nettrim.layer.pipeline")
     X, W, b, Y = planted_layer(P=300, N=30, M=6, seed=4, density=0.4)
     seen, refits = [], []
     real_penalty, real_refit = prune_module.reweighted_penalty, prune_module.refit_support
@@ -522,7 +522,7 @@ def test_target_sparsity_lands_on_the_exact_count(sparsity):
 
 
 def test_fill_adds_the_zero_weights_with_the_largest_optimality_violation():
-    P = importlib.import_module("nettrim.prune")
+    P = importlib.import_module("nettrim.layer.target_count")
     from solvers import NetTrimProblem
     g = torch.Generator().manual_seed(0)
     X = torch.randn(200, 6, generator=g)

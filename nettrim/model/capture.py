@@ -5,10 +5,11 @@ None, so the model computes exactly what it computes without them. A ``Conv2d`` 
 turned into a matrix product: its input is unfolded into patches (``F.unfold``), one row per
 output position, so ``patches @ weight.flatten(1).T`` equals the convolution's output (bias
 aside) and the same convex program applies; the solved ``(out, in * kh * kw)`` matrix maps back
-to the weight shape. A grouped convolution's patches hold every input channel; group ``g`` reads
-its own block of columns (:func:`group_blocks`).
+to the weight shape (:mod:`nettrim.model.rows`). A grouped convolution's patches hold every
+input channel; group ``g`` reads its own block of columns (:func:`group_blocks`).
 
-What follows each layer (activation, BatchNorm, residual add) is read by :mod:`nettrim.graph`.
+What follows each layer (activation, BatchNorm, residual add) is read by
+:mod:`nettrim.model.graph`.
 A BatchNorm after the layer is folded in: the recorded output is the BatchNorm's. A residual
 offset (``relu(bn(conv(x)) + skip)``) is recorded per row by replaying the traced graph.
 """
@@ -23,17 +24,17 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_model
+from ..inputs import forward_args, model_device, to_device
 from .graph import (ACTIVATION_NAMES, PRUNABLE, LayerPattern, ModelPlan, analyze,
                     attention_projections, skipped_layers)
-from .graph import flatten_sequential as _flatten_sequential  # noqa: F401 (surgery, structured)
+from .rows import Reservoir, call_rows
 
 __all__ = ["LayerData", "Captured", "capture", "capture_cascade", "prunable_layers",
            "detect_activations", "layer_matrix", "group_blocks", "subsample_note",
-           "CalibrationWarning", "rows_needed", "model_inputs", "SUPPORTED", "DEFAULT_BATCH",
-           "RELU_PROGRAM"]
+           "CalibrationWarning", "rows_needed", "SUPPORTED", "RELU_PROGRAM"]
 
 #: Module types Net-Trim prunes.
 SUPPORTED = PRUNABLE
@@ -41,8 +42,6 @@ SUPPORTED = PRUNABLE
 #: 6. Clipping to [0, 6] is a projection onto a set holding Y, so it only brings the pruned
 #: output closer: the ReLU program's bound ``||relu(X W^T) - Y|| <= epsilon`` holds for ReLU6.
 RELU_PROGRAM = ("relu", "relu6")
-#: Rows per forward pass when ``inputs`` is a single tensor.
-DEFAULT_BATCH = 1024
 _KINDS = ((nn.Linear, "linear"), (nn.Conv1d, "conv1d"), (nn.Conv2d, "conv2d"))
 
 
@@ -142,9 +141,7 @@ def prunable_layers(model: nn.Module, layers: Any = None,
     TypeError
         A named module of an unsupported type.
     """
-    if not isinstance(model, nn.Module):
-        msg = f"model must be a torch.nn.Module, got {type(model).__name__}"
-        raise TypeError(msg)
+    check_model(model)
     modules = dict(model.named_modules())
     skipped = skipped_layers(model)
     ignore = [ignore] if isinstance(ignore, str) else list(ignore)
@@ -251,138 +248,6 @@ def _resolve_patterns(plan: ModelPlan, names: Sequence[str],
     return out
 
 
-# ---- calibration batches ---------------------------------------------------------------------
-def model_inputs(batch: Any) -> tuple[tuple, dict]:
-    """``(args, kwargs)`` that one calibration batch feeds to ``model.forward``.
-
-    The label convention: a tensor ``x`` is fed as ``model(x)``; a dict as ``model(**batch)``;
-    a tuple or list is ``(inputs, labels...)`` (a DataLoader's ``(x, y)``) and only its first
-    item is fed: a tensor as ``model(x)``, a tuple/list as ``model(*x)``, a dict as
-    ``model(**x)``. So a model with ``forward(x, mask)`` takes batches ``((x, mask), y)`` or
-    ``((x, mask),)``, or dicts ``{"x": x, "mask": mask}``.
-    """
-    if isinstance(batch, Mapping):
-        return (), dict(batch)
-    if isinstance(batch, (tuple, list)):
-        if not batch:
-            msg = "a batch of inputs is an empty tuple; expected (inputs, labels...)"
-            raise ValueError(msg)
-        batch = batch[0]
-        if isinstance(batch, Mapping):
-            return (), dict(batch)
-        if isinstance(batch, (tuple, list)):
-            return tuple(batch), {}
-    if not isinstance(batch, torch.Tensor):
-        msg = ("each batch of inputs must be a tensor, a dict of keyword arguments or an "
-               f"(inputs, labels) pair, got {type(batch).__name__}")
-        raise TypeError(msg)
-    return (batch,), {}
-
-
-def _batches(inputs: Any) -> Iterator[tuple[tuple, dict]]:
-    if isinstance(inputs, torch.Tensor):
-        if inputs.ndim == 0:
-            msg = "inputs must have a batch dimension, got a 0-d tensor"
-            raise ValueError(msg)
-        for x in inputs.split(DEFAULT_BATCH):
-            yield (x,), {}
-        return
-    if isinstance(inputs, Mapping):   # one batch of keyword arguments
-        yield (), dict(inputs)
-        return
-    if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Iterable):
-        msg = ("inputs must be a tensor, a dict of keyword arguments or an iterable of batches "
-               f"(tensors, dicts or (x, y) pairs, e.g. a DataLoader), got {type(inputs).__name__}")
-        raise TypeError(msg)
-    for batch in inputs:
-        yield model_inputs(batch)
-
-
-def _to(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_to(o, device) for o in obj)
-    if isinstance(obj, Mapping):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
-
-
-# ---- rows of one call --------------------------------------------------------------------------
-def _padding(module: nn.Module) -> list[int]:
-    """F.pad amounts (last dim first) of a Conv1d/Conv2d's padding."""
-    kernel, dilation = module.kernel_size, module.dilation
-    if isinstance(module.padding, str):
-        if module.padding == "valid":
-            return [0] * (2 * len(kernel))
-        pad = []   # "same": torch puts the odd element on the right/bottom
-        for k, d in zip(reversed(kernel), reversed(dilation)):
-            t = d * (k - 1)
-            pad += [t // 2, t - t // 2]
-        return pad
-    pad = []
-    for p in reversed(module.padding):
-        pad += [p, p]
-    return pad
-
-
-def _as_rows(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> tuple:
-    """(input rows (B, N), output rows (B, M)) of one call."""
-    if isinstance(module, nn.Linear):
-        return x.reshape(-1, x.shape[-1]), out.reshape(-1, out.shape[-1])
-    if x.ndim == len(module.kernel_size) + 1:  # unbatched conv input
-        x, out = x[None], out[None]
-    pad = _padding(module)
-    if any(pad):
-        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-        x = F.pad(x, pad, mode=mode)
-    kernel, dilation, stride = module.kernel_size, module.dilation, module.stride
-    if isinstance(module, nn.Conv1d):   # a (k, 1) kernel over a (L, 1) image
-        x, kernel, dilation, stride = x[..., None], (kernel[0], 1), (dilation[0], 1), (stride[0], 1)
-    patches = F.unfold(x, kernel, dilation=dilation, stride=stride)
-    rows = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-    return rows, _channel_rows(out)
-
-
-def _channel_rows(out: torch.Tensor) -> torch.Tensor:
-    """A (B, C, ...) conv or BatchNorm output as (B * positions, C) rows."""
-    return out.movedim(1, -1).reshape(-1, out.shape[1])
-
-
-class _Reservoir:
-    """Keeps at most ``cap`` rows seen in a stream: the ones with the smallest seeded random keys,
-    in stream order (so one seed selects the same rows of the same data, pass after pass)."""
-
-    def __init__(self, cap: Optional[int], seed: int):
-        self.cap = cap
-        self.gen = torch.Generator().manual_seed(seed)
-        self.parts: list[list[torch.Tensor]] = []
-        self.keys: Optional[torch.Tensor] = None
-        self.order: Optional[torch.Tensor] = None
-        self.seen = 0
-
-    def add(self, *arrays: torch.Tensor) -> None:
-        n = arrays[0].shape[0]
-        index = torch.arange(self.seen, self.seen + n)
-        self.seen += n
-        if self.cap is None:
-            self.parts.append(list(arrays))
-            return
-        keys = torch.rand(n, generator=self.gen)
-        if self.parts:
-            keys = torch.cat([self.keys, keys])
-            index = torch.cat([self.order, index])
-            arrays = tuple(torch.cat([old, new]) for old, new in zip(self.parts[0], arrays))
-        if keys.shape[0] > self.cap:
-            keep = torch.topk(keys, self.cap, largest=False).indices.sort().values
-            keys, index = keys[keep], index[keep]
-            arrays = tuple(a[keep.to(a.device)] for a in arrays)
-        self.parts, self.keys, self.order = [list(arrays)], keys, index
-
-    def result(self) -> list[torch.Tensor]:
-        return [torch.cat(cols) for cols in zip(*self.parts)]
-
-
 @contextlib.contextmanager
 def _hooks(named: Mapping[str, nn.Module], sink: dict,
            attention: Optional[Mapping[str, nn.Module]] = None) -> Iterator[None]:
@@ -470,12 +335,6 @@ def _eval_mode(*models: nn.Module) -> Iterator[None]:
             m.train(mode)
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 @contextlib.contextmanager
 def _plain_attention() -> Iterator[None]:
     """The fused fast path of nn.MultiheadAttention / TransformerEncoderLayer (taken in eval
@@ -502,36 +361,14 @@ def _check_options(max_samples: Any, seed: Any) -> None:
         raise TypeError(msg)
 
 
-def _rows_of(name: str, module: nn.Module, pattern: LayerPattern, sink: dict) -> tuple:
-    """``(X, pre, S)`` rows of every call of ``name`` in one batch (S None without offset)."""
-    calls = sink[name]
-    Xs, pres, offsets = [], [], []
-    norms = sink.get(pattern.norm, []) if pattern.norm else []
-    adds = sink.get("@" + pattern.offset, []) if pattern.offset else []
-    for i, (x, out) in enumerate(calls):
-        rows, pre = _as_rows(module, x, out)
-        if pattern.norm and i < len(norms):
-            pre = _channel_rows(norms[i][1])
-        Xs.append(rows)
-        pres.append(pre)
-        if pattern.offset and i < len(adds):
-            total = adds[i].reshape(-1, pre.shape[1]) if isinstance(module, nn.Linear) \
-                else _channel_rows(adds[i])
-            offsets.append(total - pre)
-    X = torch.cat(Xs)
-    pre = torch.cat(pres)
-    S = torch.cat(offsets) if offsets else None
-    return X, pre, S
-
-
 def _run(models: Sequence[nn.Module], inputs: Any, names: Sequence[str], patterns: Mapping,
          take: Any, max_samples: Optional[int], seed: int, dtype: Any, device: Any) -> tuple:
     """Stream ``inputs`` through every model (hooks on ``names`` and their BatchNorms, residual
     adds replayed from the traced graph); ``take(sinks, name)`` -> the (X, pre, S) rows kept
     for a layer. Returns ``({name: (X, pre, S or None, rows_seen, calls)}, {name: reason})``
     with the layers the forward pass never called in the second dict."""
-    reservoirs = {name: _Reservoir(max_samples, seed + 7919 * i) for i, name in enumerate(names)}
-    run_device = _model_device(models[0])
+    reservoirs = {name: Reservoir(max_samples, seed + 7919 * i) for i, name in enumerate(names)}
+    run_device = model_device(models[0])
     sinks = [dict() for _ in models]
     projections = attention_projections(models[0])
     hooked = {n for n in names if n not in projections}
@@ -551,9 +388,9 @@ def _run(models: Sequence[nn.Module], inputs: Any, names: Sequence[str], pattern
         for hooks, attn, sink in zip(named, attention, sinks):
             stack.enter_context(_hooks(hooks, sink, attn))
         batches = 0
-        for args, kwargs in _batches(inputs):
+        for args, kwargs in forward_args(inputs):
             batches += 1
-            args, kwargs = _to(args, run_device), _to(kwargs, run_device)
+            args, kwargs = to_device(args, run_device), to_device(kwargs, run_device)
             for model, replay, sink in zip(models, replays, sinks):
                 sink.clear()
                 _forward(model, replay, args, dict(kwargs))
@@ -639,9 +476,9 @@ def capture(model: nn.Module, inputs: Any, layers: Any = None, *,
     model : nn.Module
         Run in eval mode (dropout off) under ``torch.no_grad``; its mode is restored after.
     inputs : Tensor, dict or iterable of batches
-        A tensor (split into batches of :data:`DEFAULT_BATCH`), a dict of keyword arguments
+        A tensor (split into batches of :data:`nettrim.inputs.DEFAULT_BATCH`), a dict of keyword arguments
         (one batch), or an iterable of batches streamed one by one (a DataLoader); what each
-        batch feeds to ``forward`` is :func:`model_inputs` (tensor, dict, or ``(inputs,
+        batch feeds to ``forward`` is :func:`nettrim.inputs.model_inputs` (tensor, dict, or ``(inputs,
         labels)`` whose inputs may be a tuple of tensors).
     layers, ignore
         Selection, see :func:`prunable_layers`.
@@ -679,7 +516,7 @@ def capture(model: nn.Module, inputs: Any, layers: Any = None, *,
     plan = plan or analyze(model)
     patterns = _resolve_patterns(plan, list(selected), activations, fold)
     raw, missing = _run([model], inputs, list(selected), patterns,
-                        lambda sinks, n: _rows_of(n, selected[n], patterns[n], sinks[0]),
+                        lambda sinks, n: call_rows(n, selected[n], patterns[n], sinks[0]),
                         max_samples, seed, dtype, device)
     data = {n: _layer_data(n, selected[n], *raw[n], patterns[n], fold) for n in selected
             if n in raw}
@@ -706,8 +543,8 @@ def capture_cascade(original: nn.Module, pruned: nn.Module, inputs: Any, name: s
     pattern = patterns[name]
 
     def take(sinks, n):
-        X_hat, _, S_hat = _rows_of(n, module, pattern, sinks[1])
-        _, pre, S = _rows_of(n, module, pattern, sinks[0])
+        X_hat, _, S_hat = call_rows(n, module, pattern, sinks[1])
+        _, pre, S = call_rows(n, module, pattern, sinks[0])
         if S is None:
             return X_hat, pre, None
         # the original's target relu(pre + S) is kept as pre + S - S_hat, so that

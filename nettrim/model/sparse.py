@@ -4,8 +4,8 @@
   sparse CSR kernels **only where that was measured to be faster** on this machine, at the batch
   size asked for; ``copy.nettrim_sparse`` says, per layer, what was measured and what was done.
   Dense BLAS is very fast: at moderate sparsity (50-80%) a CSR product is usually *slower*.
-* :func:`latency_report`: dense, compacted (:func:`nettrim.surgery.compact`, dead units removed)
-  and sparse (:func:`sparsify`) CPU latency of a model at batch 1 and 256.
+* :func:`latency_report`: dense, compacted (:func:`nettrim.model.surgery.compact`, dead units
+  removed) and sparse (:func:`sparsify`) CPU latency of a model at batch 1 and 256.
 * :func:`save_sparse` / :func:`load_sparse`: a safetensors checkpoint that stores each weight
   with enough zeros as CSR arrays (``<key>.crow``, ``<key>.col`` int32 and ``<key>.values``;
   the shape in the metadata) and everything else densely; it loads back into the plain dense
@@ -18,7 +18,6 @@ import copy
 import json
 import os
 import pathlib
-import time
 import warnings
 from typing import Any, Optional
 
@@ -26,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_model
+from ..io.checkpoint import fold_pruning_state_dict
+from ..io.files import atomic_write
 from .capture import SUPPORTED
-from .checkpoint import atomic_write
 from .surgery import compact, measure_latency, remove_masks
 
 __all__ = ["SparseLinear", "SparseConv2d", "sparsify", "latency_report", "format_latency",
@@ -146,9 +147,7 @@ def sparsify(model: nn.Module, example_input: Optional[torch.Tensor] = None, *,
     ValueError
         The model has no nn.Linear / nn.Conv2d layer.
     """
-    if not isinstance(model, nn.Module):
-        msg = f"model must be a torch.nn.Module, got {type(model).__name__}"
-        raise TypeError(msg)
+    check_model(model)
     work = remove_masks(copy.deepcopy(model)).eval()
     names = [n for n, m in work.named_modules() if isinstance(m, SUPPORTED)]
     if not names:
@@ -231,7 +230,7 @@ def save_sparse(model_or_state: Any, path: str | os.PathLike) -> dict:
 
     A tensor of 2+ dimensions is stored as ``<key>.crow`` / ``<key>.col`` (int32) and
     ``<key>.values`` of its ``(shape[0], -1)`` matrix when that takes fewer bytes than dense;
-    other tensors as they are. Written atomically (:func:`nettrim.checkpoint.atomic_write`).
+    other tensors as they are. Written atomically (:func:`nettrim.io.files.atomic_write`).
 
     Returns ``{"path", "bytes", "dense_bytes", "csr_tensors"}``: the file size and that of the
     same tensors all dense (safetensors, same metadata-free layout).
@@ -242,7 +241,6 @@ def save_sparse(model_or_state: Any, path: str | os.PathLike) -> dict:
         else dict(model_or_state)
     state = {k: v for k, v in state.items()}
     if any(k.endswith(("_orig", "_mask")) for k in state):
-        from .surgery import fold_pruning_state_dict
         state = fold_pruning_state_dict(state)
     tensors, layout = {}, {}
     dense_bytes = 0

@@ -3,23 +3,20 @@
 * :func:`set_layer_weight` writes an (M, N) matrix into a Linear / Conv2d in place (dtype,
   device and the Parameter object kept).
 * :func:`apply_masks` / :func:`remove_masks` attach and fold ``torch.nn.utils.prune`` masks so
-  that fine-tuning keeps pruned weights at zero; :func:`fold_pruning_state_dict` does the same
-  for a saved ``state_dict``.
+  that fine-tuning keeps pruned weights at zero (a saved ``state_dict``'s masks fold when it is
+  loaded: :func:`nettrim.io.checkpoint.fold_pruning_state_dict`).
 * :func:`remove_units` and :func:`compact` do structured surgery: dead neurons / channels go,
   with the next layer's matching inputs, giving a genuinely smaller model that computes the same
-  function. On an ``nn.Sequential`` the chain order says which layer consumes which; on any
-  other model the coupling comes from Torch-Pruning's ``DependencyGraph`` (traced once on an
-  example batch): a residual add ties the channels of both branches together, a concatenation
-  maps a producer's channels to a slice of the consumer's inputs, and every coupled layer
-  (BatchNorm included) shrinks with them.
+  function. On an ``nn.Sequential`` the chain order says which layer consumes which (here); on
+  any other model the coupling comes from Torch-Pruning's ``DependencyGraph``
+  (:mod:`nettrim.model.dependency`).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -27,10 +24,12 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from .capture import SUPPORTED, _flatten_sequential
+from .capture import SUPPORTED
+from .dependency import compact_graph, eval_output, keep_indices, max_change, remove_units_graph
+from .graph import flatten_sequential
 
-__all__ = ["set_layer_weight", "apply_masks", "remove_masks", "fold_pruning_state_dict",
-           "count_parameters", "count_nonzeros", "remove_units", "compact", "CompactResult",
+__all__ = ["set_layer_weight", "apply_masks", "remove_masks", "count_parameters",
+           "count_nonzeros", "consumer", "remove_units", "compact", "CompactResult",
            "measure_latency"]
 
 #: Modules that map a zero input to a zero output elementwise/per channel (eval mode), so a unit
@@ -117,31 +116,6 @@ def remove_masks(model: nn.Module) -> nn.Module:
     return model
 
 
-def fold_pruning_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Replace ``x_orig`` / ``x_mask`` pairs of a saved state_dict by ``x = x_orig * x_mask``.
-
-    Keys keep their order; a ``_orig`` without its ``_mask`` (or the reverse) is an error.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        if key.endswith("_mask"):
-            base = key[: -len("_mask")]
-            if base + "_orig" not in state_dict:
-                msg = f"state_dict has {key!r} but no {base + '_orig'!r}"
-                raise ValueError(msg)
-            continue
-        if key.endswith("_orig"):
-            base = key[: -len("_orig")]
-            mask = state_dict.get(base + "_mask")
-            if mask is None:
-                msg = f"state_dict has {key!r} but no {base + '_mask'!r}"
-                raise ValueError(msg)
-            out[base] = value * mask.to(value.dtype)
-        else:
-            out[key] = value
-    return out
-
-
 def count_parameters(model: nn.Module) -> int:
     """Number of parameter entries the model computes with (masked weights count once)."""
     total = 0
@@ -167,7 +141,7 @@ def _chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
         msg = (f"structured surgery needs an nn.Sequential model (nested Sequentials are fine), "
                f"got {type(model).__name__}")
         raise TypeError(msg)
-    return list(_flatten_sequential(model))
+    return list(flatten_sequential(model))
 
 
 def _plain_chain(model: nn.Module) -> bool:
@@ -175,7 +149,7 @@ def _plain_chain(model: nn.Module) -> bool:
     which (Linear, groups=1 Conv2d, BatchNorm, Flatten and the zero-preserving modules)."""
     if not isinstance(model, nn.Sequential):
         return False
-    for _, m in _flatten_sequential(model):
+    for _, m in flatten_sequential(model):
         if isinstance(m, nn.Conv2d) and m.groups != 1:
             return False
         if not isinstance(m, SUPPORTED + (nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten)
@@ -190,7 +164,7 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def _consumer(chain: Sequence[tuple[str, nn.Module]], index: int):
+def consumer(chain: Sequence[tuple[str, nn.Module]], index: int):
     """The next Linear/Conv2d after chain[index], and whether a Flatten sits in between."""
     flatten = False
     between = []
@@ -248,18 +222,6 @@ def _check_no_masks(model: nn.Module, what: str) -> None:
         raise ValueError(msg)
 
 
-def _keep_indices(keep: Any, n_out: int, layer_name: str) -> torch.Tensor:
-    keep = torch.as_tensor(keep, dtype=torch.long).flatten()
-    if keep.numel() and (int(keep.min()) < 0 or int(keep.max()) >= n_out):
-        msg = f"keep: indices must be in [0, {n_out}), got {keep.tolist()}"
-        raise ValueError(msg)
-    keep = torch.unique(keep)
-    if keep.numel() == 0:
-        msg = f"keep: at least one unit of {layer_name!r} must remain"
-        raise ValueError(msg)
-    return keep
-
-
 def remove_units(model: nn.Module, layer_name: str, keep: Any, *,
                  example_input: Optional[torch.Tensor] = None) -> nn.Module:
     """Keep only output units (Linear) / channels (Conv2d) ``keep`` of a layer, in place.
@@ -277,7 +239,7 @@ def remove_units(model: nn.Module, layer_name: str, keep: Any, *,
     _check_no_masks(model, "remove_units")
     if not _plain_chain(model) and (example_input is not None
                                     or not isinstance(model, nn.Sequential)):
-        return _remove_units_graph(model, layer_name, keep, example_input)
+        return remove_units_graph(model, layer_name, keep, example_input)
     chain = _chain(model)
     names = [n for n, _ in chain]
     if layer_name not in names or not isinstance(chain[names.index(layer_name)][1], SUPPORTED):
@@ -286,8 +248,8 @@ def remove_units(model: nn.Module, layer_name: str, keep: Any, *,
     index = names.index(layer_name)
     module = chain[index][1]
     n_out = module.weight.shape[0]
-    keep = _keep_indices(keep, n_out, layer_name)
-    nxt_name, nxt, flatten, bns = _consumer(chain, index)
+    keep = keep_indices(keep, n_out, layer_name)
+    nxt_name, nxt, flatten, bns = consumer(chain, index)
     if nxt is None:
         msg = f"layer {layer_name!r} is the last layer: removing its outputs changes the model output"
         raise ValueError(msg)
@@ -306,228 +268,10 @@ def remove_units(model: nn.Module, layer_name: str, keep: Any, *,
     return model
 
 
-# ---- structured surgery on any graph: Torch-Pruning's DependencyGraph ---------------------------
-#: Names of autograd nodes (``type(grad_fn).__name__`` without ``Backward<n>``) of the operations
-#: that act on each channel separately and map a zero channel to zero: a channel's value through
-#: them depends on that channel alone, and an all-zero channel stays all zero.
-_CHANNELWISE_OPS = frozenset({
-    "Relu", "Hardtanh", "LeakyRelu", "Gelu", "Silu", "Tanh", "Elu", "Hardswish", "Add", "Sub",
-    "Mul", "Mean", "Sum", "MaxPool2DWithIndices", "AvgPool2D", "AdaptiveAvgPool2D",
-    "AdaptiveMaxPool2D", "View", "Reshape", "UnsafeView", "Clone", "Permute", "Transpose", "T",
-    "Squeeze", "Unsqueeze", "Flatten", "Cat", "Split", "SplitWithSizes", "Slice", "Select"})
-#: Relative size of an output change that :func:`compact` accepts as rounding (removing exact
-#: zeros from sums changes the order of the remaining terms).
-ROUNDING_TOL = 1e-4
-
-
-def _dependency_graph(model: nn.Module, example_input: Any):
-    """Torch-Pruning's DependencyGraph of ``model`` traced on ``example_input`` (eval mode)."""
-    import torch_pruning as tp  # noqa: PLC0415 - imported where needed (import cost)
-
-    if not isinstance(example_input, torch.Tensor):
-        msg = (f"example_input: the graph of the {type(model).__name__} is traced on an example "
-               f"batch (a tensor); got {type(example_input).__name__}")
-        raise TypeError(msg)
-    was = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
-                                                         verbose=False)
-    except Exception as err:  # noqa: BLE001 - any tracing failure gets one clear message
-        msg = (f"could not trace {type(model).__name__} on example_input of shape "
-               f"{tuple(example_input.shape)} to find its coupled layers: "
-               f"{type(err).__name__}: {err}")
-        raise TypeError(msg) from err
-    finally:
-        model.train(was)
-
-
-def _out_group(graph, module: nn.Module, idxs):
-    """The group of every layer coupled to output channels ``idxs`` of ``module``."""
-    handler = graph.get_pruner_of_module(module).prune_out_channels
-    return graph.get_pruning_group(module, handler, [int(i) for i in idxs])
-
-
-def _name_of(graph, module: nn.Module) -> str:
-    """The module's name in the traced model."""
-    return next((n for n, m in graph.model.named_modules() if m is module), type(module).__name__)
-
-
-def _reaches_output(graph, group) -> Optional[str]:
-    """Why the group's channels are part of the model's output (None if they are not)."""
-    for dep, _ in group:
-        node = dep.target
-        if not node.outputs and graph.is_out_channel_pruning_fn(dep.handler):
-            return f"they are outputs of {_name_of(graph, node.module)!r}"
-    return None
-
-
-def _remove_units_graph(model, layer_name, keep, example_input):
-    module = dict(model.named_modules()).get(layer_name)
-    if not isinstance(module, SUPPORTED):
-        msg = f"layer_name: {layer_name!r} is not a Linear/Conv2d of the model"
-        raise ValueError(msg)
-    if example_input is None:
-        msg = (f"example_input: remove_units traces the graph of this {type(model).__name__} (not "
-               "a plain nn.Sequential chain) on an example batch: pass example_input=x")
-        raise ValueError(msg)
-    n_out = module.weight.shape[0]
-    keep = _keep_indices(keep, n_out, layer_name)
-    drop = sorted(set(range(n_out)) - set(keep.tolist()))
-    graph = _dependency_graph(model, example_input)
-    if not drop:
-        return model
-    group = _out_group(graph, module, drop)
-    reason = _reaches_output(graph, group)
-    if reason:
-        msg = f"layer {layer_name!r}: removing its outputs changes the model output ({reason})"
-        raise ValueError(msg)
-    group.prune()
-    return model
-
-
-def _op_name(node) -> str:
-    name = type(node.grad_fn).__name__ if node.grad_fn is not None else ""
-    return name.split("Backward")[0]
-
-
-def _dead_channels(graph, group) -> tuple[list, Optional[str]]:
-    """Channels of a group (indices of its root layer's outputs) that can go without changing
-    the model's function, or ``([], why not)``.
-
-    A channel can go when its value is zero wherever it flows (every producing layer has zero
-    weights and bias on it, and the operations on the way map zero to zero: ReLU, ReLU6, the add
-    of a residual, pooling, concatenation; a BatchNorm only when its shift on that channel is 0)
-    or when nothing uses it (every consuming Linear / Conv2d has zero weights on it). Groups
-    that pass through anything else (LayerNorm, attention, unknown operations) are left alone.
-    The caller checks first that the channels do not reach the model's output.
-    """
-    from torch_pruning import ops  # noqa: PLC0415
-
-    root = group[0].dep.target.module
-    n = graph.get_out_channels(root)
-    zero_in = torch.ones(n, dtype=torch.bool)
-    unused = torch.ones(n, dtype=torch.bool)
-    for item in group:
-        dep, idxs = item.dep, torch.as_tensor(item.idxs, dtype=torch.long)
-        roots = torch.as_tensor(item.root_idxs, dtype=torch.long)
-        node, module = dep.target, dep.target.module
-        is_out = graph.is_out_channel_pruning_fn(dep.handler)
-        if node.type in (ops.OPTYPE.CONV, ops.OPTYPE.LINEAR):
-            if getattr(module, "groups", 1) != 1:
-                return [], f"grouped convolution {_name_of(graph, module)!r}"
-            W = module.weight.detach()
-            if is_out:
-                rows = W.flatten(1)[idxs]
-                live = (rows != 0).any(1)
-                if module.bias is not None:
-                    live |= module.bias.detach()[idxs] != 0
-                zero_in[roots[live]] = False
-            else:
-                cols = W[:, idxs] != 0
-                cols = cols.flatten(2) if W.ndim > 2 else cols[..., None]
-                unused[roots[cols.any(2).any(0)]] = False
-        elif node.type == ops.OPTYPE.DEPTHWISE_CONV:
-            if module.bias is not None:
-                zero_in[roots[module.bias.detach()[idxs] != 0]] = False
-        elif node.type == ops.OPTYPE.BN:
-            shift = module.bias.detach() if module.bias is not None else \
-                torch.zeros(module.num_features)
-            if module.running_mean is not None:
-                scale = 1.0 if module.weight is None else module.weight.detach()
-                shift = shift - scale * module.running_mean / torch.sqrt(
-                    module.running_var + module.eps)
-            zero_in[roots[shift[idxs] != 0]] = False
-        elif node.type in (ops.OPTYPE.CONCAT, ops.OPTYPE.SPLIT, ops.OPTYPE.RESHAPE,
-                           ops.OPTYPE.SLICE, ops.OPTYPE.UNBIND):
-            continue
-        elif node.type == ops.OPTYPE.ELEMENTWISE and _op_name(node) in _CHANNELWISE_OPS:
-            continue
-        else:
-            what = _name_of(graph, module) if isinstance(module, nn.Module) else node.name
-            return [], f"its channels pass through {what!r} ({type(module).__name__})"
-    dead = torch.nonzero(zero_in | unused).flatten().tolist()
-    if len(dead) == n:  # keep one channel so that the shapes stay valid (it carries zeros)
-        dead = dead[1:]
-    return dead, None
-
-
-def _max_change(a: Any, b: Any) -> float:
-    """Largest absolute entry difference between two outputs (tensors or nested tuples)."""
-    if isinstance(a, torch.Tensor):
-        if not isinstance(b, torch.Tensor) or a.shape != b.shape:
-            return math.inf
-        return float((a - b).abs().max()) if a.numel() else 0.0
-    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b):
-        return max((_max_change(x, y) for x, y in zip(a, b)), default=0.0)
-    if isinstance(a, Mapping) and isinstance(b, Mapping) and a.keys() == b.keys():
-        return max((_max_change(a[k], b[k]) for k in a), default=0.0)
-    return math.inf
-
-
-def _magnitude(out: Any) -> float:
-    if isinstance(out, torch.Tensor):
-        return float(out.abs().max()) if out.numel() else 0.0
-    values = out.values() if isinstance(out, Mapping) else out
-    return max((_magnitude(v) for v in values), default=0.0)
-
-
-def _eval_output(model: nn.Module, example_input: torch.Tensor) -> Any:
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return model(example_input)
-    finally:
-        model.train(was)
-
-
-def _compact_graph(work: nn.Module, example_input: torch.Tensor, reference_out: Any):
-    """Remove the dead channels of every coupled group of ``work`` (in place), until none is
-    left. Each removal is checked on ``example_input``; one that changes the output is undone
-    and its group left alone. Returns ``(removed, notes)``: ``{root layer: count}`` and
-    ``{root layer: why its dead channels were kept}``."""
-    tol = ROUNDING_TOL * max(1.0, _magnitude(reference_out))
-    removed: dict[str, int] = {}
-    notes: dict[str, str] = {}
-    changed = True
-    while changed:
-        changed = False
-        graph = _dependency_graph(work, example_input)
-        for group in graph.get_all_groups():
-            root = group[0].dep.target.module
-            name = _name_of(graph, root)
-            if name in notes:
-                continue
-            if _reaches_output(graph, group):
-                continue
-            dead, why = _dead_channels(graph, group)
-            if why is not None:
-                notes[name] = why
-            if not dead:
-                continue
-            saved = copy.deepcopy(work)
-            try:
-                _out_group(graph, root, dead).prune()
-                change = _max_change(_eval_output(work, example_input), reference_out)
-            except Exception as err:  # noqa: BLE001 - a removal the model cannot run is undone
-                change, why = math.inf, f"{type(err).__name__}: {err}"
-            if change > tol:
-                work.__dict__.clear()           # back to the copy taken before this group
-                work.__dict__.update(saved.__dict__)
-                notes[name] = why or f"removing its dead channels moved the output by {change:.3g}"
-                changed = True                  # the graph traced the undone modules: retrace
-                break
-            removed[name] = removed.get(name, 0) + len(dead)
-            changed = True
-    return removed, notes
-
-
 def _dead_units(chain, index) -> torch.Tensor:
     """Bool mask of removable output units of chain[index] (Linear/Conv2d)."""
     name, module = chain[index]
-    nxt_name, nxt, flatten, bns = _consumer(chain, index)
+    nxt_name, nxt, flatten, bns = consumer(chain, index)
     W = module.weight.detach().flatten(1)
     n_out = W.shape[0]
     no_input = (W == 0).all(1)
@@ -601,7 +345,7 @@ def compact(model: nn.Module, example_input: torch.Tensor, *, inplace: bool = Fa
     BatchNorm with a nonzero shift keeps a zero-input channel alive). Groups whose channels pass
     through other operations (LayerNorm, attention) are left alone (``notes`` says why); each
     removal is checked on ``example_input`` and undone if the output moved by more than
-    :data:`ROUNDING_TOL` times its largest entry.
+    :data:`nettrim.model.dependency.ROUNDING_TOL` times its largest entry.
 
     Parameters
     ----------
@@ -620,7 +364,7 @@ def compact(model: nn.Module, example_input: torch.Tensor, *, inplace: bool = Fa
     work = model if inplace else copy.deepcopy(model)
     reference = copy.deepcopy(model).eval()
     try:
-        before_out = _eval_output(reference, example_input)
+        before_out = eval_output(reference, example_input)
     except Exception as err:  # noqa: BLE001 - the user's model or batch: one clear message
         msg = (f"compact: the {type(model).__name__} does not run on example_input of shape "
                f"{tuple(example_input.shape)}: {type(err).__name__}: {err}")
@@ -631,12 +375,12 @@ def compact(model: nn.Module, example_input: torch.Tensor, *, inplace: bool = Fa
     if _plain_chain(model):
         removed = _compact_chain(work)
     else:
-        removed, notes = _compact_graph(work, example_input, before_out)
+        removed, notes = compact_graph(work, example_input, before_out)
     return CompactResult(model=work, removed=removed, params_before=params_before,
                          params_after=count_parameters(work),
                          latency_before_ms=latency_before,
                          latency_after_ms=measure_latency(work, example_input, repeats=repeats),
-                         max_abs_diff=_max_change(_eval_output(work, example_input), before_out),
+                         max_abs_diff=max_change(eval_output(work, example_input), before_out),
                          notes=notes)
 
 
@@ -648,7 +392,7 @@ def _compact_chain(work: nn.Sequential) -> dict:
         changed = False
         chain = _chain(work)
         for index, (name, module) in enumerate(chain):
-            if not isinstance(module, SUPPORTED) or _consumer(chain, index)[1] is None:
+            if not isinstance(module, SUPPORTED) or consumer(chain, index)[1] is None:
                 continue
             dead = _dead_units(chain, index)
             if bool(dead.any()):

@@ -19,9 +19,11 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 from torch.utils.data import DataLoader
 
-from .data import data_loader
+from ..checks import check_model
+from ..inputs import model_device
+from ..io.datasets import data_loader
 
-__all__ = ["finetune", "FinetuneResult"]
+__all__ = ["finetune", "FinetuneResult", "as_loader"]
 
 _PRUNABLE = (nn.Linear, nn.Conv2d)
 #: The optimizers :func:`finetune` takes (``torch.optim`` classes).
@@ -50,7 +52,7 @@ def _check_positive_int(value: Any, name: str) -> int:
     return value
 
 
-def _as_loader(loader: Any, *, batch_size: int = 128, seed: int = 0) -> Iterable:
+def as_loader(loader: Any, *, batch_size: int = 128, seed: int = 0) -> Iterable:
     """A re-iterable source of ``(x, y)`` batches from a DataLoader, a list or ``(x, y)``."""
     if isinstance(loader, DataLoader):
         return loader
@@ -136,9 +138,7 @@ def finetune(model: nn.Module, loader: Any, *, epochs: int = 1, lr: float = 1e-3
         ``(model, losses)``: the same model with plain weights (masks folded in), and the
         mean training loss of each epoch.
     """
-    if not isinstance(model, nn.Module):
-        msg = f"model must be a torch.nn.Module, got {type(model).__name__}"
-        raise TypeError(msg)
+    check_model(model)
     epochs = _check_positive_int(epochs, "epochs")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr):
         msg = f"lr must be a positive number, got {lr!r}"
@@ -153,11 +153,10 @@ def finetune(model: nn.Module, loader: Any, *, epochs: int = 1, lr: float = 1e-3
     if loss_fn is not None and not callable(loss_fn):
         msg = f"loss_fn must be callable (outputs, targets) -> loss, got {type(loss_fn).__name__}"
         raise TypeError(msg)
-    data = _as_loader(loader, batch_size=batch_size, seed=seed)
+    data = as_loader(loader, batch_size=batch_size, seed=seed)
     targets = _masked_modules(model, layers)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device = model_device(model)
 
     added = []
     done = False

@@ -1,4 +1,4 @@
-"""Checkpoint and data files: read a model to prune, write the pruned one back, load data.
+"""Checkpoints: read a model to prune, write the pruned one back.
 
 Checkpoint formats (:data:`FORMATS`)
 ------------------------------------
@@ -24,19 +24,9 @@ Checkpoint formats (:data:`FORMATS`)
 Leftovers of :mod:`torch.nn.utils.prune` (``weight_orig`` / ``weight_mask`` pairs in a state dict,
 or pruning hooks on a pickled module) are folded into plain weights when loading.
 
-Data files (:func:`load_data`)
-------------------------------
-``.npz`` with an array ``x`` (and optionally integer labels ``y``); ``.pt`` holding a tensor or a
-dict with ``x`` (and optionally ``y``), loaded with ``weights_only=True``; or an MNIST-style idx
-directory (``train-images-idx3-ubyte[.gz]`` and friends, read with :func:`nettrim.data.read_idx`)
-or a single idx images file. Integer images are scaled to [0, 1]; 3-D idx images get a channel
-axis, as :func:`nettrim.data.load_mnist` does.
-
-Every problem a user can cause (missing or corrupt file, unknown format, wrong factory, keys or
-shapes that do not match, NaN/Inf weights or samples, an idx directory without the split asked
-for) raises :class:`CheckpointError` (a :class:`ValueError`) with a one-line
-message naming the file. Writes go to a temporary file in the destination directory that is
-renamed into place (:func:`atomic_write`): an interrupted write leaves no partial file.
+Reading data files is :mod:`nettrim.io.datafiles`; rebuilding ``.pt2`` programs is
+:mod:`nettrim.io.export`. A problem with a file raises :class:`nettrim.io.files.CheckpointError`
+with a one-line message naming it; writes are atomic (:func:`nettrim.io.files.atomic_write`).
 """
 
 from __future__ import annotations
@@ -50,31 +40,29 @@ import pathlib
 import pickle
 import pickletools
 import struct
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
-import numpy as np
 import torch
 from torch import nn
 
+from ..inputs import model_device
+from .export import export_model, save_program, sequential_from_program
+from .files import CheckpointError, atomic_write, one_line
 from .formats import FORMATS
 
 __all__ = [
     "FORMATS",
     "Checkpoint",
     "CheckpointError",
-    "atomic_write",
     "build_model",
     "detect_format",
     "example_from_program",
-    "export_model",
+    "fold_pruning_state_dict",
     "load_arch",
     "load_checkpoint",
-    "load_data",
     "save_checkpoint",
-    "sequential_from_program",
 ]
 
 
@@ -83,17 +71,8 @@ SUFFIXES = {"state_dict": ".pt", "module": ".pt", "export": ".pt2", "safetensors
 
 #: Keys under which training-loop checkpoints nest their weights.
 _NESTED_KEYS = ("state_dict", "model_state_dict")
-#: Names of the idx files in an MNIST-style directory: split -> (images, labels).
-_IDX_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
 #: Batch size used when an exported program's batch dimension is dynamic.
 _DYNAMIC_EXAMPLE_BATCH = 2
-
-
-class CheckpointError(ValueError):
-    """A checkpoint, factory or data file that cannot be used; the message is one line."""
 
 
 @dataclasses.dataclass
@@ -128,39 +107,6 @@ class Checkpoint:
 
 
 # ---- writing -----------------------------------------------------------------------------------
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> pathlib.Path:
-    """Call ``write(temp_path)`` on a temporary file next to ``path``, then rename it to ``path``.
-
-    The temporary file lives in the destination directory (so :func:`os.replace` is atomic) and
-    is removed if ``write`` raises anything, ``KeyboardInterrupt`` included.
-
-    Parameters
-    ----------
-    path : str or path-like
-        Final file name. Its directory is created if missing.
-    write : callable
-        Receives the temporary path (a str) and writes the whole file there.
-
-    Returns
-    -------
-    pathlib.Path
-    """
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(handle)
-    try:
-        write(temp)
-        with open(temp, "rb") as done:
-            os.fsync(done.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        pathlib.Path(temp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, format: str,
                     example_input: Optional[torch.Tensor] = None,
                     dynamic_batch: bool = False) -> pathlib.Path:
@@ -200,32 +146,11 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, format: str,
         raise ValueError(msg)
     program = export_model(model, example_input.cpu(), dynamic_batch=dynamic_batch)
     # torch.export.save wants a name ending in .pt2
-    return atomic_write(path, lambda tmp: _save_program(program, tmp))
-
-
-def _save_program(program, temp: str) -> None:
-    staged = temp + ".pt2"
-    try:
-        torch.export.save(program, staged)
-        os.replace(staged, temp)
-    finally:
-        pathlib.Path(staged).unlink(missing_ok=True)
-
-
-def export_model(model: nn.Module, example_input: torch.Tensor, *, dynamic_batch: bool = False):
-    """``torch.export.export(model, (example_input,))`` in eval mode (dim 0 dynamic if asked)."""
-    was_training = model.training
-    model.eval()
-    try:
-        shapes = ({0: torch.export.Dim.AUTO},) if dynamic_batch else None
-        return torch.export.export(model, (example_input,), dynamic_shapes=shapes)
-    finally:
-        model.train(was_training)
+    return atomic_write(path, lambda tmp: save_program(program, tmp))
 
 
 def _on_cpu(model: nn.Module) -> nn.Module:
-    param = next(model.parameters(), None)
-    if param is None or param.device.type == "cpu":
+    if model_device(model).type == "cpu":
         return model
     import copy
     return copy.deepcopy(model).cpu()
@@ -297,7 +222,7 @@ def load_arch(spec: str) -> Callable[[], nn.Module]:
         obj: Any = importlib.import_module(module_name)
     except Exception as err:  # noqa: BLE001 - any import failure is the user's factory
         msg = f"--arch {spec}: cannot import module {module_name!r} ({type(err).__name__}: {err})"
-        raise CheckpointError(_one_line(msg)) from err
+        raise CheckpointError(one_line(msg)) from err
     for part in attr_path.split("."):
         if not hasattr(obj, part):
             msg = f"--arch {spec}: module {module_name!r} has no attribute {attr_path!r}"
@@ -316,7 +241,7 @@ def build_model(spec: str) -> nn.Module:
         model = factory()
     except Exception as err:  # noqa: BLE001 - the factory is user code
         msg = f"--arch {spec}: calling the factory failed ({type(err).__name__}: {err})"
-        raise CheckpointError(_one_line(msg)) from err
+        raise CheckpointError(one_line(msg)) from err
     if not isinstance(model, nn.Module):
         msg = f"--arch {spec}: the factory returned a {type(model).__name__}, not a torch.nn.Module"
         raise CheckpointError(msg)
@@ -358,7 +283,7 @@ def load_checkpoint(path: str | os.PathLike, *, arch: Optional[str] = None,
             state = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:
             msg = f"checkpoint {path}: not a readable safetensors file ({err})"
-            raise CheckpointError(_one_line(msg)) from err
+            raise CheckpointError(one_line(msg)) from err
         model = _model_from_state(state, arch, path, "safetensors", notes)
         return Checkpoint(model=model.eval(), format="safetensors", path=path, arch=arch,
                           notes=notes)
@@ -367,7 +292,7 @@ def load_checkpoint(path: str | os.PathLike, *, arch: Optional[str] = None,
     except pickle.UnpicklingError as err:
         if "weights only load failed" not in str(err).lower():
             msg = f"checkpoint {path}: corrupt or not a torch checkpoint ({err})"
-            raise CheckpointError(_one_line(msg)) from err
+            raise CheckpointError(one_line(msg)) from err
         if not _holds_pickle(path):  # torch's advice (weights_only=False) would be wrong here
             msg = (f"checkpoint {path}: corrupt or not a torch checkpoint (neither a torch zip "
                    "archive nor a pickle)")
@@ -381,7 +306,7 @@ def load_checkpoint(path: str | os.PathLike, *, arch: Optional[str] = None,
         notes.append("unpickled a whole module (--trust-pickle)")
     except Exception as err:  # noqa: BLE001 - zip/EOF/runtime errors of a damaged file
         msg = f"checkpoint {path}: corrupt or not a torch checkpoint ({type(err).__name__}: {err})"
-        raise CheckpointError(_one_line(msg)) from err
+        raise CheckpointError(one_line(msg)) from err
     if isinstance(obj, nn.Module):
         if arch is not None:
             notes.append(f"--arch {arch} ignored: the file holds a whole module")
@@ -431,7 +356,7 @@ def _load_pickle(path: pathlib.Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - e.g. the pickled class cannot be imported
         msg = f"checkpoint {path}: unpickling failed ({type(err).__name__}: {err})"
-        raise CheckpointError(_one_line(msg)) from err
+        raise CheckpointError(one_line(msg)) from err
 
 
 def _as_state_dict(obj: Any, path: pathlib.Path) -> dict:
@@ -451,7 +376,6 @@ def _as_state_dict(obj: Any, path: pathlib.Path) -> dict:
 def _model_from_state(state: dict, arch: Optional[str], path: pathlib.Path, kind: str,
                       notes: list) -> nn.Module:
     if any(k.endswith("_orig") or k.endswith("_mask") for k in state):
-        from .surgery import fold_pruning_state_dict
         state = fold_pruning_state_dict(state)
         notes.append("folded torch.nn.utils.prune leftovers (*_orig * *_mask)")
     if arch is None:
@@ -485,7 +409,7 @@ def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], what: str)
         model.load_state_dict(state, strict=True)
     except Exception as err:  # noqa: BLE001 - dtype or custom load hooks
         msg = f"{what}: {type(err).__name__}: {err}"
-        raise CheckpointError(_one_line(msg)) from err
+        raise CheckpointError(one_line(msg)) from err
 
 
 def _fold_module_pruning(model: nn.Module, notes: list) -> None:
@@ -501,6 +425,31 @@ def _fold_module_pruning(model: nn.Module, notes: list) -> None:
         notes.append(f"folded torch.nn.utils.prune masks of {', '.join(folded)}")
 
 
+def fold_pruning_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Replace ``x_orig`` / ``x_mask`` pairs of a saved state_dict by ``x = x_orig * x_mask``.
+
+    Keys keep their order; a ``_orig`` without its ``_mask`` (or the reverse) is an error.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.endswith("_mask"):
+            base = key[: -len("_mask")]
+            if base + "_orig" not in state_dict:
+                msg = f"state_dict has {key!r} but no {base + '_orig'!r}"
+                raise ValueError(msg)
+            continue
+        if key.endswith("_orig"):
+            base = key[: -len("_orig")]
+            mask = state_dict.get(base + "_mask")
+            if mask is None:
+                msg = f"state_dict has {key!r} but no {base + '_mask'!r}"
+                raise ValueError(msg)
+            out[base] = value * mask.to(value.dtype)
+        else:
+            out[key] = value
+    return out
+
+
 # ---- torch.export programs ---------------------------------------------------------------------
 def _load_program(path: pathlib.Path, arch: Optional[str], notes: list) -> Checkpoint:
     try:
@@ -509,7 +458,7 @@ def _load_program(path: pathlib.Path, arch: Optional[str], notes: list) -> Check
     except Exception as err:  # noqa: BLE001 - any failure means the archive is unusable
         msg = (f"checkpoint {path}: not a loadable torch.export program "
                f"({type(err).__name__}: {err})")
-        raise CheckpointError(_one_line(msg)) from err
+        raise CheckpointError(one_line(msg)) from err
     shape, dtype = _program_input(program, path)
     if arch is not None:
         model = build_model(arch)
@@ -565,269 +514,7 @@ def example_from_program(checkpoint: Checkpoint, x: torch.Tensor) -> tuple[torch
     return example.to(checkpoint.example_dtype or example.dtype), dynamic
 
 
-class _View(nn.Module):
-    """``x.reshape(x.shape[0], *shape)`` (a batch-preserving view from an exported graph)."""
-
-    def __init__(self, shape: tuple):
-        super().__init__()
-        self.shape = tuple(shape)
-
-    def forward(self, x):
-        return x.reshape(x.shape[0], *self.shape)
-
-    def extra_repr(self):
-        return f"shape={self.shape}"
-
-
-def sequential_from_program(program, path: str | os.PathLike = "<program>") -> nn.Sequential:
-    """Rebuild a chain-shaped exported program as an ``nn.Sequential`` with the same weights.
-
-    Supported ATen operations, each applied to the previous one's output: ``flatten``, batch-
-    preserving ``view``/``reshape``, ``linear``, ``conv2d``, ``relu``, ``max_pool2d``,
-    ``avg_pool2d``, ``dropout`` (eval: identity). Anything else (branches, residual additions,
-    other operators) raises :class:`CheckpointError` asking for ``--arch``.
-    """
-    aten = torch.ops.aten
-    params = {**program.state_dict, **getattr(program, "constants", {})}
-    sig = program.graph_signature
-    name_of = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
-               **getattr(sig, "inputs_to_lifted_tensor_constants", {})}
-
-    def tensor(node):
-        if node is None:
-            return None
-        key = name_of.get(getattr(node, "name", None))
-        if key is None or key not in params:
-            msg = (f"checkpoint {path}: operator input {node} is not a stored weight; "
-                   "pass --arch to load the program's weights into your model instead")
-            raise CheckpointError(msg)
-        return params[key].detach().clone()
-
-    def unsupported(node, why=""):
-        msg = (f"checkpoint {path}: cannot rebuild the exported graph as a chain of layers "
-               f"(at {node.name}: {node.target}{why}); pass --arch module:callable to load the "
-               "program's weights into your model")
-        return CheckpointError(msg)
-
-    user_input = sig.user_inputs[0]
-    current = next(n for n in program.graph.nodes if n.name == user_input)
-    layers: list[nn.Module] = []
-    for node in program.graph.nodes:
-        if node.op in ("placeholder", "output", "get_attr"):
-            continue
-        if node.op != "call_function":
-            raise unsupported(node)
-        if not node.args or node.args[0] is not current:
-            raise unsupported(node, ", not a chain")
-        args = list(node.args) + [None] * 8
-        target = node.target
-        if target in (aten.linear.default,):
-            weight, bias = tensor(args[1]), tensor(args[2])
-            layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-            _assign(layer, weight, bias)
-        elif target in (aten.conv2d.default,):
-            weight, bias = tensor(args[1]), tensor(args[2])
-            stride, padding, dilation = (args[3] or 1), (args[4] or 0), (args[5] or 1)
-            groups = args[6] or 1
-            if isinstance(padding, str):
-                raise unsupported(node, f", padding={padding!r}")
-            layer = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]),
-                              stride=stride, padding=padding, dilation=dilation, groups=groups,
-                              bias=bias is not None)
-            _assign(layer, weight, bias)
-        elif target in (aten.relu.default, aten.relu_.default):
-            layer = nn.ReLU()
-        elif target in (aten.flatten.using_ints,):
-            start = node.args[1] if len(node.args) > 1 else 0
-            end = node.args[2] if len(node.args) > 2 else -1
-            if start != 1 or end != -1:
-                raise unsupported(node, f", flatten({start}, {end})")
-            layer = nn.Flatten()
-        elif target in (aten.view.default, aten.reshape.default, aten._unsafe_view.default):
-            out_shape = node.meta["val"].shape
-            in_shape = current.meta["val"].shape
-            if len(out_shape) < 1 or str(out_shape[0]) != str(in_shape[0]):
-                raise unsupported(node, ", a view that changes the batch dimension")
-            layer = _View(tuple(int(s) for s in out_shape[1:]))
-        elif target in (aten.max_pool2d.default,):
-            layer = nn.MaxPool2d(args[1], stride=args[2] or args[1], padding=args[3] or 0,
-                                 dilation=args[4] or 1, ceil_mode=bool(args[5]))
-        elif target in (aten.avg_pool2d.default,):
-            layer = nn.AvgPool2d(args[1], stride=args[2] or args[1], padding=args[3] or 0,
-                                 ceil_mode=bool(args[4]),
-                                 count_include_pad=True if args[5] is None else bool(args[5]))
-        elif target in (aten.dropout.default, aten.clone.default, aten.alias.default):
-            layer = nn.Identity()
-        else:
-            raise unsupported(node)
-        if not isinstance(layer, nn.Identity):
-            layers.append(layer)
-        current = node
-    outputs = [n for n in program.graph.nodes if n.op == "output"][0].args[0]
-    if not (isinstance(outputs, (tuple, list)) and len(outputs) == 1 and outputs[0] is current):
-        msg = (f"checkpoint {path}: the exported program does not return its last operation's "
-               "result alone; pass --arch module:callable")
-        raise CheckpointError(msg)
-    return nn.Sequential(*layers)
-
-
-def _assign(layer: nn.Module, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
-    with torch.no_grad():
-        layer.weight = nn.Parameter(weight)
-        if bias is not None:
-            layer.bias = nn.Parameter(bias)
-
-
-# ---- data --------------------------------------------------------------------------------------
-def load_data(path: str | os.PathLike, *, split: str = "train", integers: bool = False
-              ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Load samples (and labels when present) from ``.npz``, ``.pt`` or idx files.
-
-    Parameters
-    ----------
-    path : str or path-like
-        A ``.npz`` file (arrays ``x`` and optional ``y``), a ``.pt`` file (a tensor, or a dict with
-        ``x`` and optional ``y``; read with ``weights_only=True``), an MNIST-style directory of
-        idx files, or one idx images file.
-    split : {"train", "test"}, default "train"
-        Which pair of files to read from an idx directory; a directory without that split's
-        images is an error naming the missing file (never the other split in its place).
-    integers : bool, default False
-        Keep integer samples as int64 (token ids for a model that starts with an
-        ``nn.Embedding``) instead of converting them to float32.
-
-    Returns
-    -------
-    x : Tensor of shape (n, ...), float32 (int64 for integer data with ``integers=True``)
-    y : Tensor of shape (n,), int64, or None
-
-    Raises
-    ------
-    CheckpointError
-        Missing, unreadable or malformed data, in one line naming the file.
-    """
-    if split not in _IDX_FILES:
-        msg = f"split: expected one of {tuple(_IDX_FILES)}, got {split!r}"
-        raise ValueError(msg)
-    path = pathlib.Path(path)
-    if not path.exists():
-        msg = f"data {path} does not exist"
-        raise CheckpointError(msg)
-    try:
-        if path.is_dir():
-            x, y = _load_idx_dir(path, split)
-        elif path.suffix == ".npz":
-            x, y = _load_npz(path)
-        elif path.suffix in (".idx", ".gz") or "idx" in path.name:
-            x, y = _load_idx_file(path), None
-        else:
-            x, y = _load_pt(path)
-    except CheckpointError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any decode failure of a user file
-        msg = (f"data {path}: cannot read it ({type(err).__name__}: {err}); expected a .npz "
-               "with arrays x (and y), a .pt tensor or {'x', 'y'} dict, or an MNIST-style idx "
-               "directory")
-        raise CheckpointError(_one_line(msg)) from err
-    return _check_xy(x, y, path, integers)
-
-
-def _load_npz(path: pathlib.Path):
-    with np.load(path, allow_pickle=False) as archive:
-        if "x" not in archive.files:
-            msg = (f"data {path}: expected an array named 'x' (and optionally 'y'), "
-                   f"found {archive.files}")
-            raise CheckpointError(msg)
-        x = torch.from_numpy(np.array(archive["x"]))
-        y = torch.from_numpy(np.array(archive["y"])) if "y" in archive.files else None
-    return x, y
-
-
-def _load_pt(path: pathlib.Path):
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        msg = (f"data {path}: not a tensor file readable with weights_only=True (save a tensor "
-               "or a dict {'x': tensor, 'y': tensor})")
-        raise CheckpointError(msg) from err
-    if isinstance(obj, torch.Tensor):
-        return obj, None
-    if isinstance(obj, Mapping) and isinstance(obj.get("x"), torch.Tensor):
-        y = obj.get("y")
-        if y is not None and not isinstance(y, torch.Tensor):
-            msg = f"data {path}: 'y' must be a tensor of labels, got {type(y).__name__}"
-            raise CheckpointError(msg)
-        return obj["x"], y
-    what = f"a dict with keys {sorted(map(str, obj))}" if isinstance(obj, Mapping) else \
-        f"a {type(obj).__name__}"
-    msg = f"data {path}: expected a tensor or a dict with 'x' (and optionally 'y'), got {what}"
-    raise CheckpointError(msg)
-
-
-def _load_idx_file(path: pathlib.Path) -> torch.Tensor:
-    from .data import read_idx
-    images = read_idx(path)
-    x = torch.from_numpy(images)
-    if x.ndim == 3:
-        x = x.unsqueeze(1)
-    return x
-
-
-def _load_idx_dir(path: pathlib.Path, split: str):
-    from .data import read_idx
-
-    def find(stem):
-        for name in (stem + ".gz", stem):
-            if (path / name).is_file():
-                return path / name
-        return None
-
-    images_file, labels_file = (find(stem) for stem in _IDX_FILES[split])
-    if images_file is None:
-        others = [s for s in _IDX_FILES if s != split and find(_IDX_FILES[s][0])]
-        hint = f"; it holds the {others[0]} split (--split {others[0]})" if others else ""
-        msg = (f"data {path}: the {split} split's images {_IDX_FILES[split][0]}[.gz] are "
-               f"missing{hint}")
-        raise CheckpointError(msg)
-    x = _load_idx_file(images_file)
-    y = torch.from_numpy(read_idx(labels_file).astype(np.int64)) if labels_file else None
-    return x, y
-
-
-def _check_xy(x: torch.Tensor, y: Optional[torch.Tensor], path: pathlib.Path,
-              integers: bool = False):
-    if x.ndim < 2 or x.shape[0] == 0:
-        msg = (f"data {path}: expected samples of shape (n, ...) with n >= 1, "
-               f"got shape {tuple(x.shape)}")
-        raise CheckpointError(msg)
-    if not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int8, torch.int16,
-                                                  torch.int32, torch.int64)):
-        msg = f"data {path}: expected numeric samples, got dtype {x.dtype}"
-        raise CheckpointError(msg)
-    if integers and not x.is_floating_point():
-        x = x.long()
-    else:
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-    bad = int((~torch.isfinite(x)).sum())
-    if bad:
-        msg = (f"data {path}: {bad} of the {x.numel()} sample values are NaN or Inf (as float32); "
-               "nettrim needs finite data")
-        raise CheckpointError(msg)
-    if y is not None:
-        if y.is_floating_point() or y.ndim != 1 or y.shape[0] != x.shape[0]:
-            msg = (f"data {path}: labels 'y' must be integers of shape ({x.shape[0]},), got "
-                   f"{y.dtype} of shape {tuple(y.shape)}")
-            raise CheckpointError(msg)
-        y = y.long()
-    return x.contiguous(), y
-
-
 # ---- helpers -----------------------------------------------------------------------------------
-def _one_line(text: str, limit: int = 400) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def _short(items: list, limit: int = 4) -> str:
     shown = ", ".join(map(str, items[:limit]))
     return f"[{shown}{', ...' if len(items) > limit else ''}] ({len(items)})"

@@ -1,0 +1,7 @@
+"""``python -m nettrim.cli ARGS``: the ``nettrim`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,483 @@
+"""What each subcommand of ``nettrim`` does (prune, report, evaluate, demo), and the steps they
+share (loading checkpoints and data, checking that the data fits the model, sample subsets).
+
+Each command imports torch and the library when it runs, never at import time: the parser
+imports this module to dispatch, and ``nettrim --help`` stays free of torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import sys
+import tempfile
+import time
+import warnings
+from typing import TYPE_CHECKING, Any, Optional
+
+from .common import (DEFAULT_EPSILON, DEMO_SPARSITY, EXIT_OK, UsageError, report_path_for, say,
+                     version)
+
+if TYPE_CHECKING:  # imported lazily at run time (see the module docstring)
+    import torch
+
+    from ..io import checkpoint as ckpt_io
+
+__all__ = ["cli_hint", "cmd_demo", "cmd_evaluate", "cmd_prune", "cmd_report"]
+
+#: Rows pushed through a model to check that the data fits it.
+_PROBE_ROWS = 2
+
+
+# ---- shared steps -------------------------------------------------------------------------------
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _device(name: str) -> torch.device:
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available to torch on this machine")
+    return torch.device(name)
+
+
+def _subset(x: torch.Tensor, y: Optional[torch.Tensor], samples: Optional[int], seed: int):
+    import torch
+
+    if samples is None or samples >= x.shape[0]:
+        return x, y
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:samples]
+    order = order.sort().values
+    return x[order], (None if y is None else y[order])
+
+
+def _load_data(path: str, split: str, samples: Optional[int], seed: int,
+               integers: bool = False):
+    from ..io.datafiles import load_data
+
+    x, y = load_data(path, split=split, integers=integers)
+    n_available = x.shape[0]
+    x, y = _subset(x, y, samples, seed)
+    return x, y, n_available
+
+
+def _check_fits(model: torch.nn.Module, x: torch.Tensor, what: str, many: bool = False) -> Any:
+    """Run the model on a couple of rows; a failure is a shape mismatch between data and model,
+    a non-finite output a model (or data) that gives no usable measurement. With ``many``, a
+    tuple or dict of outputs is accepted (each tensor checked)."""
+    import torch
+
+    from ..inputs import model_device
+
+    was_training = model.training
+    model.eval()
+    try:
+        device = model_device(model)
+        with torch.no_grad():
+            out = model(x[:_PROBE_ROWS].to(device))
+    except Exception as err:  # noqa: BLE001 - whatever the model raises on the wrong input
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        msg = (f"{what} (samples of shape {tuple(x.shape[1:])}) does not fit the model: {first}")
+        raise UsageError(msg) from err
+    finally:
+        model.train(was_training)
+    from ..results import output_tensors
+
+    if not isinstance(out, torch.Tensor) and not (many and output_tensors(out)):
+        msg = f"the model returns a {type(out).__name__}, not a tensor: nettrim needs one output"
+        raise UsageError(msg)
+    if any(not bool(torch.isfinite(t).all()) for t in output_tensors(out)):
+        msg = f"the model's output on {what} has NaN/Inf entries: nothing can be measured on it"
+        raise UsageError(msg)
+    return out
+
+
+def _select(model: torch.nn.Module, layers, ignore) -> list[str]:
+    from ..model.capture import prunable_layers
+
+    try:
+        return list(prunable_layers(model, layers, ignore))
+    except (ValueError, TypeError) as err:
+        raise UsageError(str(err)) from err
+
+
+def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Optional[float]:
+    from ..models import accuracy
+
+    return accuracy(model, x, y)
+
+
+def _load(path: str, args) -> ckpt_io.Checkpoint:
+    from ..io import checkpoint as ckpt_io
+
+    return ckpt_io.load_checkpoint(path, arch=args.arch, trust_pickle=args.trust_pickle)
+
+
+def _check_writable(path: pathlib.Path, what: str, *, is_dir: bool = False) -> None:
+    """UsageError unless ``path`` (a file, or a directory with ``is_dir``) can be written: its
+    nearest existing ancestor must be a directory that takes new files, probed with an anonymous
+    temporary file (no name is left behind, even if interrupted)."""
+    if path.exists() and path.is_dir() != is_dir:
+        raise UsageError(f"{what} {path} is {'a directory' if path.is_dir() else 'a file'}; "
+                         f"name a {'directory' if is_dir else 'file'}")
+    existing = path if is_dir else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{what} {path}: {existing} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise UsageError(f"{what} {path}: cannot write in {existing} "
+                         f"({err.strerror or type(err).__name__})") from err
+
+
+def _same_file(a: pathlib.Path, b: pathlib.Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+# ---- prune --------------------------------------------------------------------------------------
+def cmd_prune(args) -> int:
+    import torch
+
+    from ..io import checkpoint as ckpt_io
+    from ..io.files import atomic_write
+    from ..model.graph import takes_token_ids
+    from ..prune import prune
+    from ..tables import format_json, format_prune_table, totals
+
+    start = time.perf_counter()
+    source = pathlib.Path(args.checkpoint)
+    out = pathlib.Path(args.out)
+    report_file = pathlib.Path(args.report) if args.report else report_path_for(out)
+    ckpt_io.detect_format(source)  # missing, a directory, empty: one line before any work
+    if _same_file(out, source) and not args.overwrite:
+        raise UsageError(f"--out {out} is the input checkpoint; pass --overwrite to replace it "
+                         "(the input is otherwise never modified)")
+    if _same_file(report_file, source) or report_file.resolve() == out.resolve():
+        raise UsageError(f"the report path {report_file} collides with the input or output "
+                         "checkpoint; pass --report elsewhere")
+    _check_writable(out, "--out")
+    _check_writable(report_file, "--report")
+    if args.plot:
+        _check_writable(pathlib.Path(args.plot), "--plot", is_dir=True)
+    source_hash = _sha256(source)
+    loaded = _load(args.checkpoint, args)
+    out_format = args.out_format or _format_from_suffix(out) or loaded.format
+    x, y, n_available = _load_data(args.data, "train", args.samples, args.seed,
+                                   integers=takes_token_ids(loaded.model))
+    device = _device(args.device)
+    model = loaded.model.to(device)
+    one_output = isinstance(_check_fits(model, x, f"data {args.data}", many=True), torch.Tensor)
+    selected = _select(model, args.layers, args.ignore)
+    example, dynamic = None, False
+    notes = list(loaded.notes)
+    if out_format == "export":
+        if loaded.format == "export":
+            example, dynamic = ckpt_io.example_from_program(loaded, x)
+        else:  # two rows: an example of batch 1 would fix the exported batch size to 1
+            example = x[:2].repeat(2 if x.shape[0] == 1 else 1, *[1] * (x.ndim - 1))
+            dynamic = True
+        notes.append(f"re-exported with torch.export.export on an example input of shape "
+                     f"{tuple(example.shape)}{' (batch dimension dynamic)' if dynamic else ''}")
+    if (args.global_budget or args.min_per_unit is not None) and args.sparsity is None:
+        raise UsageError("--global and --min-per-unit need --sparsity (the model-wide fraction)")
+    if args.min_per_unit is not None and not args.global_budget:
+        raise UsageError("--min-per-unit is the guard of a global budget: add --global")
+    epsilon = args.epsilon if args.sparsity is None and args.epsilon is not None else (
+        DEFAULT_EPSILON if args.sparsity is None else None)
+    solver_options = None
+    if args.max_iter and args.solver == "admm":
+        solver_options = {"max_iter": args.max_iter}
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            result = prune(
+                model, x.to(device), epsilon, sparsity=args.sparsity, mode=args.mode,
+                solver=args.solver, layers=selected, seed=args.seed, device=device,
+                max_samples=args.max_rows, gamma=args.gamma, strict=not args.lenient,
+                progress=not args.quiet, solver_options=solver_options, refit=args.refit,
+                reweight=args.reweight, scope="global" if args.global_budget else "layer",
+                min_per_unit=args.min_per_unit, program=args.program)
+    except (ValueError, TypeError) as err:
+        # prune validates its options and the model structure; anything it rejects is ours
+        from ..results import PruningError
+        if isinstance(err, PruningError):
+            raise
+        raise UsageError(f"prune rejected the input: {err}") from err
+    pruned = result.model.cpu()
+    notes += [f"layer {row.name}: {row.note}" for row in result.report if row.note]
+    ckpt_io.save_checkpoint(pruned, out, format=out_format, example_input=example,
+                            dynamic_batch=dynamic)
+    rows = [r.as_dict() for r in result.report]
+    summary: dict = {}
+    if y is not None and one_output:
+        summary["accuracy_original"] = _accuracy(loaded.model.cpu(), x, y)  # prune copied it
+        summary["accuracy_pruned"] = _accuracy(pruned, x, y)
+    document = {
+        "command": "prune",
+        "nettrim_version": version(),
+        "argv": list(args.argv),
+        "input": {"path": str(source.resolve()), "format": loaded.format, "arch": args.arch,
+                  "sha256": source_hash},
+        "output": {"path": str(out.resolve()), "format": out_format, "sha256": _sha256(out)},
+        "data": {"path": str(pathlib.Path(args.data).resolve()), "samples": int(x.shape[0]),
+                 "available": int(n_available), "sample_shape": list(x.shape[1:]),
+                 "labels": y is not None},
+        "options": {**_cli_options(args), "epsilon_used": epsilon, "prune": result.options},
+        "notes": notes,
+        "layers": rows,
+        "totals": totals(rows),
+        "output_error": result.output_error,
+        **summary,
+        **_latency(args, pruned),
+        "seconds": time.perf_counter() - start,
+    }
+    atomic_write(report_file, lambda tmp: pathlib.Path(tmp).write_text(
+        format_json(document) + "\n", encoding="utf-8"))
+    plots = []
+    if args.plot:
+        from ..plots import plot_report
+        plots = plot_report(rows, args.plot)
+    lines = [format_prune_table(result.report, result.output_error)]
+    if result.options.get("scope") == "global":
+        from ..budget import format_allocation
+        lines.append(format_allocation(result.options))
+    if "accuracy_pruned" in summary:
+        lines.append(f"calibration accuracy: original {summary['accuracy_original']:.2%}, "
+                     f"pruned {summary['accuracy_pruned']:.2%}")
+    lines += [f"note: {n}" for n in notes]
+    lines.append(f"wrote {out} ({out_format}) and {report_file}")
+    lines += [f"wrote {p}" for p in plots]
+    say(args, *lines)
+    return EXIT_OK
+
+
+def cli_hint(text: str) -> str:
+    """A library message with the command line's spelling of the iteration cap."""
+    from ..results import MAX_ITER_HINT
+
+    return text.replace(MAX_ITER_HINT, "raise the iteration cap with --max-iter N")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings during a command, one line each, in the command line's terms."""
+    text = cli_hint(str(message))
+    print(f"nettrim: warning: {text}", file=sys.stderr if file is None else file, flush=True)
+
+
+def _format_from_suffix(path: pathlib.Path) -> Optional[str]:
+    """``export`` for ``.pt2``, ``safetensors`` for ``.safetensors``, else None."""
+    return {".pt2": "export", ".safetensors": "safetensors"}.get(path.suffix.lower())
+
+
+def _cli_options(args) -> dict:
+    skip = {"func", "argv"}
+    return {k: v for k, v in sorted(vars(args).items()) if k not in skip}
+
+
+# ---- report -------------------------------------------------------------------------------------
+def _original_from_report(path: pathlib.Path) -> tuple[Optional[str], Optional[str]]:
+    """(original checkpoint, its arch) named in the report.json beside ``path``, if any."""
+    import json
+
+    report_file = report_path_for(path)
+    if not report_file.is_file():
+        return None, None
+    try:
+        doc = json.loads(report_file.read_text(encoding="utf-8"))
+        source = doc["input"]["path"]
+        return (source if pathlib.Path(source).is_file() else None), doc["input"].get("arch")
+    except (ValueError, KeyError, TypeError, OSError):
+        return None, None
+
+
+def cmd_report(args) -> int:
+    from ..io import checkpoint as ckpt_io
+    from ..report import add_layer_errors, layer_errors, layer_rows
+    from ..tables import format_csv, render
+
+    loaded = _load(args.checkpoint, args)
+    model = loaded.model
+    _select(model, args.layers, args.ignore)
+    rows = layer_rows(model, args.layers, args.ignore)
+    summary: dict = {"checkpoint": str(args.checkpoint), "format": loaded.format}
+    if args.data:
+        x, y, _ = _load_data(args.data, args.split, args.samples, args.seed)
+        _check_fits(model, x, f"data {args.data}")
+        original, original_arch = args.original, args.arch
+        if original is None:
+            original, recorded_arch = _original_from_report(pathlib.Path(args.checkpoint))
+            original_arch = args.arch or recorded_arch
+        if original is None and y is None:
+            raise UsageError(f"--data {args.data} has no labels and no original model was found "
+                             "to compare with: pass --original ORIGINAL")
+        summary["samples"] = int(x.shape[0])
+        if y is not None:
+            summary["accuracy"] = _accuracy(model, x, y)
+        if original is not None:
+            reference = ckpt_io.load_checkpoint(original, arch=original_arch,
+                                                trust_pickle=args.trust_pickle).model
+            _check_fits(reference, x, f"data {args.data}")
+            try:
+                errors, output_error = layer_errors(reference, model, x, layers=args.layers,
+                                                    ignore=args.ignore)
+            except ValueError as err:
+                raise UsageError(f"--original {original}: {err}") from err
+            add_layer_errors(rows, errors)
+            summary["original"] = str(original)
+            summary["output_error"] = output_error
+            if y is not None:
+                summary["accuracy_original"] = _accuracy(reference, x, y)
+    if args.plot:
+        from ..plots import plot_report
+        summary["plots"] = [str(p) for p in plot_report(rows, args.plot)]
+    latency = _latency(args, model)
+    if args.fmt == "csv":
+        print(format_csv(rows), end="")
+    elif args.fmt == "json":
+        print(render(rows, args.fmt, summary=dict(summary, **latency)))
+    else:
+        print(render(rows, args.fmt, summary=summary))
+        if latency:
+            from ..model.sparse import format_latency
+            print(format_latency(latency["latency"]))
+    return EXIT_OK
+
+
+def _latency(args, model) -> dict:
+    """``{"latency": nettrim.model.sparse.latency_report(...)}`` with --latency, else {}."""
+    if not getattr(args, "latency", False):
+        return {}
+    if not args.data:
+        raise UsageError("--latency needs --data: a batch of inputs gives the input shape")
+    from ..model.sparse import latency_report
+    x, _, _ = _load_data(args.data, getattr(args, "split", "train"), 8, args.seed)
+    return {"latency": latency_report(model.cpu(), x[:8].cpu())}
+
+
+# ---- evaluate -----------------------------------------------------------------------------------
+def cmd_evaluate(args) -> int:
+    from ..model.surgery import count_nonzeros, count_parameters
+    from ..report import layer_errors, layer_rows
+    from ..tables import format_csv, format_json, format_table, totals
+
+    original = _load(args.original, args).model
+    pruned = _load(args.pruned, args).model
+    x, y, _ = _load_data(args.data, args.split, args.samples, args.seed)
+    out_a = _check_fits(original, x, f"data {args.data}")
+    out_b = _check_fits(pruned, x, f"data {args.data}")
+    if out_a.shape != out_b.shape:
+        raise UsageError(f"the models' outputs differ in shape: {tuple(out_a.shape)} vs "
+                         f"{tuple(out_b.shape)}")
+    try:
+        errors, output_error = layer_errors(original, pruned, x)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    rows = []
+    for role, path, model in (("original", args.original, original),
+                              ("pruned", args.pruned, pruned)):
+        layers = layer_rows(model)
+        t = totals(layers)
+        rows.append({
+            "model": role, "checkpoint": str(path),
+            "nonzeros": count_nonzeros(model), "params": count_parameters(model),
+            "sparsity": t["sparsity"],
+            "accuracy": _accuracy(model, x, y) if y is not None else None,
+            "output_error": 0.0 if role == "original" else output_error,
+        })
+    columns = ["model", "nonzeros", "params", "sparsity", "accuracy", "output_error"]
+    summary = {"samples": int(x.shape[0]), "layer_errors": errors}
+    if args.fmt == "json":
+        print(format_json({"models": rows, **summary}))
+    elif args.fmt == "csv":
+        print(format_csv(rows, columns), end="")
+    else:
+        print(format_table(rows, columns))
+        print("sparsity: zero weights of the Linear/Conv2d layers; output_error: "
+              "||f_pruned(x) - f_original(x)||_F / ||f_original(x)||_F on "
+              f"{x.shape[0]} samples")
+        print("per-layer relative error: " +
+              ", ".join(f"{name} {value:.4f}" for name, value in errors.items()))
+    return EXIT_OK
+
+
+# ---- demo ---------------------------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    import torch
+
+    from ..io import checkpoint as ckpt_io
+    from ..io.datasets import data_root, load_mnist
+    from ..io.files import atomic_write
+    from ..models import lenet_300_100, train_classifier
+    from ..prune import prune
+    from ..tables import format_json, format_prune_table, totals
+
+    for path, what in ((args.out, "--out"), (args.plot, "--plot")):
+        if path:
+            _check_writable(pathlib.Path(path), what, is_dir=True)
+    root = data_root(args.data_root)
+    say(args, f"MNIST from {root} (downloaded with checksum verification if missing)")
+    try:
+        x_train, y_train = load_mnist(root, train=True)
+        x_test, y_test = load_mnist(root, train=False)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"cannot load MNIST from {root}: {err}") from err
+    x_train, y_train = _subset(x_train, y_train, args.train_samples, args.seed)
+    x_test, y_test = _subset(x_test, y_test, args.test_samples, args.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        model = lenet_300_100()
+    t0 = time.perf_counter()
+    train_classifier(model, x_train, y_train, epochs=args.epochs, seed=args.seed,
+                     progress=not args.quiet)
+    train_s = time.perf_counter() - t0
+    model.eval()
+    before = _accuracy(model, x_test, y_test)
+    calib, _ = _subset(x_train, y_train, args.samples, args.seed + 1)
+    t0 = time.perf_counter()
+    if args.epsilon is None and args.sparsity is None:
+        args.sparsity = DEMO_SPARSITY
+    goal = {"epsilon": args.epsilon} if args.epsilon is not None else {"sparsity": args.sparsity}
+    result = prune(model, calib, **goal, mode="cascade", seed=args.seed,
+                   progress=not args.quiet)
+    prune_s = time.perf_counter() - t0
+    after = _accuracy(result.model, x_test, y_test)
+    rows = [r.as_dict() for r in result.report]
+    print(f"LeNet-300-100 trained {args.epochs} epoch(s) on {x_train.shape[0]} images "
+          f"({train_s:.1f} s); cascade Net-Trim, "
+          + (f"epsilon {args.epsilon}" if args.epsilon is not None else
+             f"sparsity {args.sparsity}") + f", {calib.shape[0]} "
+          f"calibration images ({prune_s:.1f} s)")
+    print(format_prune_table(result.report, result.output_error))
+    print(f"test accuracy ({x_test.shape[0]} images): before {before:.2%}, after {after:.2%}")
+    if args.out:
+        out = pathlib.Path(args.out)
+        ckpt_io.save_checkpoint(model, out / "original.pt", format="state_dict")
+        ckpt_io.save_checkpoint(result.model, out / "pruned.pt", format="state_dict")
+        document = {"command": "demo", "nettrim_version": version(), "argv": list(args.argv),
+                    "input": {"path": str((out / "original.pt").resolve()), "format": "state_dict",
+                              "arch": "nettrim.models:lenet_300_100"},
+                    "options": {**_cli_options(args), "prune": result.options},
+                    "layers": rows, "totals": totals(rows),
+                    "output_error": result.output_error,
+                    "test_accuracy_before": before, "test_accuracy_after": after}
+        atomic_write(out / "pruned.report.json", lambda tmp: pathlib.Path(tmp).write_text(
+            format_json(document) + "\n", encoding="utf-8"))
+        print(f"wrote {out / 'original.pt'}, {out / 'pruned.pt'} (state_dicts, --arch "
+              f"nettrim.models:lenet_300_100) and {out / 'pruned.report.json'}")
+    if args.plot:
+        from ..plots import plot_report
+        for path in plot_report(rows, args.plot):
+            print(f"wrote {path}")
+    return EXIT_OK

@@ -1,0 +1,249 @@
+"""The parser of the ``nettrim`` command: subcommands, flags, help text on every flag.
+
+Torch-free (``--help`` and ``--version`` stay fast): the commands it dispatches to import the
+library when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..io.formats import FORMATS
+from .commands import cmd_demo, cmd_evaluate, cmd_prune, cmd_report
+from .common import (DEFAULT_EPSILON, DEFAULT_THREADS, DEMO_EPOCHS, DEMO_SAMPLES, DEMO_SPARSITY,
+                     EXIT_USAGE, version)
+
+__all__ = ["COMMANDS", "build_parser"]
+
+#: Each subcommand's line in ``nettrim --help`` and its own ``--help`` description.
+COMMANDS = {
+    "prune": ("prune a checkpoint on calibration data",
+              "Prune CHECKPOINT with Net-Trim on calibration data; write the pruned model to OUT "
+              "(same format as the input unless --format) and a report (OUT's stem + "
+              ".report.json unless --report)."),
+    "report": ("per-layer shapes, nonzeros and sparsity of a checkpoint",
+               "Show CHECKPOINT's prunable layers; with --data also the accuracy (when labels are "
+               "given) and, against the original model (--original, or the one named in the "
+               "report.json beside CHECKPOINT), the per-layer and output relative error."),
+    "evaluate": ("compare a pruned checkpoint with its original on data",
+                 "Accuracy (when the data has labels), nonzeros and the relative output "
+                 "discrepancy ||f_pruned(x) - f(x)||_F / ||f(x)||_F."),
+    "demo": ("train LeNet-300-100 on MNIST briefly, prune it, report",
+             "Train LeNet-300-100 on MNIST for a couple of epochs, prune it in cascade mode to 90% "
+             "sparsity (or --epsilon) on 5,000 calibration samples, print test accuracy before "
+             "and after and the per-layer table. MNIST is read from --data-root (else "
+             "$NETTRIM_DATA, else ~/.cache/nettrim) and downloaded, checksum-verified, when "
+             "missing."),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line ``nettrim: error: ...`` and exit status 2."""
+
+    def error(self, message):  # noqa: D102 - argparse API
+        self.exit(EXIT_USAGE, f"nettrim: error: {message} (see '{self.prog} --help')\n")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {value}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value}")
+    return value
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def _nonneg_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", metavar="MODULE:CALLABLE",
+                   help="factory that builds the model, e.g. nettrim.models:lenet_300_100; needed "
+                        "for state_dict and safetensors checkpoints (optional for .pt2 programs); "
+                        "the current directory is on the import path, as with python -m")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow loading a whole pickled module (this runs code from the file; "
+                        "only for files you trust)")
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_positive_int, metavar="N", default=DEFAULT_THREADS,
+                   help=f"torch CPU threads (default {DEFAULT_THREADS}: measured fastest for "
+                        "the solver's small matrix products on a busy machine; more can pay "
+                        "for large layers on an idle one)")
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layers", nargs="+", metavar="NAME",
+                   help="only these layers (module names, e.g. 1 3); default: every Linear/Conv2d")
+    p.add_argument("--ignore", nargs="+", metavar="NAME", default=[],
+                   help="leave these layers out")
+
+
+def _add_subset(p: argparse.ArgumentParser, samples_help: str) -> None:
+    p.add_argument("--split", choices=("train", "test"), default="test",
+                   help="split read from an idx directory (default test)")
+    p.add_argument("--samples", type=_positive_int, metavar="N", help=samples_help)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample subset (default 0)")
+
+
+def _add_table_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", dest="fmt", choices=("table", "json", "csv"), default="table",
+                   help="output format (default table)")
+
+
+def _subcommand(sub, name: str) -> argparse.ArgumentParser:
+    help_line, description = COMMANDS[name]
+    return sub.add_parser(name, help=help_line, description=description)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``nettrim`` command (subcommands prune, report, evaluate, demo)."""
+    parser = _Parser(prog="nettrim", description="Net-Trim: prune trained ReLU networks by convex "
+                     "optimisation, layer by layer.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = _subcommand(sub, "prune")
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="state_dict (.pt, with --arch), safetensors (with --arch), torch.export "
+                        "program (.pt2) or pickled module (with --trust-pickle)")
+    p.add_argument("--data", required=True, metavar="CALIB",
+                   help="calibration data: .npz (x, optional y), .pt (tensor or {x, y}) or an "
+                        "MNIST-style idx directory (train split)")
+    p.add_argument("--out", required=True, metavar="OUT", help="where to write the pruned model")
+    _add_model_options(p)
+    goal = p.add_mutually_exclusive_group()
+    goal.add_argument("--epsilon", type=_nonneg_float, metavar="E",
+                      help=f"relative tolerance per layer, a fraction of ||Y||_F (default "
+                           f"{DEFAULT_EPSILON}; in cascade mode: the first layer's)")
+    goal.add_argument("--sparsity", type=_fraction, metavar="S",
+                      help="target fraction of zero weights per layer instead of an epsilon")
+    p.add_argument("--global", dest="global_budget", action="store_true",
+                   help="--sparsity is the fraction of all the selected weights together; "
+                        "Net-Trim picks each layer's share (one epsilon for all layers)")
+    p.add_argument("--min-per-unit", type=_nonneg_int, metavar="K",
+                   help="with --global: every layer keeps at least K weights per output unit "
+                        "(layer-collapse guard; default 4)")
+    p.add_argument("--mode", choices=("parallel", "cascade"), default="parallel",
+                   help="parallel: each layer from the original activations; cascade: from the "
+                        "pruned layers before it (default parallel)")
+    p.add_argument("--solver", choices=("admm", "cvxpy"), default="admm",
+                   help="admm (fast, default) or cvxpy (reference, small layers only)")
+    _add_selection(p)
+    p.add_argument("--samples", type=_positive_int, metavar="N",
+                   help="use N calibration samples (a seeded random subset); default all")
+    p.add_argument("--max-rows", type=_positive_int, metavar="R",
+                   help="keep at most R rows per layer (a seeded subset of the conv patches or "
+                        "sequence tokens the samples give); default all")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where activations are captured and solved (default cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample subsets (default 0)")
+    p.add_argument("--gamma", type=float, default=1.1,
+                   help="cascade slack gamma >= 1 (default 1.1)")
+    p.add_argument("--max-iter", type=_positive_int, metavar="N",
+                   help="ADMM iteration cap per solve (default: the solver's)")
+    p.add_argument("--reweight", type=_nonneg_int, default=1, metavar="K",
+                   help="rounds of reweighted l1 before the refit (default 1; 0 with --no-refit "
+                        "is the papers' plain program)")
+    p.add_argument("--no-refit", dest="refit", action="store_false",
+                   help="keep the l1 weights as they are instead of refitting them on their "
+                        "support (default: refit, which undoes the l1 shrinkage)")
+    p.add_argument("--program", choices=("auto", "best", "relu"), default="auto",
+                   help="ReLU layers at a --sparsity: keep the linear program's weights where "
+                        "their post-ReLU error on the calibration rows is lower (auto: solved "
+                        "when its refit on the ReLU support is lower; best: always solved; "
+                        "relu: the ReLU program's weights); default auto")
+    p.add_argument("--lenient", action="store_true",
+                   help="warn and keep going when a layer's solver stops short of an optimal "
+                        "status (default: fail with exit status 1 naming the layer)")
+    p.add_argument("--format", dest="out_format", choices=FORMATS,
+                   help="output format (default: export for an OUT ending in .pt2, safetensors "
+                        "for .safetensors, else the input's)")
+    p.add_argument("--report", metavar="REPORT.json",
+                   help="where to write the JSON report (default: OUT's stem + .report.json)")
+    p.add_argument("--plot", metavar="DIR", help="write sparsity and error plots (PNG) into DIR")
+    p.add_argument("--latency", action="store_true",
+                   help="add a 'latency' section to the report: the pruned model's CPU latency "
+                        "at batch 1 and 256, dense, compacted and on sparse CSR kernels")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow --out to be the input checkpoint itself (replaced atomically)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no table")
+    _add_threads(p)
+    p.set_defaults(func=cmd_prune)
+
+    p = _subcommand(sub, "report")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="the checkpoint to inspect")
+    _add_model_options(p)
+    p.add_argument("--data", metavar="DATA", help="data to measure on (.npz, .pt or idx directory)")
+    p.add_argument("--original", metavar="ORIGINAL",
+                   help="the unpruned checkpoint to compare with (same --arch)")
+    _add_subset(p, "use N samples of the data (seeded random subset)")
+    _add_selection(p)
+    _add_table_format(p)
+    p.add_argument("--plot", metavar="DIR", help="write sparsity (and error) plots into DIR")
+    p.add_argument("--latency", action="store_true",
+                   help="also measure CPU latency at batch 1 and 256: as stored (dense), with "
+                        "dead units removed (compacted) and on sparse CSR kernels where faster "
+                        "(needs --data for the input shape)")
+    _add_threads(p)
+    p.set_defaults(func=cmd_report)
+
+    p = _subcommand(sub, "evaluate")
+    p.add_argument("original", metavar="ORIGINAL", help="the unpruned checkpoint")
+    p.add_argument("pruned", metavar="PRUNED", help="the pruned checkpoint")
+    p.add_argument("--data", required=True, metavar="TEST",
+                   help="test data (.npz, .pt or idx directory)")
+    _add_model_options(p)
+    _add_subset(p, "use N samples (seeded random subset)")
+    _add_table_format(p)
+    _add_threads(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = _subcommand(sub, "demo")
+    p.add_argument("--data-root", metavar="DIR", help="directory holding mnist/ (idx .gz files)")
+    p.add_argument("--out", metavar="DIR",
+                   help="also save original.pt, pruned.pt (state_dicts) and pruned.report.json")
+    p.add_argument("--plot", metavar="DIR", help="write the sparsity and error plots into DIR")
+    goal = p.add_mutually_exclusive_group()
+    goal.add_argument("--sparsity", type=_fraction, default=None, metavar="S",
+                      help=f"fraction of zero weights per layer (default {DEMO_SPARSITY})")
+    goal.add_argument("--epsilon", type=_nonneg_float, default=None, metavar="E",
+                      help="prune to the first layer's relative epsilon E instead of a sparsity")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    # hidden knobs for quick checks
+    p.add_argument("--epochs", type=_positive_int, default=DEMO_EPOCHS, help=argparse.SUPPRESS)
+    p.add_argument("--samples", type=_positive_int, default=DEMO_SAMPLES, help=argparse.SUPPRESS)
+    p.add_argument("--train-samples", type=_positive_int, help=argparse.SUPPRESS)
+    p.add_argument("--test-samples", type=_positive_int, help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    _add_threads(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
