@@ -15,7 +15,7 @@ report has the keys of :func:`nettrim.prune_layer`'s (``nonzeros``, ``total``, `
 name                   criterion (what is zeroed)                     grouping of the count
 =====================  =============================================  ====================
 ``random``             uniformly random weights                       per layer
-``magnitude``          smallest ``|W_ij|`` (Han et al. 2015)          per layer
+``magnitude``          smallest ``|W_ij|`` (Han et al. 2015)          per layer, or N:M
 ``global_magnitude``   smallest ``|W_ij|`` over all layers            whole model
 ``obd``                smallest ``w^2 H_jj / 2``, H the (ReLU-gated)  per layer
                        Gauss-Newton diagonal (LeCun et al. 1990)
@@ -27,6 +27,10 @@ name                   criterion (what is zeroed)                     grouping o
                        Alistarh 2023); unstructured or N:M            (``nm=(n, m)``)
 ``wanda``              smallest ``|W_ij| ||X_j||_2`` (Sun et al.      per output row,
                        2023)                                          or N:M
+``alps``               ADMM on ``min ||X (W - W0)^T||^2`` s.t. at     per layer,
+                       most k weights (top-k projection, rho          or N:M
+                       schedule), then a CG refit on the support
+                       (Meng et al. 2024)
 =====================  =============================================  ====================
 
 The number of zeros asked for is ``round(sparsity * count)`` in each group; weights that are
@@ -46,14 +50,16 @@ One module per family, and the drivers:
 
 * :mod:`.magnitude_family`: ``random_prune``, ``magnitude``, ``wanda``, ``global_magnitude``;
 * :mod:`.obs_family`: ``obd``, ``lobs``, ``sparsegpt`` (second order);
+* :mod:`.alps`: ``alps`` (l0-constrained reconstruction by ADMM, Meng et al. 2024);
 * :mod:`.units`: the structured criteria ``l1``, ``apoz``, ``taylor`` (``prune_structured``);
 * :mod:`.driver`: ``prune_baseline`` (and the global rules, :data:`GLOBAL_SCORES`);
 * :mod:`.retrain`: ``hptd``;
 * :mod:`.masks`: the argument checks and mask selection the layer methods share.
 
-A new family (ALPS, ...) is one more module here, added to :data:`BASELINES`.
+A new family is one more module here, added to :data:`BASELINES`.
 """
 
+from .alps import alps
 from .driver import BASELINES, GLOBAL_SCORES, METHODS, prune_baseline
 from .magnitude_family import global_magnitude, magnitude, random_prune, wanda
 from .obs_family import DEFAULT_BLOCKSIZE, DEFAULT_DAMP, lobs, obd, sparsegpt
@@ -64,5 +70,5 @@ __all__ = [
     "BASELINES", "METHODS", "STRUCTURED_CRITERIA", "GLOBAL_SCORES", "DEFAULT_DAMP",
     "DEFAULT_BLOCKSIZE",
     "random_prune", "magnitude", "obd", "lobs", "sparsegpt", "wanda",
-    "global_magnitude", "prune_baseline", "prune_structured", "unit_scores", "hptd",
+    "global_magnitude", "alps", "prune_baseline", "prune_structured", "unit_scores", "hptd",
 ]

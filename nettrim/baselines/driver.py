@@ -24,6 +24,7 @@ from ..model.capture import capture, capture_cascade, group_blocks, layer_matrix
 from ..model.surgery import set_layer_weight
 from ..results import (LayerPruneResult, PruneResult, layer_result, output_discrepancy,
                        pre_activation, report_row)
+from .alps import alps
 from .magnitude_family import global_magnitude, magnitude, random_prune, wanda
 from .obs_family import DEFAULT_DAMP, lobs, obd, obs_saliency, sparsegpt
 
@@ -37,6 +38,7 @@ BASELINES: dict = {
     "lobs": lobs,
     "sparsegpt": sparsegpt,
     "wanda": wanda,
+    "alps": alps,
 }
 #: Every name :func:`prune_baseline` accepts (the layer methods and the model-wide one).
 METHODS = tuple(BASELINES) + ("global_magnitude",)

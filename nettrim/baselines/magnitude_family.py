@@ -1,6 +1,7 @@
 """Magnitude-type layer methods: one score per weight, no update of the kept weights.
 
-``random_prune`` (uniformly random), ``magnitude`` (smallest ``|W_ij|``, Han et al. 2015),
+``random_prune`` (uniformly random), ``magnitude`` (smallest ``|W_ij|``, Han et al. 2015; or
+N:M),
 ``wanda`` (smallest ``|W_ij| ||X_j||_2`` per output row, or N:M; Sun et al. 2023) and
 ``global_magnitude`` (one ``|W|`` threshold over all layers).
 """
@@ -53,15 +54,21 @@ def random_prune(W: Any, X: Any = None, *, sparsity: Any = None, bias: Any = Non
 
 
 def magnitude(W: Any, X: Any = None, *, sparsity: Any = None, bias: Any = None,
-              relu: bool = True, Y: Any = None) -> LayerPruneResult:
+              relu: bool = True, Y: Any = None, nm: Any = None) -> LayerPruneResult:
     """Zero the ``round(sparsity * M * N)`` smallest ``|W_ij|`` of the layer (Han et al. 2015).
 
-    Parameters are those of :func:`random_prune` (no seed). Data-free: ``X`` only serves the
-    reported error.
+    Parameters are those of :func:`random_prune` (no seed), and ``nm=(n, m)`` (or ``"n:m"``):
+    the ``n`` smallest of every ``m`` consecutive weights of a row instead (``sparsity`` may
+    then be omitted). Data-free: ``X`` only serves the reported error.
     """
     t0 = time.perf_counter()
-    s = check_sparsity(sparsity)
     W, X, bias, Y = prepare(W, X, bias, Y, need_x=False)
+    if nm is not None:
+        n, m = check_nm(nm, sparsity, W.shape[1])
+        mask = nm_mask(W.abs(), n, m)
+        return layer_result("magnitude", W, W.masked_fill(mask, 0.0), X, bias, Y, relu, t0,
+                            {"nm": (n, m)})
+    s = check_sparsity(sparsity)
     mask = smallest_mask(W.abs(), n_zeros(W.numel(), s))
     return layer_result("magnitude", W, W.masked_fill(mask, 0.0), X, bias, Y, relu, t0)
 
