@@ -27,6 +27,7 @@ from .budget import DEFAULT_MIN_PER_UNIT, check_scope, prune_global
 from .checks import check_model, per_layer
 from .inputs import reiterable
 from .layer import PROGRAMS, check_solver_and_target, prune_layer
+from .layer.nm import check_nm_layers
 from .model.capture import (RELU_PROGRAM, LayerData, capture, capture_cascade, group_blocks,
                             prunable_layers)
 from .model.graph import analyze, batchnorm_affine
@@ -75,8 +76,10 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         Relative tolerance (fraction of each layer's ``||Y||_F``), or ``{layer: epsilon}``.
         In cascade mode it sets the first layer; later layers get
         ``epsilon_l^2 = gamma ||(X-hat W_l^T - Y) on Omega||_F^2`` unless named in a dict.
-    sparsity : float or dict
-        Target sparsity per layer instead of ``epsilon`` (the epsilon is searched).
+    sparsity : float, str or dict
+        Target sparsity per layer instead of ``epsilon`` (the epsilon is searched), or an
+        N:M pattern ``"n:m"`` (n zeros in every m consecutive weights of each row, e.g.
+        ``"2:4"``; see :mod:`nettrim.layer.nm`).
     mode : {"parallel", "cascade"}
         Parallel: every layer from the original network's activations (V = 0). Cascade: each
         layer from the already-pruned network's inputs X-hat and the original outputs Y, with
@@ -176,6 +179,10 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
     if fold_bn and (structured or scope == "global"):
         msg = "fold_bn=True is an option of the per-layer program (structured=False, scope='layer')"
         raise ValueError(msg)
+    if isinstance(sparsity, str) and (structured or scope == "global"):
+        msg = (f"sparsity={sparsity!r} (N:M) is a per-layer pattern: it needs structured=False "
+               "and scope='layer'")
+        raise ValueError(msg)
     if structured:
         return prune_units(model, inputs, epsilon, sparsity=sparsity, scope=scope, masks=masks,
                            **hooked)
@@ -193,6 +200,8 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
     selected = list(prunable_layers(model, layers, ignore))
     eps_of = None if epsilon is None else per_layer(epsilon, selected, "epsilon")
     spars_of = None if sparsity is None else per_layer(sparsity, selected, "sparsity")
+    if spars_of is not None:
+        check_nm_layers(model, spars_of)   # N:M patterns fit every layer, before solving
     options = dict(epsilon=epsilon, sparsity=sparsity, mode=mode, solver=solver, gamma=gamma,
                    kappa=kappa, max_samples=max_samples, seed=seed, refit=refit,
                    reweight=reweight, solver_options=solver_options, layers=selected,

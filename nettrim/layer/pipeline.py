@@ -26,6 +26,7 @@ from solvers.refit import reweighted_penalty
 
 from ..checks import check_fraction
 from ..results import LayerPruneResult
+from .nm import nm_pattern, prune_layer_nm
 from .target_count import (PILOT_MAX_ITER, at_reached_epsilon, settled_pipeline, trim_to,
                            with_objective)
 
@@ -70,7 +71,7 @@ def check_solver_and_target(solver: str, epsilon: Any, sparsity: Any) -> None:
 
 
 def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
-                sparsity: Optional[float] = None, relu: bool = True, bias: bool = False,
+                sparsity: Any = None, relu: bool = True, bias: bool = False,
                 V: Any = None, offset: Any = None, absolute: bool = False,
                 penalize_bias: bool = False,
                 solver: str = "admm", W0: Any = None, b0: Any = None, refit: bool = True,
@@ -97,11 +98,12 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
     epsilon : float
         Tolerance relative to ``||Y||_F`` (absolute with ``absolute=True``). Exactly one of
         ``epsilon`` and ``sparsity`` must be given.
-    sparsity : float in [0, 1)
+    sparsity : float in [0, 1) or str "n:m"
         Target fraction of zero weights instead of an epsilon: the epsilon reaching it is found
         by log-bisection with warm starts (within :data:`SPARSITY_TOL`); both are reported.
         ``sparsity=0`` means no pruning: ``W0`` (and ``b0``) come back unchanged, with a
-        ``note`` in the report saying so (it needs ``W0``).
+        ``note`` in the report saying so (it needs ``W0``). ``"n:m"`` (e.g. ``"2:4"``): n
+        zeros in every m consecutive weights of each row (:mod:`nettrim.layer.nm`).
     relu : bool, default True
         False for a layer with no activation.
     bias : bool, default False
@@ -168,6 +170,13 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
     if program not in PROGRAMS:
         msg = f"program must be one of {PROGRAMS}, got {program!r}"
         raise ValueError(msg)
+    pattern = nm_pattern(sparsity)
+    if pattern is not None:   # N:M: its own support rule, then the exact refit
+        return prune_layer_nm(
+            X, Y, pattern, solve=prune_layer, relu=relu, bias=bias, V=V, offset=offset, W0=W0,
+            b0=b0, pre=pre, program=program,
+            options=dict(penalize_bias=penalize_bias, solver=solver, refit=refit,
+                         reweight=reweight, solver_options=solver_options, progress=progress))
     if relu and sparsity is not None and program != "relu" and (pre is not None or W0 is not None):
         target = check_fraction(sparsity, "sparsity", upper_open=True)
         if target > 0.0:
