@@ -29,7 +29,8 @@ from .inputs import reiterable
 from .layer import PROGRAMS, check_solver_and_target, prune_layer
 from .layer.nm import check_nm_layers
 from .model.capture import (RELU_PROGRAM, LayerData, capture, capture_cascade, group_blocks,
-                            prunable_layers)
+                            layer_matrix, prunable_layers)
+from .model.blocks import BlockRunner
 from .model.graph import analyze, batchnorm_affine
 from .model.surgery import apply_masks, set_layer_weight
 from .results import (MAX_ITER_HINT, SKIPPED, LayerPruneResult, LayerReport, PruneResult,
@@ -207,11 +208,17 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
                    reweight=reweight, solver_options=solver_options, layers=selected,
                    fold_bn=fold_bn, program=program)
     target = model if inplace else copy.deepcopy(model)
-    plan = analyze(model)   # one reading of the graph (and one warning when it fails)
+    plan = analyze(model, example=inputs if reiterable(inputs) else None)   # read once
     cap = dict(activations=activations, max_samples=max_samples, seed=seed, device=device,
                plan=plan, fold=True)
-    original = capture(model, inputs, layers=selected, **cap) if mode == "parallel" else None
-    skipped = dict(plan.skipped) if original is None else dict(original.skipped)
+    # a model with blocks (a transformer's layers) goes block by block (nettrim.model.blocks)
+    runner = BlockRunner.for_model(model, target if mode == "cascade" else None, inputs,
+                                   selected, **cap)
+    rest = [n for n in selected if runner is None or not runner.covers(n)]
+    original = capture(model, inputs, layers=rest, **cap) if mode == "parallel" and rest \
+        else None
+    skipped = {n: r for n, r in (plan.skipped if original is None else original.skipped).items()
+               if n not in selected}
     modules = dict(target.named_modules())
 
     rows = []
@@ -222,7 +229,11 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         names = tqdm(selected, desc=f"Net-Trim ({mode})", unit="layer", disable=None)
     first = True
     for index, name in enumerate(names):
-        if mode == "parallel":
+        if runner is not None and runner.covers(name):
+            data = runner.data(name)
+            if data is None:
+                skipped[name] = runner.missing[name]
+        elif mode == "parallel":
             data = original.pop(name, None)  # free each layer's records once used
         else:  # inputs from the pruned copy, outputs from the original, in one pass
             data = capture_cascade(model, target, inputs, name, **cap)
@@ -311,7 +322,7 @@ class _LayerProgram:
         self.X, self.Y, self.pre = conv(data.X), conv(data.post), conv(data.pre)
         self.S = None if data.offset is None else conv(data.offset).to(self.X)
         # clones: the write-back overwrites the module's tensors
-        W = module.weight.detach().flatten(1).to(self.X, copy=True)
+        W = layer_matrix(module).to(self.X, copy=True)
         b = None if module.bias is None else module.bias.detach().to(self.X, copy=True)
         self.nonzeros_before = int((W != 0).sum())
         self.a = None

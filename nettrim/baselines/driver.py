@@ -20,6 +20,7 @@ from torch import nn
 from ..budget import DEFAULT_MIN_PER_UNIT, check_budget, check_scope, global_keep_masks
 from ..checks import check_model, check_sparsity
 from ..inputs import reiterable
+from ..model.blocks import BlockRunner
 from ..model.capture import capture, capture_cascade, group_blocks, layer_matrix, prunable_layers
 from ..model.surgery import set_layer_weight
 from ..results import (LayerPruneResult, PruneResult, layer_result, output_discrepancy,
@@ -163,9 +164,14 @@ def prune_baseline(model: nn.Module, inputs: Any, method: Union[str, Callable], 
                "a DataLoader), got a one-shot iterator")
         raise TypeError(msg)
     cap = dict(activations=activations, max_samples=max_samples, seed=seed, device=device)
-    original = capture(model, inputs, layers=names, **cap)
     reference = copy.deepcopy(model) if inplace else model
     target = model if inplace else copy.deepcopy(model)
+    runner = None   # a model with blocks (a transformer's layers) goes block by block
+    if scope == "layer" and not is_global:
+        runner = BlockRunner.for_model(reference, target if sequential else None, inputs,
+                                       names, **cap)
+    rest = [n for n in names if runner is None or not runner.covers(n)]
+    original = capture(reference, inputs, layers=rest, **cap) if rest else {}
     modules = dict(target.named_modules())
     if scope == "global":
         scores = {n: GLOBAL_SCORES[name_of_method](layer_matrix(modules[n]), original[n].X,
@@ -180,13 +186,18 @@ def prune_baseline(model: nn.Module, inputs: Any, method: Union[str, Callable], 
                                     sparsity=sparsity)
     rows = []
     for index, name in enumerate(names):
-        data = original[name]
+        if runner is not None and runner.covers(name):
+            data = runner.data(name)
+            if data is None:   # never called by the forward pass
+                continue
+        elif sequential and index > 0:
+            # inputs from the pruned layers before, targets from the original model (same rows)
+            data = capture_cascade(reference, target, inputs, name, **cap)
+        else:
+            data = original[name]
         module = modules[name]
         W_orig = layer_matrix(module).clone()
         b_orig = None if module.bias is None else module.bias.detach().clone()
-        if sequential and index > 0:
-            # inputs from the pruned layers before, targets from the original model (same rows)
-            data = capture_cascade(reference, target, inputs, name, **cap)
         X, relu = data.X, data.activation == "relu"
         Xw = X.to(W_orig.dtype) if X.dtype != W_orig.dtype else X
         Yw = data.post.to(Xw.dtype)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -27,14 +27,17 @@ import torch
 from torch import nn
 
 from ..checks import check_model
-from ..inputs import forward_args, model_device, to_device
-from .graph import (ACTIVATION_NAMES, PRUNABLE, LayerPattern, ModelPlan, analyze,
-                    attention_projections, skipped_layers)
+from ..inputs import forward_args, model_device, reiterable, to_device
+from .graph import (ACTIVATION_NAMES, PRUNABLE, LayerPattern, ModelPlan, TransposedLinear,
+                    analyze, attention_projections, default_skipped, skipped_layers,
+                    weight_matrix)
+from .hooks import Replay, eval_mode, forward_replay, plain_attention, record_calls
 from .rows import Reservoir, call_rows
 
 __all__ = ["LayerData", "Captured", "capture", "capture_cascade", "prunable_layers",
            "detect_activations", "layer_matrix", "group_blocks", "subsample_note",
-           "CalibrationWarning", "rows_needed", "SUPPORTED", "RELU_PROGRAM"]
+           "CalibrationWarning", "rows_needed", "SUPPORTED", "RELU_PROGRAM", "record_layers",
+           "resolve_patterns", "check_options"]
 
 #: Module types Net-Trim prunes.
 SUPPORTED = PRUNABLE
@@ -42,7 +45,8 @@ SUPPORTED = PRUNABLE
 #: 6. Clipping to [0, 6] is a projection onto a set holding Y, so it only brings the pruned
 #: output closer: the ReLU program's bound ``||relu(X W^T) - Y|| <= epsilon`` holds for ReLU6.
 RELU_PROGRAM = ("relu", "relu6")
-_KINDS = ((nn.Linear, "linear"), (nn.Conv1d, "conv1d"), (nn.Conv2d, "conv2d"))
+_KINDS = ((nn.Linear, "linear"), (nn.Conv1d, "conv1d"), (nn.Conv2d, "conv2d"),
+          (TransposedLinear, "linear"))
 
 
 class CalibrationWarning(UserWarning):
@@ -144,6 +148,7 @@ def prunable_layers(model: nn.Module, layers: Any = None,
     check_model(model)
     modules = dict(model.named_modules())
     skipped = skipped_layers(model)
+    by_default = default_skipped(model)   # the LM head: only when named
     ignore = [ignore] if isinstance(ignore, str) else list(ignore)
     unknown = [n for n in ignore if n not in modules]
     if unknown:
@@ -165,7 +170,7 @@ def prunable_layers(model: nn.Module, layers: Any = None,
                 why = skipped.get(item, "Net-Trim prunes nn.Linear, nn.Conv1d and nn.Conv2d")
                 msg = f"layer {item!r} is a {type(modules[item]).__name__}: {why}"
                 raise TypeError(msg)
-        elif not (isinstance(item, type) and issubclass(item, nn.Module)):
+        elif not (isinstance(item, type) and (issubclass(item, nn.Module) or item in SUPPORTED)):
             msg = f"layers must hold module names or nn.Module types, got {item!r}"
             raise TypeError(msg)
         elif not issubclass(item, SUPPORTED):
@@ -175,6 +180,8 @@ def prunable_layers(model: nn.Module, layers: Any = None,
     selected: dict[str, nn.Module] = {}
     for name, module in modules.items():
         if name in ignore or name in skipped or not isinstance(module, SUPPORTED):
+            continue
+        if name in by_default and name not in wanted:
             continue
         if any(name == w if isinstance(w, str) else isinstance(module, w) for w in wanted):
             selected[name] = module
@@ -191,11 +198,13 @@ def _supported_names(modules: Mapping[str, nn.Module]) -> list[str]:
 
 
 def layer_matrix(module: nn.Module) -> torch.Tensor:
-    """The weight of a Linear / Conv1d / Conv2d as an (M, N) matrix (a view, detached)."""
+    """The weight of a Linear / Conv1d / Conv2d / transformers Conv1D as an (M, N) matrix
+    (a view, detached)."""
     if not isinstance(module, SUPPORTED):
-        msg = f"module must be nn.Linear, nn.Conv1d or nn.Conv2d, got {type(module).__name__}"
+        msg = (f"module must be nn.Linear, nn.Conv1d, nn.Conv2d or transformers' Conv1D, got "
+               f"{type(module).__name__}")
         raise TypeError(msg)
-    return module.weight.detach().flatten(1)
+    return weight_matrix(module)
 
 
 def group_blocks(groups: int, N: int, M: int) -> list[tuple[slice, slice]]:
@@ -219,7 +228,7 @@ def detect_activations(model: nn.Module) -> dict[str, Optional[str]]:
     return {n: p.activation for n, p in analyze(model, warn=False).patterns.items()}
 
 
-def _resolve_patterns(plan: ModelPlan, names: Sequence[str],
+def resolve_patterns(plan: ModelPlan, names: Sequence[str],
                       activations: Optional[Mapping[str, Optional[str]]],
                       fold: bool = True) -> dict:
     """``{name: LayerPattern}`` with the user's ``activations`` overriding the detected ones
@@ -248,110 +257,7 @@ def _resolve_patterns(plan: ModelPlan, names: Sequence[str],
     return out
 
 
-@contextlib.contextmanager
-def _hooks(named: Mapping[str, nn.Module], sink: dict,
-           attention: Optional[Mapping[str, nn.Module]] = None) -> Iterator[None]:
-    """Every call of each named module appends ``(input, output)`` to ``sink[name]``.
-
-    ``attention`` maps an ``out_proj`` name to its ``nn.MultiheadAttention``, which applies it
-    functionally: the hook on the attention re-runs it with ``out_proj`` as the identity to get
-    the projection's input (the heads' concatenated output)."""
-    handles = []
-    busy = []
-
-    def make(name: str):
-        def hook(module: nn.Module, args: tuple, out: Any) -> None:
-            # clone: a later in-place op (ReLU(inplace=True), +=) would rewrite the records
-            sink.setdefault(name, []).append((args[0].detach().clone(), out.detach().clone()))
-        return hook
-
-    def make_attention(name: str):
-        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
-            if busy:   # the re-run below
-                return
-            E = module.out_proj.weight.shape[0]
-            eye = torch.eye(E, dtype=module.out_proj.weight.dtype, device=module.out_proj.weight.device)
-            busy.append(True)
-            try:
-                heads = torch.func.functional_call(
-                    module, {"out_proj.weight": eye, "out_proj.bias": torch.zeros_like(eye[0])},
-                    args, kwargs)[0]
-            finally:
-                busy.pop()
-            sink.setdefault(name, []).append((heads.detach().clone(), out[0].detach().clone()))
-        return hook
-
-    try:
-        for name, module in named.items():
-            handles.append(module.register_forward_hook(make(name)))
-        for name, module in (attention or {}).items():
-            handles.append(module.register_forward_hook(make_attention(name), with_kwargs=True))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-class _Replay(torch.fx.Interpreter):
-    """Runs a traced model node by node, keeping the values of the ``watch`` nodes (residual
-    adds) in ``sink["@" + node name]``; the model's own modules run, so hooks fire."""
-
-    def __init__(self, module: torch.fx.GraphModule, watch: set, sink: dict):
-        super().__init__(module)
-        self.watch, self.sink = watch, sink
-
-    def run_node(self, node: Any) -> Any:
-        value = super().run_node(node)
-        if node.name in self.watch:
-            self.sink.setdefault("@" + node.name, []).append(value.detach().clone())
-        return value
-
-
-def _forward(model: nn.Module, replay: Optional[_Replay], args: tuple, kwargs: dict) -> Any:
-    if replay is None:
-        return model(*args, **kwargs)
-    placeholders = [n.target for n in replay.module.graph.nodes if n.op == "placeholder"]
-    if kwargs:   # keyword arguments in the traced signature's order (defaults kept)
-        args = list(args)
-        for name in placeholders[len(args):]:
-            if name not in kwargs:
-                break
-            args.append(kwargs.pop(name))
-        if kwargs:
-            msg = f"inputs give keyword arguments {sorted(kwargs)} the traced forward does not take"
-            raise TypeError(msg)
-    return replay.run(*args)
-
-
-@contextlib.contextmanager
-def _eval_mode(*models: nn.Module) -> Iterator[None]:
-    modes = [m.training for m in models]
-    try:
-        for m in models:
-            m.eval()
-        yield
-    finally:
-        for m, mode in zip(models, modes):
-            m.train(mode)
-
-
-@contextlib.contextmanager
-def _plain_attention() -> Iterator[None]:
-    """The fused fast path of nn.MultiheadAttention / TransformerEncoderLayer (taken in eval
-    mode without grad) skips the Linear modules' hooks: turned off while capturing."""
-    mha = getattr(torch.backends, "mha", None)
-    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
-        yield
-        return
-    before = mha.get_fastpath_enabled()
-    try:
-        mha.set_fastpath_enabled(False)
-        yield
-    finally:
-        mha.set_fastpath_enabled(before)
-
-
-def _check_options(max_samples: Any, seed: Any) -> None:
+def check_options(max_samples: Any, seed: Any) -> None:
     if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
                                     or max_samples < 1):
         msg = f"max_samples must be a positive integer or None, got {max_samples!r}"
@@ -361,13 +267,18 @@ def _check_options(max_samples: Any, seed: Any) -> None:
         raise TypeError(msg)
 
 
-def _run(models: Sequence[nn.Module], inputs: Any, names: Sequence[str], patterns: Mapping,
-         take: Any, max_samples: Optional[int], seed: int, dtype: Any, device: Any) -> tuple:
-    """Stream ``inputs`` through every model (hooks on ``names`` and their BatchNorms, residual
-    adds replayed from the traced graph); ``take(sinks, name)`` -> the (X, pre, S) rows kept
-    for a layer. Returns ``({name: (X, pre, S or None, rows_seen, calls)}, {name: reason})``
-    with the layers the forward pass never called in the second dict."""
-    reservoirs = {name: Reservoir(max_samples, seed + 7919 * i) for i, name in enumerate(names)}
+def _run(models: Sequence[nn.Module], streams: Sequence[Any], names: Sequence[str],
+         patterns: Mapping, take: Any, max_samples: Optional[int], seed: Any, dtype: Any,
+         device: Any, outputs: Optional[list] = None) -> tuple:
+    """Stream ``streams[i]`` through ``models[i]``, batch by batch together (hooks on ``names``
+    and their BatchNorms, residual adds replayed from the traced graph); ``take(sinks, name)``
+    -> the (X, pre, S) rows kept for a layer. ``seed``: an int (layer i of ``names`` subsampled
+    with ``seed + 7919 i``) or ``{name: seed}``; ``outputs``: a list per model that receives
+    each batch's return value. Returns ``({name: (X, pre, S or None, rows_seen, calls)},
+    {name: reason})`` with the layers the forward pass never called in the second dict."""
+    seeds = seed if isinstance(seed, Mapping) else \
+        {name: seed + 7919 * i for i, name in enumerate(names)}
+    reservoirs = {name: Reservoir(max_samples, seeds[name]) for name in names}
     run_device = model_device(models[0])
     sinks = [dict() for _ in models]
     projections = attention_projections(models[0])
@@ -377,23 +288,28 @@ def _run(models: Sequence[nn.Module], inputs: Any, names: Sequence[str], pattern
     attention = [{n: dict(m.named_modules())[projections[n]] for n in names if n in projections}
                  for m in models]
     watch = {patterns[n].offset for n in names if patterns[n].offset}
-    replays = [_Replay(torch.fx.symbolic_trace(m), watch, sink) if watch else None
+    replays = [Replay(torch.fx.symbolic_trace(m), watch, sink) if watch else None
                for m, sink in zip(models, sinks)]
     calls: dict = {}
     missing: dict = {}
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.no_grad())
-        stack.enter_context(_eval_mode(*models))
-        stack.enter_context(_plain_attention())
+        stack.enter_context(eval_mode(*models))
+        stack.enter_context(plain_attention())
         for hooks, attn, sink in zip(named, attention, sinks):
-            stack.enter_context(_hooks(hooks, sink, attn))
+            stack.enter_context(record_calls(hooks, sink, attn))
         batches = 0
-        for args, kwargs in forward_args(inputs):
+        # one pass over shared inputs (a shuffling loader gives both models the same batch)
+        shared = all(stream is streams[0] for stream in streams)
+        for fed in ((b,) * len(streams) for b in forward_args(streams[0])) if shared else \
+                zip(*(forward_args(stream) for stream in streams)):
             batches += 1
-            args, kwargs = to_device(args, run_device), to_device(kwargs, run_device)
-            for model, replay, sink in zip(models, replays, sinks):
+            for i, (model, replay, sink) in enumerate(zip(models, replays, sinks)):
+                args, kwargs = to_device(fed[i], run_device)
                 sink.clear()
-                _forward(model, replay, args, dict(kwargs))
+                out = forward_replay(model, replay, args, dict(kwargs))
+                if outputs is not None:
+                    outputs[i].append(out)
             for name in names:
                 if name in missing:
                     continue
@@ -457,7 +373,9 @@ def _layer_data(name: str, module: nn.Module, X, pre, S, seen, calls,
         post = post.clamp(max=6.0)
     data = LayerData(name=name, kind=next(k for t, k in _KINDS if isinstance(module, t)),
                      X=X, pre=pre, post=post, activation=pattern.activation,
-                     has_bias=module.bias is not None, weight_shape=tuple(module.weight.shape),
+                     has_bias=module.bias is not None,
+                     weight_shape=tuple(weight_matrix(module).shape)
+                     if isinstance(module, TransposedLinear) else tuple(module.weight.shape),
                      rows_seen=seen, norm=pattern.norm, offset=S if relu else None,
                      groups=getattr(module, "groups", 1), calls=calls)
     _check_rows(data)
@@ -511,16 +429,17 @@ def capture(model: nn.Module, inputs: Any, layers: Any = None, *,
         :func:`nettrim.graph.skipped_layers`). Hooks are removed before returning, also on
         error. A layer with fewer rows than inputs raises a :class:`CalibrationWarning`.
     """
-    _check_options(max_samples, seed)
+    check_options(max_samples, seed)
     selected = prunable_layers(model, layers, ignore)
-    plan = plan or analyze(model)
-    patterns = _resolve_patterns(plan, list(selected), activations, fold)
-    raw, missing = _run([model], inputs, list(selected), patterns,
+    plan = plan or analyze(model, example=inputs if reiterable(inputs) else None)
+    patterns = resolve_patterns(plan, list(selected), activations, fold)
+    raw, missing = _run([model], [inputs], list(selected), patterns,
                         lambda sinks, n: call_rows(n, selected[n], patterns[n], sinks[0]),
                         max_samples, seed, dtype, device)
     data = {n: _layer_data(n, selected[n], *raw[n], patterns[n], fold) for n in selected
             if n in raw}
-    return Captured(data, {**plan.skipped, **missing})
+    skipped = {n: r for n, r in plan.skipped.items() if n not in selected}
+    return Captured(data, {**skipped, **missing})
 
 
 def capture_cascade(original: nn.Module, pruned: nn.Module, inputs: Any, name: str, *,
@@ -535,27 +454,49 @@ def capture_cascade(original: nn.Module, pruned: nn.Module, inputs: Any, name: s
     loader shuffles. ``pruned`` must have the same architecture as ``original``. Returns None
     when the forward pass never calls the layer. ``fold`` as in :func:`capture`.
     """
-    _check_options(max_samples, seed)
+    check_options(max_samples, seed)
     module = prunable_layers(original, [name])[name]
     prunable_layers(pruned, [name])
-    plan = plan or analyze(original)
-    patterns = _resolve_patterns(plan, [name], activations, fold)
-    pattern = patterns[name]
+    plan = plan or analyze(original, example=inputs if reiterable(inputs) else None)
+    patterns = resolve_patterns(plan, [name], activations, fold)
+    raw, missing = _run([original, pruned], [inputs, inputs], [name], patterns,
+                        _pair_take({name: module}, patterns), max_samples, seed, dtype, device)
+    if name in missing:
+        return None
+    return _layer_data(name, module, *raw[name], patterns[name], fold)
 
+
+def _pair_take(modules: Mapping[str, nn.Module], patterns: Mapping):
+    """``take`` of a cascade pass: inputs (and a residual offset) from the pruned model
+    (``sinks[1]``), targets from the original (``sinks[0]``)."""
     def take(sinks, n):
-        X_hat, _, S_hat = call_rows(n, module, pattern, sinks[1])
-        _, pre, S = call_rows(n, module, pattern, sinks[0])
+        X_hat, _, S_hat = call_rows(n, modules[n], patterns[n], sinks[1])
+        _, pre, S = call_rows(n, modules[n], patterns[n], sinks[0])
         if S is None:
             return X_hat, pre, None
         # the original's target relu(pre + S) is kept as pre + S - S_hat, so that
         # relu(pre' + S_hat) reproduces it with the pruned network's offset S_hat
         return X_hat, pre + S - S_hat, S_hat
+    return take
 
-    raw, missing = _run([original, pruned], inputs, [name], patterns, take, max_samples, seed,
-                        dtype, device)
-    if name in missing:
-        return None
-    return _layer_data(name, module, *raw[name], pattern, fold)
+
+def record_layers(models: Sequence[nn.Module], streams: Sequence[Any],
+                  modules: Mapping[str, nn.Module], patterns: Mapping, *, seeds: Mapping,
+                  max_samples: Optional[int] = None, device: Any = None,
+                  dtype: Optional[torch.dtype] = None, fold: bool = False,
+                  outputs: Optional[list] = None) -> tuple[dict, dict]:
+    """The :class:`LayerData` of ``modules`` (named as in ``models[0]``) from one pass of
+    ``streams[i]`` through ``models[i]``: one model (its own inputs and outputs) or two (a
+    cascade pair: inputs from ``models[1]``, the pruned one, targets from ``models[0]``).
+    Used on one block of a model at a time (:mod:`nettrim.model.blocks`); ``seeds``
+    ``{name: seed}`` of each layer's row subsample, ``outputs`` as in :func:`_run`.
+    Returns ``({name: LayerData}, {name: reason never called})``."""
+    names = list(modules)
+    take = _pair_take(modules, patterns) if len(models) == 2 else \
+        (lambda sinks, n: call_rows(n, modules[n], patterns[n], sinks[0]))
+    raw, missing = _run(models, streams, names, patterns, take, max_samples, seeds, dtype,
+                        device, outputs)
+    return {n: _layer_data(n, modules[n], *raw[n], patterns[n], fold) for n in raw}, missing
 
 
 def subsample_note(data: LayerData) -> str:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .capture import SUPPORTED
+from .graph import TransposedLinear
 
 __all__ = ["ROUNDING_TOL", "compact_graph", "eval_output", "keep_indices", "max_change",
            "remove_units_graph"]
@@ -94,7 +95,7 @@ def _reaches_output(graph, group) -> Optional[str]:
 
 def remove_units_graph(model, layer_name, keep, example_input):
     module = dict(model.named_modules()).get(layer_name)
-    if not isinstance(module, SUPPORTED):
+    if not isinstance(module, SUPPORTED) or isinstance(module, TransposedLinear):
         msg = f"layer_name: {layer_name!r} is not a Linear/Conv2d of the model"
         raise ValueError(msg)
     if example_input is None:

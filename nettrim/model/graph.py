@@ -36,10 +36,31 @@ from torch import nn
 
 __all__ = ["LayerPattern", "ModelPlan", "GraphWarning", "analyze", "skipped_layers",
            "PRUNABLE", "ACTIVATION_NAMES", "batchnorm_affine", "flatten_sequential",
-           "takes_token_ids", "attention_projections"]
+           "takes_token_ids", "attention_projections", "TransposedLinear", "default_skipped",
+           "weight_matrix"]
+
+
+class _ByName(type):
+    """``isinstance(m, TransposedLinear)`` holds for transformers' ``Conv1D`` without importing
+    transformers (a model that holds one has imported it already)."""
+
+    def __instancecheck__(cls, obj) -> bool:
+        return cls.__subclasscheck__(type(obj))
+
+    def __subclasscheck__(cls, sub) -> bool:
+        return sub is cls or any(
+            k.__name__ == "Conv1D" and k.__module__.split(".")[0] == "transformers"
+            for k in getattr(sub, "__mro__", ()))
+
+
+class TransposedLinear(metaclass=_ByName):
+    """transformers' ``Conv1D`` (GPT-2's projections): ``x @ weight + bias``, a Linear whose
+    weight is stored transposed, shape (in, out). Pruned as the Linear it is
+    (:func:`weight_matrix` gives the (out, in) matrix; the write-back transposes it again)."""
+
 
 #: Module types Net-Trim prunes.
-PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, TransposedLinear)
 #: Activation names ``activations=`` accepts (None: no activation). Only "relu" gets the
 #: inequalities; the others are solved with the linear program on the pre-activations.
 ACTIVATION_NAMES = ("relu", "relu6", "gelu", "silu", "leaky_relu", "tanh", None)
@@ -224,19 +245,128 @@ def _patterns_sequential(model: nn.Module) -> dict:
     return found
 
 
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The weight of a prunable layer as an (out, in) matrix (a view; a convolution's
+    flattened to ``(out, in * kernel)``, a :class:`TransposedLinear`'s transposed back)."""
+    weight = module.weight.detach()
+    return weight.T if isinstance(module, TransposedLinear) else weight.flatten(1)
+
+
+def _module_activation(module: nn.Module) -> Optional[str]:
+    """The activation a module applies: torch's activation modules, and by class name those of
+    other libraries (transformers' ``GELUActivation``, ``NewGELUActivation``, ...)."""
+    for kind, name in _ACT_MODULES:
+        if type(module) is kind:
+            return name
+    label = type(module).__name__.lower()
+    if next(module.children(), None) is not None or "activation" not in label:
+        return None
+    return next((a for a in ("gelu", "silu", "tanh") if a in label), None)
+
+
+def _first_batch(example: Any) -> tuple[tuple, dict]:
+    """The first batch of ``example`` cut to 2 samples (every tensor with the batch size of the
+    first one is cut)."""
+    from ..inputs import forward_args   # floor 1
+
+    args, kwargs = next(iter(forward_args(example)))
+    first = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)),
+                 None)
+    size = None if first is None or first.ndim == 0 else first.shape[0]
+
+    def cut(a):
+        return a[:2] if isinstance(a, torch.Tensor) and a.ndim and a.shape[0] == size else a
+    return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
+
+
+def _patterns_by_calls(model: nn.Module, example: Any) -> dict:
+    """Patterns read from one forward pass on 2 samples of ``example``: a layer whose output
+    goes (through Dropout/Identity) into one activation module, and into no other module,
+    takes that activation. Functional activations and adds are not seen (linear)."""
+    from ..inputs import model_device, to_device   # floor 1
+
+    leaves = {m: n for n, m in model.named_modules() if next(m.children(), None) is None}
+    source: dict = {}      # id(tensor) -> the layer whose output it is
+    alive: list = []       # the tensors of ``source`` (their ids stay theirs during the pass)
+    uses: dict = {}        # layer -> [(consumer name, its activation or None)]
+    calls: dict = {}
+
+    def hook(module, args, out):
+        name = leaves[module]
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        layer = None if x is None else source.get(id(x))
+        if layer is not None:
+            if isinstance(module, _TRANSPARENT) and isinstance(out, torch.Tensor):
+                source[id(out)] = layer
+                alive.append(out)
+            else:
+                uses.setdefault(layer, []).append((name, _module_activation(module)))
+        if isinstance(module, PRUNABLE) and isinstance(out, torch.Tensor):
+            calls[name] = calls.get(name, 0) + 1
+            source[id(out)] = name
+            alive.append(out)
+
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    training = model.training
+    try:
+        args, kwargs = _first_batch(example)
+        device = model_device(model)
+        model.eval()
+        with torch.no_grad():
+            model(*to_device(args, device), **to_device(kwargs, device))
+    finally:
+        model.train(training)
+        for handle in handles:
+            handle.remove()
+    found = {}
+    for name, count in calls.items():
+        seen = uses.get(name, [])
+        act = seen[0][1] if len(seen) == 1 and count == 1 else None
+        found[name] = LayerPattern(activation=act)
+    return found
+
+
 def skipped_layers(model: nn.Module) -> dict[str, str]:
-    """``{name: reason}`` of the layers Net-Trim leaves as they are (see the module docstring).
+    """``{name: reason}`` of the layers Net-Trim leaves as they are (see the module docstring),
+    and of the prunable layers whose weight is an embedding's too (tied input and output
+    embeddings: pruning the layer would prune the lookup table).
 
     ``nn.MultiheadAttention``'s ``out_proj`` is not among them: it is captured at the module's
     own call (:func:`attention_projections`).
     """
     skipped = {}
+    tables = {}
     for name, module in model.named_modules():
         for kind, reason in _UNSUPPORTED:
             if isinstance(module, kind):
                 skipped[name] = reason
                 break
+        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+            tables.setdefault(id(module.weight), name)
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, PRUNABLE) and weight is not None and id(weight) in tables:
+            skipped[name] = (f"its weight is tied to the embedding {tables[id(weight)]!r} "
+                             "(shared parameter): pruning it would prune the embedding too")
     return skipped
+
+
+def default_skipped(model: nn.Module) -> dict[str, str]:
+    """``{name: reason}`` of prunable layers left out unless named in ``layers=``: a language
+    model's head (the output embedding of a transformers model,
+    ``model.get_output_embeddings()``), which SparseGPT, Wanda and ALPS leave dense."""
+    getter = getattr(model, "get_output_embeddings", None)
+    head = None
+    if callable(getter):
+        try:
+            head = getter()
+        except Exception:  # noqa: BLE001 - a model without a head may raise: none then
+            head = None
+    if not isinstance(head, nn.Module):
+        return {}
+    return {name: ("the language-model head (output embedding) is left dense by default, as "
+                   "SparseGPT, Wanda and ALPS do; name it in layers= to prune it")
+            for name, module in model.named_modules() if module is head}
 
 
 def attention_projections(model: nn.Module) -> dict[str, str]:
@@ -250,12 +380,16 @@ def attention_projections(model: nn.Module) -> dict[str, str]:
     return found
 
 
-def analyze(model: nn.Module, *, warn: bool = True) -> ModelPlan:
+def analyze(model: nn.Module, *, warn: bool = True, example: Any = None) -> ModelPlan:
     """Read the model's graph: a :class:`LayerPattern` for every prunable layer.
 
-    With ``warn=True`` a failed trace raises one :class:`GraphWarning` naming the layers whose
-    activation could not be seen (they are solved as linear layers, which is always safe) and
-    pointing to ``activations=``.
+    When ``torch.fx`` cannot trace the model (transformers' models, data-dependent control
+    flow), the patterns come from one forward pass on two samples of ``example`` (a batch of
+    the calibration data), following each layer's output into the modules it enters (module
+    activations after Dropout/Identity; no BatchNorm fold, no residual offset), else from the
+    order of ``nn.Sequential`` containers. With ``warn=True`` a failed trace raises one
+    :class:`GraphWarning` naming the layers whose activation could not be seen (they are
+    solved as linear layers, which is always safe) and pointing to ``activations=``.
     """
     modules = dict(model.named_modules())
     skipped = skipped_layers(model)
@@ -277,7 +411,16 @@ def analyze(model: nn.Module, *, warn: bool = True) -> ModelPlan:
             if count > 1:
                 found[name] = LayerPattern()
     else:
-        found = _patterns_sequential(model)
+        found, how = None, "nn.Sequential order only"
+        if example is not None:
+            try:
+                found = _patterns_by_calls(model, example)
+                how = ("the modules each layer's output enters in a forward pass (no "
+                       "functional activations)")
+            except Exception:  # noqa: BLE001 - the forward pass failed: the structure instead
+                found = None
+        if found is None:
+            found = _patterns_sequential(model)
     for name, pattern in _encoder_patterns(model).items():
         if name in names:
             found[name] = pattern
@@ -286,10 +429,11 @@ def analyze(model: nn.Module, *, warn: bool = True) -> ModelPlan:
         linear = [n for n, p in patterns.items() if p.activation is None]
         msg = (f"torch.fx could not trace the model ({type(error).__name__}: "
                f"{str(error).splitlines()[0] if str(error) else ''}); activations were read from "
-               f"nn.Sequential order only, and these layers are solved as linear (no ReLU "
+               f"{how}, and these layers are solved as linear (no ReLU "
                f"inequalities): {linear}. Declare functional ReLUs with "
                "activations={name: 'relu'}.")
         warnings.warn(msg, GraphWarning, stacklevel=3)
+    skipped.update({n: r for n, r in default_skipped(model).items() if n not in skipped})
     return ModelPlan(patterns=patterns, skipped=skipped, traced=graph is not None, graph=graph)
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .graph import LayerPattern
+from .graph import LayerPattern, TransposedLinear
 
 __all__ = ["Reservoir", "call_rows"]
 
@@ -41,7 +41,7 @@ def _padding(module: nn.Module) -> list[int]:
 
 def _as_rows(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> tuple:
     """(input rows (B, N), output rows (B, M)) of one call."""
-    if isinstance(module, nn.Linear):
+    if isinstance(module, (nn.Linear, TransposedLinear)):
         return x.reshape(-1, x.shape[-1]), out.reshape(-1, out.shape[-1])
     if x.ndim == len(module.kernel_size) + 1:  # unbatched conv input
         x, out = x[None], out[None]
@@ -109,7 +109,8 @@ def call_rows(name: str, module: nn.Module, pattern: LayerPattern, sink: dict) -
         Xs.append(rows)
         pres.append(pre)
         if pattern.offset and i < len(adds):
-            total = adds[i].reshape(-1, pre.shape[1]) if isinstance(module, nn.Linear) \
+            total = adds[i].reshape(-1, pre.shape[1]) \
+                if isinstance(module, (nn.Linear, TransposedLinear)) \
                 else _channel_rows(adds[i])
             offsets.append(total - pre)
     X = torch.cat(Xs)

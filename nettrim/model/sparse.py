@@ -29,6 +29,7 @@ from ..checks import check_model
 from ..io.checkpoint import fold_pruning_state_dict
 from ..io.files import atomic_write
 from .capture import SUPPORTED
+from .graph import TransposedLinear
 from .surgery import compact, measure_latency, remove_masks
 
 __all__ = ["SparseLinear", "SparseConv2d", "sparsify", "latency_report", "format_latency",
@@ -167,7 +168,7 @@ def sparsify(model: nn.Module, example_input: Optional[torch.Tensor] = None, *,
                             device=weight.device)
         is_std_conv = isinstance(module, nn.Conv2d) and module.groups == 1 and \
             module.padding_mode == "zeros" and not isinstance(module.padding, str)
-        if x is None or sparsity == 0.0 or isinstance(module, nn.Conv1d) or \
+        if x is None or sparsity == 0.0 or isinstance(module, (nn.Conv1d, TransposedLinear)) or \
                 (isinstance(module, nn.Conv2d) and not is_std_conv):   # no CSR kernel
             continue
         candidate = (SparseLinear if isinstance(module, nn.Linear) else SparseConv2d)(module)

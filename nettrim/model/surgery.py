@@ -26,7 +26,7 @@ from torch.nn.utils import prune as torch_prune
 
 from .capture import SUPPORTED
 from .dependency import compact_graph, eval_output, keep_indices, max_change, remove_units_graph
-from .graph import flatten_sequential
+from .graph import TransposedLinear, flatten_sequential
 
 __all__ = ["set_layer_weight", "apply_masks", "remove_masks", "count_parameters",
            "count_nonzeros", "consumer", "remove_units", "compact", "CompactResult",
@@ -49,13 +49,16 @@ def set_layer_weight(module: nn.Module, weight: Any, bias: Any = None) -> None:
 
     The module keeps its dtype, device and Parameter objects. Under a ``torch.nn.utils.prune``
     mask, the values go to ``weight_orig`` and the mask becomes ``weight != 0``. A ``bias`` of
-    None leaves the existing bias unchanged.
+    None leaves the existing bias unchanged. transformers' ``Conv1D`` stores its weight
+    transposed, (N, M): ``weight`` is still the (M, N) matrix, written back transposed.
     """
     if not isinstance(module, SUPPORTED):
         msg = f"module must be nn.Linear or nn.Conv2d, got {type(module).__name__}"
         raise TypeError(msg)
     target = _weight_param(module)
     weight = torch.as_tensor(weight)
+    if isinstance(module, TransposedLinear):
+        target = target.T   # a view: the copy below writes the stored (N, M) weight
     M = target.shape[0]
     N = target[0].numel()
     if tuple(weight.shape) not in ((M, N), tuple(target.shape)):
@@ -67,8 +70,9 @@ def set_layer_weight(module: nn.Module, weight: Any, bias: Any = None) -> None:
         raise ValueError(msg)
     target.copy_(weight.reshape(target.shape))
     if hasattr(module, "weight_mask"):
-        module.weight_mask.copy_((target != 0).to(module.weight_mask.dtype))
-        module.weight = target * module.weight_mask
+        stored = _weight_param(module)
+        module.weight_mask.copy_((stored != 0).to(module.weight_mask.dtype))
+        module.weight = stored * module.weight_mask
     if bias is not None:
         if module.bias is None:
             msg = f"bias given but the {type(module).__name__} has no bias"
