@@ -7,8 +7,8 @@
       * Net-Trim through ``nettrim.prune_layer(X, Y, sparsity=s, bias=True, ...)``: plain l1,
         with ``refit=True``, and with ``reweight=1, refit=True`` (the defaults; the bias is refit,
         unpenalized), optionally (``--methods ... nt-rw3+refit``) with ``reweight=3``;
-      * the baselines of :mod:`nettrim.baselines`: magnitude, Wanda, L-OBS, SparseGPT
-        (bias kept).
+      * the baselines of :mod:`nettrim.baselines`: magnitude, Wanda, L-OBS, SparseGPT and
+        ALPS (bias kept).
     Layers: the three layers of LeNet-300-100 trained on MNIST (calibration: a seeded random
     subset of the training images) and one synthetic dense ReLU layer. The same error is also
     measured on held-out inputs (other training images, never in the calibration set; fresh
@@ -68,7 +68,7 @@ NETTRIM = {  # column name -> prune_layer flags
     "nt-rw3+refit": dict(refit=True, reweight=3),   # opt-in (--methods): 2-3x the time
 }
 BASELINE_COLUMNS = {"magnitude": "magnitude", "wanda": "wanda", "lobs": "lobs",
-                    "sparsegpt": "sparsegpt"}
+                    "sparsegpt": "sparsegpt", "alps": "alps"}
 METHODS = list(NETTRIM) + list(BASELINE_COLUMNS)
 DEFAULT_METHODS = [m for m in METHODS if m != "nt-rw3+refit"]
 

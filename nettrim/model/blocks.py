@@ -25,6 +25,7 @@ Caches (``past_key_values`` and the like) are not carried: ``use_cache`` is turn
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from typing import Any, Optional
 
 import torch
@@ -130,7 +131,8 @@ class BlockRunner:
                       for i, n in enumerate(names)}
         self.current = -1          # the block the streams are at (-1: not started)
         self.streams: list = []    # per model: one dict of block keyword arguments per batch
-        self.cache: dict = {}      # parallel: the records of the current block
+        self.cache: dict = {}      # the original model's records of the current block
+        self.after: list = []      # the original block's outputs (the next block's inputs)
         self.missing: dict = {}
 
     @classmethod
@@ -210,46 +212,63 @@ class BlockRunner:
     def _models(self) -> list[nn.Module]:
         return [self.original] + ([self.pruned] if self.pruned is not None else [])
 
-    def _advance(self, k: int) -> None:
-        """Carry the streams to the inputs of block ``k`` (blocks before it are final)."""
-        if self.current < 0:
+    def _record(self, model: nn.Module, stream: list, names: list[str],
+                outputs: Optional[list] = None) -> dict:
+        """``{name: LayerData or None}`` of ``names`` (one block's layers) from one pass of
+        ``stream`` through that block of ``model``."""
+        block = self.blocks[self.block_of[names[0]]]
+        module = self._module(model, block)
+        rel = {n: n[len(block) + 1:] for n in names}
+        records, missing = record_layers(
+            [module], [stream], {rel[n]: module.get_submodule(rel[n]) for n in names},
+            {rel[n]: self.patterns[n] for n in names},
+            seeds={rel[n]: self.seeds[n] for n in names}, outputs=outputs, **self.options)
+        out = {}
+        for n in names:
+            if rel[n] in missing:
+                self.missing[n] = missing[rel[n]]
+                out[n] = None
+            else:
+                records[rel[n]].name = n
+                out[n] = records[rel[n]]
+        return out
+
+    def _enter(self, k: int) -> None:
+        """Carry the streams to the inputs of block ``k`` (the blocks before it are final);
+        on entering a block, one pass of the original block records all its layers and keeps
+        its outputs (the next block's original inputs)."""
+        if not self.streams:
             self.streams = [self._first_inputs(m) for m in self._models()]
-            self.current = 0
         while self.current < k:
-            block = self.blocks[self.current]
-            for i, model in enumerate(self._models()):
-                module = self._module(model, block)
-                key = next(iter(inspect.signature(module.forward).parameters))
-                with torch.no_grad(), eval_mode(module), plain_attention():
-                    self.streams[i] = [dict(b, **{key: _first_tensor(module(**b))})
-                                       for b in self.streams[i]]
+            if self.current >= 0:
+                self.streams[0] = self.after
+                if self.pruned is not None:   # the pruned block, final now, run once
+                    module = self._module(self.pruned, self.blocks[self.current])
+                    key = next(iter(inspect.signature(module.forward).parameters))
+                    with torch.no_grad(), eval_mode(module), plain_attention():
+                        self.streams[1] = [dict(b, **{key: _first_tensor(module(**b))})
+                                           for b in self.streams[1]]
             self.current += 1
-            self.cache = {}
+            names = [n for n, j in self.block_of.items() if j == self.current]
+            outputs: list = [[]]
+            self.cache = self._record(self.original, self.streams[0], names, outputs)
+            module = self._module(self.original, self.blocks[self.current])
+            key = next(iter(inspect.signature(module.forward).parameters))
+            self.after = [dict(b, **{key: _first_tensor(o)})
+                          for b, o in zip(self.streams[0], outputs[0])]
 
     def data(self, name: str) -> Optional[LayerData]:
         """The records of layer ``name`` (inside a block; layers are asked for in block
-        order); None when the forward pass never calls it (the reason in ``missing``)."""
+        order); None when the forward pass never calls it (the reason in ``missing``). In
+        cascade the input rows come from the pruned block as it is now (the same rows: the
+        same batches and subsample seed), the targets from the original block's pass."""
         k = self.block_of[name]
-        if k < self.current:
-            msg = f"layer {name!r} is in block {k}, but the runner is at block {self.current}"
+        if k < self.current or (k == self.current and name not in self.cache):
+            msg = f"layer {name!r} is in block {k}, asked for after the runner moved past it"
             raise RuntimeError(msg)
-        self._advance(k)
-        block = self.blocks[k]
-        wanted = [name] if self.pruned is not None else \
-            [n for n, j in self.block_of.items() if j == k]
-        if name not in self.cache:
-            models = [self._module(m, block) for m in self._models()]
-            rel = {n: n[len(block) + 1:] for n in wanted}
-            modules = {rel[n]: models[0].get_submodule(rel[n]) for n in wanted}
-            records, missing = record_layers(
-                models, self.streams, modules,
-                {rel[n]: self.patterns[n] for n in wanted},
-                seeds={rel[n]: self.seeds[n] for n in wanted}, **self.options)
-            for n in wanted:
-                if rel[n] in missing:
-                    self.missing[n] = missing[rel[n]]
-                    self.cache[n] = None
-                else:
-                    records[rel[n]].name = n
-                    self.cache[n] = records[rel[n]]
-        return self.cache.pop(name)
+        self._enter(k)
+        target = self.cache.pop(name)
+        if target is None or self.pruned is None:
+            return target
+        hat = self._record(self.pruned, self.streams[1], [name])[name]
+        return None if hat is None else replace(target, X=hat.X)
