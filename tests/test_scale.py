@@ -10,7 +10,7 @@ import torch
 import nettrim
 from solvers import SUCCESS
 
-pipeline = importlib.import_module("nettrim.layer.pipeline")
+layer_data = importlib.import_module("nettrim.layer.data")
 program = importlib.import_module("nettrim.layer.program")
 
 
@@ -32,7 +32,7 @@ def test_compressed_linear_layer_matches_the_row_domain(monkeypatch, mode):
     X, Y, _, W0, b0 = correlated_layer(1200, 30, 12, seed=1)
     kw = dict(relu=False, bias=True, W0=W0, b0=b0, **mode)
     fast = nettrim.prune_layer(X, Y, **kw)
-    monkeypatch.setattr(pipeline, "COMPRESS_RATIO", 10 ** 9)
+    monkeypatch.setattr(layer_data, "COMPRESS_RATIO", 10 ** 9)
     slow = nettrim.prune_layer(X, Y, **kw)
     assert fast.report["compressed_rows"] == 31 and "compressed_rows" not in slow.report
     assert fast.report["status"] in SUCCESS and slow.report["status"] in SUCCESS
@@ -88,3 +88,58 @@ def test_soft_refit_skipped_above_its_work_cap(monkeypatch):
     res = nettrim.prune_layer(X, Y, sparsity=0.6, bias=True, W0=W0, b0=b0)
     assert not any(name.endswith("+soft") for name in res.report["program_errors"])
     assert "ReLU-aware refit skipped" in res.report["note"]
+
+
+def test_a_linear_layer_from_its_statistics_alone():
+    """prune_layer on GramStats (no rows) gives the rows' answer: same weights' error and
+    sparsity; bias and offset carried by the statistics; a ReLU layer is refused."""
+    from solvers import GramStats
+
+    X, Y, _, W0, b0 = correlated_layer(900, 25, 7, seed=6)
+    S = 0.3 * torch.randn(900, 7, generator=torch.Generator().manual_seed(7))
+    kw = dict(relu=False, bias=True, W0=W0, b0=b0, sparsity=0.6)
+    rows = nettrim.prune_layer(X, Y + S, offset=S, **kw)
+    stats = GramStats.from_rows(X, Y + S, ones=True, offset=S)
+    alone = nettrim.prune_layer(stats, None, **kw)
+    assert torch.equal(alone.weight != 0, rows.weight != 0)
+    assert alone.report["relative_error"] == pytest.approx(rows.report["relative_error"],
+                                                           rel=1e-6)
+    assert alone.report["compressed_rows"] == 26
+    with pytest.raises(ValueError, match="ones column"):
+        nettrim.prune_layer(stats, None, **dict(kw, bias=False))
+    with pytest.raises(ValueError, match="GramStats"):
+        nettrim.prune_layer(stats, None, **dict(kw, relu=True))
+
+
+def test_linear_layer_memory_does_not_grow_with_the_rows():
+    """The peak memory of a linear layer's prune_layer above its inputs is the same at 16,384
+    and 131,072 rows (one chunk, G and the compressed rows; X is 16 and 128 MB), measured
+    exactly by the process's peak resident memory (Linux: VmHWM, reset before each call); the
+    report's sampled peak_memory_mb is at most that."""
+    import gc
+    import os
+
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak resident memory")
+
+    def vm(key):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(key)) / 1024
+
+    extra = {}
+    for P in (16384, 131072):
+        g = torch.Generator().manual_seed(8)
+        X = torch.randn(P, 256, generator=g)
+        W = torch.randn(64, 256, generator=g)
+        Y = X @ W.T + 0.1 * torch.randn(P, 64, generator=g)
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        start = vm("VmRSS")
+        res = nettrim.prune_layer(X, Y, sparsity=0.7, relu=False, bias=True, W0=W)
+        extra[P] = vm("VmHWM") - start
+        assert res.report["compressed_rows"] == 257
+        assert 0 <= res.report["peak_memory_mb"] <= extra[P] + 1
+        del X, Y, res
+    assert extra[131072] <= extra[16384] + 8, extra
+    assert extra[131072] < 128 / 4, extra

@@ -10,6 +10,8 @@ Epsilons are *relative* here (a fraction of ``||Y||_F``); :mod:`solvers` takes a
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import math
 import time
 from dataclasses import replace
@@ -18,15 +20,16 @@ from typing import Any, Optional
 import torch
 from tqdm.auto import tqdm
 
-from solvers import (INFEASIBLE, MAX_ITER, OPTIMAL, SUCCESS, ADMMSettings, NetTrimProblem,
-                     NetTrimResult, compress_problem, solve_admm, solve_cvxpy)
-from solvers.problem import as_tensor, safe_norm
+from solvers import (INFEASIBLE, MAX_ITER, OPTIMAL, SUCCESS, ADMMSettings, GramStats, NetTrimProblem,
+                     NetTrimResult, solve_admm, solve_cvxpy)
 from solvers.refit import refit as refit_support
 from solvers.refit import reweighted_penalty
 
 from ..checks import check_fraction
+from ..resources import PeakMemory
 from ..results import LayerPruneResult
-from .program import PROGRAMS, choose_program, output_error, warm_start
+from .data import COMPRESS_RATIO, layer_data
+from .program import PROGRAMS, choose_program, warm_start
 from .target_count import (PILOT_MAX_ITER, at_reached_epsilon, settled_pipeline, trim_to,
                            with_objective)
 
@@ -40,10 +43,6 @@ SPARSITY_EPS_RANGE = (1e-4, 1.0)
 SPARSITY_TOL = 0.005
 #: Sparsity mode: at most this many solves per layer.
 SPARSITY_MAX_SOLVES = 14
-#: A linear program is solved on compressed rows (:func:`solvers.compress_problem`: at most N
-#: rows, exactly the same program) when it has more than this many times as many rows as
-#: inputs (the pass that builds them costs about one of the solver's GEMMs).
-COMPRESS_RATIO = 2
 
 
 def check_solver_and_target(solver: str, epsilon: Any, sparsity: Any) -> None:
@@ -75,10 +74,17 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
 
     Parameters
     ----------
-    X : ndarray or Tensor of shape (P, N)
+    X : ndarray or Tensor of shape (P, N), or solvers.GramStats
         Layer input, one row per sample (for a conv layer: unfolded patches). float32 or
         float64 (integers are promoted to float64); float16 and bfloat16 are refused, as
-        :class:`solvers.NetTrimProblem` refuses them: convert with ``.float()``.
+        :class:`solvers.NetTrimProblem` refuses them: convert with ``.float()``. A linear
+        layer may be given by the statistics of its rows instead (:class:`solvers.GramStats`
+        of ``X`` and ``Y - offset``, with a ones column last when ``bias=True``; then ``Y``
+        is None): its program needs nothing else (:mod:`solvers.gram`). A linear layer given
+        by rows with more than :data:`COMPRESS_RATIO` times as many rows as inputs is solved
+        on compressed rows the same way (the report's ``compressed_rows``): the same program,
+        its iterations costing ``O(N^2 M)`` whatever P is, its extra memory ``O(N^2 + N M)``
+        and one chunk of rows.
     Y : ndarray or Tensor of shape (P, M)
         Target outputs: post-ReLU when ``relu=True``.
     epsilon : float
@@ -153,6 +159,10 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
     LayerPruneResult
     """
     check_solver_and_target(solver, epsilon, sparsity)
+    if isinstance(X, GramStats) and relu:
+        msg = ("X is a GramStats, the statistics of a linear layer's rows: pass relu=False (a "
+               "ReLU program's inequalities need the rows)")
+        raise ValueError(msg)
     if program not in PROGRAMS:
         msg = f"program must be one of {PROGRAMS}, got {program!r}"
         raise ValueError(msg)
@@ -167,16 +177,44 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
     if not isinstance(reweight, int) or reweight < 0:
         msg = f"reweight must be a nonnegative integer (rounds), got {reweight!r}"
         raise ValueError(msg)
-    X = as_tensor(X, name="X")
-    Y = as_tensor(Y, name="Y").to(device=X.device, dtype=X.dtype)
-    P, N = X.shape
-    M = Y.shape[1]
-    if Y.shape[0] != P:
-        msg = f"X has shape {tuple(X.shape)} and Y has shape {tuple(Y.shape)}: the row counts differ"
-        raise ValueError(msg)
-    W_start = None if W0 is None else warm_start(W0, b0, bias, M, N, X)
+    data = layer_data(X, Y, relu=relu, bias=bias, V=V, offset=offset)
+    return _prune(data, epsilon=epsilon, sparsity=sparsity, bias=bias, absolute=absolute,
+                  penalize_bias=penalize_bias, solver=solver, W0=W0, b0=b0, refit=refit,
+                  reweight=reweight, solver_options=solver_options, progress=progress,
+                  program=program, pre=pre)
+
+
+def _measured(run):
+    """``prune_layer`` with the report's ``peak_memory_mb`` (:class:`nettrim.resources.
+    PeakMemory`: above the memory in use at the call, the inputs not counted), measured by the
+    outermost call only."""
+    @functools.wraps(run)
+    def wrapper(X, Y, **kwargs):
+        if _MEASURING.get():
+            return run(X, Y, **kwargs)
+        token = _MEASURING.set(True)
+        try:
+            device = getattr(X, "device", None)
+            with PeakMemory(device) as peak:
+                result = run(X, Y, **kwargs)
+        finally:
+            _MEASURING.reset(token)
+        result.report["peak_memory_mb"] = peak.megabytes
+        return result
+    return wrapper
+
+
+_MEASURING: contextvars.ContextVar = contextvars.ContextVar("nettrim_peak", default=False)
+prune_layer = _measured(prune_layer)
+
+
+def _prune(data, *, epsilon, sparsity, bias, absolute, penalize_bias, solver, W0, b0, refit,
+           reweight, solver_options, progress, program, pre) -> LayerPruneResult:
+    """:func:`prune_layer` on checked options and its data (:mod:`nettrim.layer.data`)."""
+    P, N, M = data.shape
+    W_start = None if W0 is None else warm_start(W0, b0, bias, M, N, data)
     target = None if sparsity is None else check_fraction(sparsity, "sparsity", upper_open=True)
-    dead = ~(X != 0).any(0)   # inputs zero on every row: no weight on them changes an output
+    dead = data.dead_inputs()   # inputs zero on every row: no weight on them changes an output
     n_live = N - int(dead.sum())
     if 0 < n_live < N and target != 0.0:
         # solve on the live inputs only (exact: a weight on a dead input only adds to sum|W|);
@@ -184,9 +222,9 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
         sub_target = None if target is None else 1.0 - (1.0 - target) * N / n_live
         if sub_target is None or sub_target > 0.0:
             live = ~dead
-            sub = prune_layer(
-                X[:, live], Y, epsilon=epsilon, sparsity=sub_target, relu=relu, bias=bias, V=V,
-                offset=offset, absolute=absolute, penalize_bias=penalize_bias, solver=solver,
+            sub = _prune(
+                data.restrict(live), epsilon=epsilon, sparsity=sub_target, bias=bias,
+                absolute=absolute, penalize_bias=penalize_bias, solver=solver,
                 W0=None if W_start is None else W_start[:, :N][:, live], b0=b0, refit=refit,
                 reweight=reweight, solver_options=solver_options, progress=progress,
                 program=program, pre=pre)
@@ -202,25 +240,18 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
             if target is not None:
                 report["target_sparsity"] = target
             return LayerPruneResult(weight=weight, bias=sub.bias, report=report)
-    Xa = torch.cat([X, torch.ones(P, 1, dtype=X.dtype, device=X.device)], 1) if bias else X
-    Na = Xa.shape[1]
+    Na = N + bool(bias)
     penalty = None
     if bias and not penalize_bias:
-        penalty = torch.ones(M, Na, dtype=X.dtype, device=X.device)
+        penalty = torch.ones(M, Na, dtype=data.dtype, device=data.device)
         penalty[:, -1] = 0.0
-    y_norm = float(safe_norm(Y))
-    y_max = float(Y.abs().max()) if Y.numel() else 0.0
+    y_norm = data.y_norm()
+    y_max = data.y_max()
     opts = dict(solver_options or {})
     t0 = time.perf_counter()
-
-    # a linear program with many rows is solved on compressed rows (solvers.gram): the same
-    # program, its iterations O(N^2 M) whatever P is
-    base = NetTrimProblem(Xa, Y, 0.0, V=V, relu=relu, S=offset)
-    if not relu and P > COMPRESS_RATIO * Na:
-        base = compress_problem(base)
-        report_rows = {"compressed_rows": base.shape[0]}
-    else:
-        report_rows = {}
+    # the program at epsilon 0; a linear program with many rows on compressed rows
+    # (solvers.gram: the same program, its iterations O(N^2 M) whatever P is)
+    base, report_rows = data.problem(bias)
 
     def problem_for(eps_abs: float) -> NetTrimProblem:
         return replace(base, epsilon=eps_abs)
@@ -305,13 +336,13 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
     if l1_notes:
         report["note"] = "; ".join([n for n in [report.get("note")] if n]
                                    + sorted(set(l1_notes)))
-    W = torch.as_tensor(result.W, device=X.device, dtype=X.dtype)
+    W = torch.as_tensor(result.W, device=data.device, dtype=data.dtype)
     weight, b = (W[:, :N].contiguous(), W[:, N].contiguous()) if bias else (W, None)
     nonzeros = int((weight != 0).sum())
     report.update(
         nonzeros=nonzeros, total=M * N, sparsity=1.0 - nonzeros / (M * N),
         epsilon=eps_value / y_norm if y_norm > 0 else float("nan"), epsilon_abs=eps_value,
-        relative_error=output_error(X, weight, b, offset, relu, Y),
+        relative_error=data.output_error(weight, b),
         status=result.status, iterations=iterations, seconds=time.perf_counter() - t0,
         solver=result.solver, objective=result.objective, residual=result.residual,
         violation=result.violation)

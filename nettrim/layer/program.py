@@ -85,8 +85,9 @@ def output_error(X, weight, b, offset, relu, Y) -> float:
     return float(safe_norm(out - Y)) / y_norm
 
 
-def warm_start(W0: Any, b0: Any, bias: bool, M: int, N: int, X: torch.Tensor) -> torch.Tensor:
-    """W0 (with b0 as a last column when ``bias``) checked for shape and finiteness."""
+def warm_start(W0: Any, b0: Any, bias: bool, M: int, N: int, X: Any) -> torch.Tensor:
+    """W0 (with b0 as a last column when ``bias``) checked for shape and finiteness, on the
+    device and in the dtype of ``X`` (a tensor, or anything with ``device`` and ``dtype``)."""
     W = as_tensor(W0, name="W0").to(device=X.device, dtype=X.dtype)
     if tuple(W.shape) != (M, N):
         msg = f"W0 must have shape (M, N) = ({M}, {N}), got {tuple(W.shape)}"
