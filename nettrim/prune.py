@@ -263,7 +263,8 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
             epsilon_abs=rep["epsilon_abs"], relative_error=rep["relative_error"],
             status=rep["status"], iterations=rep["iterations"], seconds=rep["seconds"],
             solver=rep["solver"], note="; ".join(notes), program=block.program,
-            rows=data.X.shape[0], rows_seen=data.rows_seen))
+            rows=data.X.shape[0], rows_seen=data.rows_seen,
+            peak_memory_mb=rep.get("peak_memory_mb")))
         if log_lines:
             print(f"Net-Trim ({mode}) layer {index + 1}/{len(selected)} {name}: "
                   f"{100 * rep['sparsity']:.1f}% sparse, {rep['status']}, "
@@ -434,7 +435,8 @@ def _merge(parts: list, Y: torch.Tensor) -> LayerPruneResult:
         status=status, iterations=sum(r["iterations"] for r in reps),
         seconds=sum(r["seconds"] for r in reps), solver=reps[0]["solver"],
         objective=sum(r["objective"] for r in reps), residual=sq("residual"),
-        violation=max(r["violation"] for r in reps), groups=len(parts))
+        violation=max(r["violation"] for r in reps), groups=len(parts),
+        peak_memory_mb=max((r.get("peak_memory_mb") or 0.0 for r in reps), default=None))
     report["epsilon"] = report["epsilon_abs"] / y_norm if y_norm > 0 else float("nan")
     if notes:
         report["note"] = f"{len(parts)} groups: " + "; ".join(notes)

@@ -86,6 +86,9 @@ class LayerReport:
     #: Calibration rows the program used (after ``max_samples``), of ``rows_seen``.
     rows: int = 0
     rows_seen: int = 0
+    #: Peak memory of the layer's solve above the memory in use before it, MB (None where it
+    #: could not be measured; :mod:`nettrim.resources`).
+    peak_memory_mb: Optional[float] = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
