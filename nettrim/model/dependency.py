@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .capture import SUPPORTED
-from .graph import TransposedLinear
+from .kinds import TransposedLinear
 
 __all__ = ["ROUNDING_TOL", "compact_graph", "eval_output", "keep_indices", "max_change",
            "remove_units_graph"]

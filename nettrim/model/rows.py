@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .graph import LayerPattern, TransposedLinear
+from .graph import LayerPattern
+from .kinds import TransposedLinear
 
 __all__ = ["Reservoir", "call_rows"]
 
