@@ -162,17 +162,20 @@ def layer_names(model):
 
 
 def relu_layers(result, model, *, detected: bool = False) -> int:
-    """Layers whose ReLU program (ReLU inequalities) Net-Trim kept: the report's ``program``
-    (``relu``, ``relu+bn+offset``, ``relu6+bn+groups=16``, ...; ``linear(gelu)``,
-    ``skipped``, and ``linear(relu)+...``, a ReLU layer whose linear program had the lower
-    post-ReLU calibration error, are not). ``detected``: the layers with a ReLU program
+    """Layers whose ReLU-aware solution Net-Trim kept: the report's ``program`` shows the ReLU
+    program (``relu``, ``relu+bn+offset``, ``relu6+bn+groups=16``, ...) or the ReLU-aware refit
+    (``relu+soft``, ``linear(relu)+soft``: the post-ReLU least squares on the ReLU or the linear
+    program's support); ``linear(gelu)``, ``skipped``, and ``linear(relu)+...`` without
+    ``+soft``, a ReLU layer whose linear fit had the lower post-ReLU calibration error, are
+    not. ``detected``: the layers with a ReLU program
     solved, kept or not (``linear(relu...`` counted too).
     For a baseline, whose report has no program, what ``nettrim.detect_activations`` reads
     (ReLU and ReLU6) for the reported layers: the layers the baselines' ReLU-aware error uses."""
     rows = result.report
     if rows and getattr(rows[0], "program", None):
-        starts = ("relu", "linear(relu") if detected else ("relu",)
-        return sum(1 for r in rows if str(r.program).startswith(starts))
+        if detected:
+            return sum(1 for r in rows if str(r.program).startswith(("relu", "linear(relu")))
+        return sum(1 for r in rows if str(r.program).startswith("relu") or "+soft" in r.program)
     try:
         detected = nettrim.detect_activations(model)
     except Exception:  # noqa: BLE001 - a count we cannot read is reported as unknown

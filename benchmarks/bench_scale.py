@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_data_and_out, log, quiet_single_thread, save_results  # noqa: E402
+from common import add_data_and_out, log, quiet_single_thread, save_results, write_json  # noqa: E402,E501
 
 SPARSITY = 0.7
 HELD_OUT = 4096
@@ -138,13 +138,24 @@ def run_cell(layer, P, method, data_root):
                 note=rep.get("note"))
 
 
-def cell_in_subprocess(layer, P, method, data_root):
+def cell_in_subprocess(layer, P, method, data_root, cache=None):
+    """One cell in its own process; with ``cache`` (a folder) a finished cell is kept there and
+    read back by a later run instead of rerun."""
+    path = None
+    if cache:
+        path = Path(cache) / f"{layer.replace(' ', '_').replace('>', '')}-{P}-{method}.json"
+        if path.exists():
+            return json.loads(path.read_text())
     cmd = [sys.executable, __file__, "--cell", layer, str(P), method, "--data-root", data_root]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         log(proc.stderr[-2000:])
         return dict(layer=layer, P=P, method=method, failed=proc.stderr.strip().splitlines()[-1:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    cell = json.loads(proc.stdout.strip().splitlines()[-1])
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, cell)
+    return cell
 
 
 def table(cells, layers, methods):
@@ -251,6 +262,7 @@ def main(argv=None):
     p.add_argument("--layers", nargs="+", choices=list(LAYERS), default=None)
     p.add_argument("--rows", nargs="+", type=int, default=None, help="P values (all layers)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--cache", default=None, help="keep finished cells in this folder")
     p.add_argument("--cell", nargs=3, metavar=("LAYER", "P", "METHOD"), help=argparse.SUPPRESS)
     add_data_and_out(p, "bench_scale")
     args = p.parse_args(argv)
@@ -266,7 +278,7 @@ def main(argv=None):
         for P in rows:
             for m in args.methods:
                 log(f"{layer} P={P} {m}")
-                cells.append(cell_in_subprocess(layer, P, m, args.data_root))
+                cells.append(cell_in_subprocess(layer, P, m, args.data_root, args.cache))
     lines = [f"bench_scale: torch {torch.__version__}, 1 thread, sparsity {SPARSITY}, "
              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end"]
     lines += table(cells, layers, args.methods)

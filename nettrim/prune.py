@@ -388,11 +388,20 @@ class _LayerProgram:
                 parts.append(prune_layer(X, Y, epsilon=eps_abs, absolute=True, **common))
             else:
                 parts.append(prune_layer(X, Y, epsilon=epsilon, **common))
-        linear = sum(p.report.get("program", "relu") != "relu" for p in parts)
-        if linear:   # the linear program kept (every group, or some: said in the name)
-            self.program = self.program.replace(
-                self.data.activation, f"linear({self.data.activation})", 1) + (
+        # the candidate kept (nettrim.layer.program): "linear..." a linear program's support
+        # (or the linear refit), "...+soft" the ReLU-aware refit; said in the name, with the
+        # count of groups where only some kept it
+        names = [p.report.get("program", "relu") for p in parts]
+        linear = sum(n.startswith("linear") for n in names)
+        soft = sum(n.endswith("+soft") for n in names)
+        act = self.data.activation
+        if linear:
+            self.program = self.program.replace(act, f"linear({act})", 1) + (
                 f"(linear in {linear})" if linear < len(parts) else "")
+            act = f"linear({act})"
+        if soft:
+            self.program = self.program.replace(act, f"{act}+soft", 1) + (
+                f"(soft in {soft})" if soft < len(parts) else "")
         if len(parts) == 1:
             return parts[0]
         for p in parts:   # one line for the groups instead of one per group
@@ -400,9 +409,10 @@ class _LayerProgram:
             if own:
                 p.report["note"] = "; ".join(n for n in p.report["note"].split("; ") if n != own)
         merged = _merge(parts, self.Y)
-        if linear:
-            note = (f"linear program kept in {linear} of {len(parts)} groups (lower post-ReLU "
-                    "calibration error)")
+        said = [f"linear program's support kept in {linear} of {len(parts)} groups" if linear
+                else "", f"ReLU-aware refit in {soft} of {len(parts)} groups" if soft else ""]
+        if linear or soft:
+            note = "; ".join(n for n in said if n) + " (lower post-ReLU calibration error)"
             merged.report["note"] = "; ".join(n for n in (merged.report.get("note"), note) if n)
         return merged
 
