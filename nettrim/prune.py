@@ -52,7 +52,7 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
           solver_options: Optional[dict] = None, scope: str = "layer",
           structured: bool = False, min_per_unit: Optional[int] = None,
           allocation: str = "epsilon", fold_bn: bool = False,
-          program: str = "auto") -> PruneResult:
+          program: str = "auto", statistics: bool = False) -> PruneResult:
     """Prune a model's Linear, Conv1d and Conv2d layers with Net-Trim.
 
     What follows each layer is read from the traced graph (:mod:`nettrim.graph`): a ReLU
@@ -141,8 +141,16 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         program's (on the layer's pre-activations, BatchNorm folded, from the original
         network), whichever gives the lower post-activation error on the calibration rows
         (see :func:`prune_layer`). A layer that kept the linear program is reported with the
-        program ``linear(relu)`` and a note with both errors. Per-layer programs only
-        (``structured=False``, ``scope="layer"``).
+        program ``linear(relu)`` and a note with both errors; ``+soft`` in the program says
+        the ReLU-aware refit (:mod:`nettrim.layer.program`) gave the weights. Per-layer
+        programs only (``structured=False``, ``scope="layer"``).
+    statistics : bool, default False
+        True: the layers solved by the linear program (no ReLU after them, no residual add
+        before their ReLU, one group) are captured as the statistics of all their rows
+        (``X^T X``, ``X^T Y``, ``||Y||^2``; :func:`nettrim.capture` with ``statistics=True``)
+        instead of the rows, so that their memory is ``O(N^2 + N M)`` whatever the number of
+        calibration rows, and solved as the same program (``max_samples`` does not apply to
+        them; the rows column of the report counts every row). Per-layer programs only.
 
     Returns
     -------
@@ -184,6 +192,13 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
     if fold_bn and (structured or scope == "global"):
         msg = "fold_bn=True is an option of the per-layer program (structured=False, scope='layer')"
         raise ValueError(msg)
+    if not isinstance(statistics, bool):
+        msg = f"statistics must be True or False, got {statistics!r}"
+        raise TypeError(msg)
+    if statistics and (structured or scope == "global"):
+        msg = ("statistics=True is an option of the per-layer program (structured=False, "
+               "scope='layer')")
+        raise ValueError(msg)
     if isinstance(sparsity, str) and (structured or scope == "global"):
         msg = (f"sparsity={sparsity!r} (N:M) is a per-layer pattern: it needs structured=False "
                "and scope='layer'")
@@ -214,11 +229,11 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
     options = dict(epsilon=epsilon, sparsity=sparsity, mode=mode, solver=solver, gamma=gamma,
                    kappa=kappa, max_samples=max_samples, seed=seed, refit=refit,
                    reweight=reweight, solver_options=solver_options, layers=selected,
-                   fold_bn=fold_bn, program=program)
+                   fold_bn=fold_bn, program=program, statistics=statistics)
     target = model if inplace else copy.deepcopy(model)
     plan = analyze(model, example=inputs if reiterable(inputs) else None)   # read once
     cap = dict(activations=activations, max_samples=max_samples, seed=seed, device=device,
-               plan=plan, fold=True)
+               plan=plan, fold=True, statistics=statistics)
     # a model with blocks (a transformer's layers) goes block by block (nettrim.model.blocks)
     runner = BlockRunner.for_model(model, target if mode == "cascade" else None, inputs,
                                    selected, **cap)
@@ -283,7 +298,7 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
             epsilon_abs=rep["epsilon_abs"], relative_error=rep["relative_error"],
             status=rep["status"], iterations=rep["iterations"], seconds=rep["seconds"],
             solver=rep["solver"], note="; ".join(notes), program=block.program,
-            rows=data.X.shape[0], rows_seen=data.rows_seen,
+            rows=data.rows, rows_seen=data.rows_seen,
             peak_memory_mb=rep.get("peak_memory_mb")))
         if log_lines:
             print(f"Net-Trim ({mode}) layer {index + 1}/{len(selected)} {name}: "
@@ -330,10 +345,12 @@ def _prune_quietly(*args, **kwargs) -> PruneResult:
 
 
 def _rows_note(data: LayerData) -> str:
-    N = data.X.shape[1] // data.groups
-    if data.X.shape[0] >= N:
-        return ""
-    return f"{data.X.shape[0]} rows for {N} inputs (underdetermined, see CalibrationWarning)"
+    P, N = data.rows, data.inputs
+    stats = "statistics of all rows" if data.X is None else ""
+    if P >= N:
+        return stats
+    return "; ".join(n for n in (stats, f"{P} rows for {N} inputs (underdetermined, see "
+                                        "CalibrationWarning)") if n)
 
 
 class _LayerProgram:
@@ -346,15 +363,17 @@ class _LayerProgram:
         self.data, self.module, self.bn = data, module, bn
         self.relu = data.activation in RELU_PROGRAM
         self.X, self.Y, self.pre = data.X, data.post, data.pre
-        self.S = None if data.offset is None else data.offset.to(self.X)
+        like = data.X if data.X is not None else \
+            torch.empty(0, dtype=data.stats.dtype, device=data.stats.G.device)
+        self.S = None if data.offset is None else data.offset.to(like)
         # clones: the write-back overwrites the module's tensors
-        W = layer_matrix(module).to(self.X, copy=True)
-        b = None if module.bias is None else module.bias.detach().to(self.X, copy=True)
+        W = layer_matrix(module).to(like, copy=True)
+        b = None if module.bias is None else module.bias.detach().to(like, copy=True)
         self.nonzeros_before = int((W != 0).sum())
         self.a = None
         if bn is not None:
             a, c = batchnorm_affine(bn)
-            self.a, self.c = a.to(self.X), c.to(self.X)
+            self.a, self.c = a.to(like), c.to(like)
             W = self.a[:, None] * W
             b = self.c + (0 if b is None else self.a * b)
         self.W0, self.b0 = W, b
@@ -365,6 +384,8 @@ class _LayerProgram:
             f"groups={data.groups}" if data.groups > 1 else "") if p)
 
     def solve(self, *, sparsity, epsilon, cascade, cascade_slack, **kwargs) -> LayerPruneResult:
+        if self.X is None:
+            return self._solve_statistics(sparsity, epsilon, cascade_slack, **kwargs)
         M, N = self.W0.shape
         parts = []
         for cols, out in group_blocks(self.data.groups, self.X.shape[1], M):
@@ -415,6 +436,19 @@ class _LayerProgram:
             note = "; ".join(n for n in said if n) + " (lower post-ReLU calibration error)"
             merged.report["note"] = "; ".join(n for n in (merged.report.get("note"), note) if n)
         return merged
+
+    def _solve_statistics(self, sparsity, epsilon, cascade_slack, **kwargs) -> LayerPruneResult:
+        """The linear program of a layer captured as statistics (one group, no offset)."""
+        stats = self.data.stats
+        common = dict(relu=False, bias=self.b0 is not None, W0=self.W0, b0=self.b0, **kwargs)
+        if sparsity is not None:
+            return prune_layer(stats, None, sparsity=sparsity, **common)
+        if cascade_slack is not None:   # gamma times the original weights' error on these rows
+            W = self.W0 if self.b0 is None else torch.cat([self.W0, self.b0[:, None]], 1)
+            error_sq = float(stats.residual_sq(W.to(torch.float64)).sum())
+            return prune_layer(stats, None, epsilon=math.sqrt(cascade_slack * error_sq),
+                               absolute=True, **common)
+        return prune_layer(stats, None, epsilon=epsilon, **common)
 
     @torch.no_grad()
     def write_back(self, result: LayerPruneResult) -> str:

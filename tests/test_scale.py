@@ -143,3 +143,64 @@ def test_linear_layer_memory_does_not_grow_with_the_rows():
         del X, Y, res
     assert extra[131072] <= extra[16384] + 8, extra
     assert extra[131072] < 128 / 4, extra
+
+
+# ---- capture and prune on statistics ------------------------------------------------------------
+def _mixed_model():
+    """Linear layers of every kind the statistics cover (a tanh after, a BatchNorm folded in,
+    the last one), and a ReLU layer, which keeps its rows."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(12, 24), torch.nn.Tanh(), torch.nn.Linear(24, 16, bias=False),
+        torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 10), torch.nn.ReLU(),
+        torch.nn.Linear(10, 4)).eval()
+    with torch.no_grad():
+        model[3].running_mean.normal_()
+        model[3].running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def test_capture_keeps_statistics_of_linear_program_layers_only():
+    model, x = _mixed_model(), torch.randn(900, 12)
+    rows = nettrim.capture(model, x)
+    stats = nettrim.capture(model, torch.split(x, 100), statistics=True)   # ten batches
+    for name in ("0", "2", "6"):
+        d, r = stats[name], rows[name]
+        assert d.X is None and d.pre is None and d.stats.rows == 900 == d.rows
+        # the statistics of the rows capture keeps: X^T X and X^T pre, a ones column last
+        # where the layer or its folded BatchNorm has a bias (layer 2: the BatchNorm's)
+        X = torch.cat([r.X, torch.ones(900, 1)], 1).double()
+        assert torch.allclose(d.stats.G, X.T @ X, rtol=1e-9, atol=1e-8)
+        assert torch.allclose(d.stats.C, X.T @ r.pre.double(), rtol=1e-9, atol=1e-8)
+        assert "statistics of 900 rows" in nettrim.model.capture.subsample_note(d)
+    assert stats["4"].X is not None and torch.equal(stats["4"].X, rows["4"].X)   # ReLU: rows
+
+
+@pytest.mark.parametrize("mode", ["parallel", "cascade"])
+@pytest.mark.parametrize("target", [dict(sparsity=0.6), dict(epsilon=0.1)])
+def test_prune_on_statistics_equals_prune_on_rows(mode, target):
+    model, x = _mixed_model(), torch.randn(900, 12)
+    a = nettrim.prune(model, x, mode=mode, **target)
+    b = nettrim.prune(model, x, mode=mode, statistics=True, **target)
+    for ra, rb in zip(a.report, b.report):
+        assert ra.status == rb.status and ra.nonzeros_after == rb.nonzeros_after
+        assert rb.relative_error == pytest.approx(ra.relative_error, rel=1e-4, abs=1e-6)
+        assert ("statistics of all rows" in rb.note) == (rb.name != "4") and rb.rows == 900
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.allclose(p, q, atol=1e-4)
+    assert b.options["statistics"] is True
+
+
+def test_prune_statistics_option_is_checked():
+    model, x = _mixed_model(), torch.randn(50, 12)
+    with pytest.raises(TypeError, match="statistics must be True or False"):
+        nettrim.prune(model, x, sparsity=0.5, statistics="yes")
+    with pytest.raises(ValueError, match="statistics=True is an option of the per-layer"):
+        nettrim.prune(model, x, sparsity=0.5, statistics=True, scope="global")
+
+
+def test_statistics_report_non_finite_rows_by_layer():
+    model, x = _mixed_model(), torch.randn(50, 12)
+    x[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="layer '0': .*NaN/Inf entries in the recorded input"):
+        nettrim.capture(model, x, statistics=True)

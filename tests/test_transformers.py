@@ -230,3 +230,16 @@ def test_blocks_with_different_arguments_use_the_whole_model_capture():
         result = nettrim.prune(model, x, sparsity=0.5, mode="cascade")
     assert [r.name for r in result.report] == names
     assert result.output_error < 0.5
+
+
+def test_block_by_block_on_statistics_equals_the_rows():
+    """Parallel, block by block: the linear projections (q, k, v, out, fc2) from statistics,
+    fc1 (ReLU) from its rows; the same weights as from the rows."""
+    model, x = opt(), tokens()
+    rows = nettrim.prune(model, x, sparsity=0.6)
+    stats = nettrim.prune(model, x, sparsity=0.6, statistics=True)
+    noted = {r.name for r in stats.report if "statistics of all rows" in r.note}
+    assert noted and all(not n.endswith("fc1") for n in noted)
+    assert any(n.endswith("fc2") for n in noted) and any(n.endswith("q_proj") for n in noted)
+    for p, q in zip(rows.model.parameters(), stats.model.parameters()):
+        assert torch.allclose(p, q, atol=1e-4)

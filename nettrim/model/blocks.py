@@ -112,8 +112,8 @@ class BlockRunner:
         The selected layers, in the order they will be asked for.
     patterns : dict
         ``{name: LayerPattern}`` of the selected layers (activations resolved).
-    max_samples, seed, device, dtype, fold
-        As in :func:`nettrim.capture`; layer ``i`` of ``names`` is subsampled with seed
+    max_samples, seed, device, dtype, fold, statistics
+        As in :func:`nettrim.capture` (statistics in parallel mode only); layer ``i`` of ``names`` is subsampled with seed
         ``seed`` in cascade (as :func:`nettrim.model.capture.capture_cascade`) and
         ``seed + 7919 i`` in parallel (as :func:`nettrim.capture`).
     """
@@ -121,10 +121,14 @@ class BlockRunner:
     def __init__(self, original: nn.Module, pruned: Optional[nn.Module], inputs: Any,
                  names: list[str], patterns: dict, blocks: list[str], *,
                  max_samples: Optional[int] = None, seed: int = 0, device: Any = None,
-                 dtype: Optional[torch.dtype] = None, fold: bool = False):
+                 dtype: Optional[torch.dtype] = None, fold: bool = False,
+                 statistics: bool = False):
         self.original, self.pruned, self.inputs = original, pruned, inputs
         self.patterns, self.blocks = patterns, blocks
-        self.options = dict(max_samples=max_samples, device=device, dtype=dtype, fold=fold)
+        # statistics in parallel only: in cascade a layer's inputs come from a second pass
+        # (the pruned block) and must pair with the original's targets row by row
+        self.options = dict(max_samples=max_samples, device=device, dtype=dtype, fold=fold,
+                            statistics=statistics and pruned is None)
         self.block_of = {n: k for k, b in enumerate(blocks) for n in names
                          if n.startswith(b + ".")}
         self.seeds = {n: seed if pruned is not None else seed + 7919 * i
@@ -142,7 +146,7 @@ class BlockRunner:
                   ) -> Optional["BlockRunner"]:
         """A runner when the model has blocks it can run them on (see the module docstring),
         else None. ``plan`` and ``activations`` as in :func:`nettrim.capture`; ``options``:
-        ``max_samples``, ``seed``, ``device``, ``dtype``, ``fold``."""
+        ``max_samples``, ``seed``, ``device``, ``dtype``, ``fold``, ``statistics``."""
         found = find_blocks(original, names)
         if found is None or not reiterable(inputs):
             return None

@@ -17,6 +17,7 @@ offset (``relu(bn(conv(x)) + skip)``) is recorded per row by replaying the trace
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import warnings
@@ -27,18 +28,21 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from solvers import GramStats
+
 from ..checks import check_model
 from ..inputs import forward_args, model_device, reiterable, to_device
 from .graph import (ACTIVATION_NAMES, PRUNABLE, LayerPattern, ModelPlan, analyze,
                     attention_projections, default_skipped, describe_skipped, skipped_layers)
 from .hooks import Replay, eval_mode, forward_replay, plain_attention, record_calls
 from .kinds import TransposedLinear, weight_matrix
-from .rows import Reservoir, call_rows
+from .rows import Reservoir, StatisticsSink, call_rows, check_records
 
 __all__ = ["LayerData", "Captured", "capture", "capture_cascade", "prunable_layers",
            "detect_activations", "layer_matrix", "group_blocks", "subsample_note",
            "CalibrationWarning", "rows_needed", "SUPPORTED", "RELU_PROGRAM", "record_layers",
-           "resolve_patterns", "check_options", "SOLVE_DTYPES", "in_solver_dtype"]
+           "resolve_patterns", "check_options", "SOLVE_DTYPES", "in_solver_dtype",
+           "statistics_layers"]
 
 #: Module types Net-Trim prunes.
 SUPPORTED = PRUNABLE
@@ -94,13 +98,18 @@ class LayerData:
         Groups of a grouped convolution (1 otherwise).
     calls : int
         How many times the layer ran per forward pass (every call's rows are kept).
+    stats : solvers.GramStats or None
+        Captured with ``statistics=True``, a layer solved by the linear program (no ReLU
+        program, no residual offset, one group): the statistics of all its rows, ``X^T X``,
+        ``X^T pre`` and ``||pre||^2`` (a ones column last where the layer or its folded
+        BatchNorm has a bias); ``X``, ``pre`` and ``post`` are then None.
     """
 
     name: str
     kind: str
-    X: torch.Tensor
-    pre: torch.Tensor
-    post: torch.Tensor
+    X: Optional[torch.Tensor]
+    pre: Optional[torch.Tensor]
+    post: Optional[torch.Tensor]
     activation: Optional[str]
     has_bias: bool
     weight_shape: tuple
@@ -109,14 +118,28 @@ class LayerData:
     offset: Optional[torch.Tensor] = None
     groups: int = 1
     calls: int = 1
+    stats: Optional[GramStats] = None
+
+    @property
+    def rows(self) -> int:
+        """Rows of the program, P (kept rows, or every row the statistics hold)."""
+        return self.X.shape[0] if self.X is not None else self.stats.rows
+
+    @property
+    def inputs(self) -> int:
+        """Inputs of one neuron, N (of one group for a grouped convolution)."""
+        if self.X is None:
+            return self.stats.G.shape[0] - self.stats.ones
+        return self.X.shape[1] // self.groups
 
     def __repr__(self) -> str:
         extra = "".join([f", norm={self.norm}" if self.norm else "",
                          ", offset" if self.offset is not None else "",
                          f", groups={self.groups}" if self.groups > 1 else ""])
-        return (f"LayerData({self.name!r}, {self.kind}, X={tuple(self.X.shape)}, "
-                f"Y={tuple(self.post.shape)}, activation={self.activation}{extra}, "
-                f"rows {self.X.shape[0]} of {self.rows_seen})")
+        what = (f"X={tuple(self.X.shape)}, Y={tuple(self.post.shape)}" if self.X is not None
+                else f"statistics of N={self.inputs}, M={self.stats.C.shape[1]}")
+        return (f"LayerData({self.name!r}, {self.kind}, {what}, activation={self.activation}"
+                f"{extra}, rows {self.rows} of {self.rows_seen})")
 
 
 class Captured(dict):
@@ -132,6 +155,12 @@ def in_solver_dtype(data: LayerData) -> LayerData:
     """``data`` with its records in a dtype the solvers take: float16 and bfloat16 records
     become float32 (every driver solves such a layer in float32 and writes the solution back in
     the layer's own dtype, saying so in the layer's note); float32 and float64 are kept."""
+    if data.X is None:   # statistics are float64; the program is built in a solver dtype
+        if data.stats.dtype in SOLVE_DTYPES:
+            return data
+        stats = copy.copy(data.stats)
+        stats.dtype = torch.float32
+        return dataclasses.replace(data, stats=stats)
     if data.X.dtype in SOLVE_DTYPES:
         return data
     return dataclasses.replace(
@@ -286,16 +315,21 @@ def check_options(max_samples: Any, seed: Any) -> None:
 
 def _run(models: Sequence[nn.Module], streams: Sequence[Any], names: Sequence[str],
          patterns: Mapping, take: Any, max_samples: Optional[int], seed: Any, dtype: Any,
-         device: Any, outputs: Optional[list] = None) -> tuple:
+         device: Any, outputs: Optional[list] = None,
+         statistics: Optional[Mapping[str, bool]] = None) -> tuple:
     """Stream ``streams[i]`` through ``models[i]``, batch by batch together (hooks on ``names``
     and their BatchNorms, residual adds replayed from the traced graph); ``take(sinks, name)``
     -> the (X, pre, S) rows kept for a layer. ``seed``: an int (layer i of ``names`` subsampled
     with ``seed + 7919 i``) or ``{name: seed}``; ``outputs``: a list per model that receives
-    each batch's return value. Returns ``({name: (X, pre, S or None, rows_seen, calls)},
-    {name: reason})`` with the layers the forward pass never called in the second dict."""
+    each batch's return value; ``statistics``: ``{name: ones}`` of the layers whose rows are
+    accumulated as :class:`solvers.GramStats` (every row; ``X`` is then the statistics and
+    ``pre`` None). Returns ``({name: (X, pre, S or None, rows_seen, calls)}, {name: reason})``
+    with the layers the forward pass never called in the second dict."""
     seeds = seed if isinstance(seed, Mapping) else \
         {name: seed + 7919 * i for i, name in enumerate(names)}
-    reservoirs = {name: Reservoir(max_samples, seeds[name]) for name in names}
+    statistics = statistics or {}
+    reservoirs = {name: StatisticsSink(name, statistics[name]) if name in statistics
+                  else Reservoir(max_samples, seeds[name]) for name in names}
     run_device = model_device(models[0])
     sinks = [dict() for _ in models]
     projections = attention_projections(models[0])
@@ -349,19 +383,10 @@ def _run(models: Sequence[nn.Module], streams: Sequence[Any], names: Sequence[st
                    f"{batches} batch(es); give inputs with at least one sample")
             raise ValueError(msg)
         kept = reservoirs[name].result()
-        X, pre = kept[0], kept[1]
+        X, pre = kept[0], kept[1] if len(kept) > 1 else None   # (statistics: X alone)
         S = kept[2] if len(kept) > 2 else None
         out[name] = (X, pre, S, reservoirs[name].seen, calls[name])
     return out, missing
-
-
-def _check_finite(name: str, X: torch.Tensor, pre: torch.Tensor) -> None:
-    for what, a in (("input", X), ("output", pre)):
-        bad = int((~torch.isfinite(a)).sum())
-        if bad:
-            msg = (f"layer {name!r}: {bad} NaN/Inf entries in the recorded {what}; check the "
-                   "model and the calibration data")
-            raise ValueError(msg)
 
 
 def rows_needed(N: int, keep: float = 0.1) -> int:
@@ -373,8 +398,7 @@ def rows_needed(N: int, keep: float = 0.1) -> int:
 
 
 def _check_rows(data: LayerData) -> None:
-    P = data.X.shape[0]
-    N = data.X.shape[1] // data.groups
+    P, N = data.rows, data.inputs
     if P < N:
         msg = (f"layer {data.name!r} has {P} calibration rows for {N} inputs per neuron "
                f"(ratio {P / N:.3g}): its program is underdetermined and can return a very "
@@ -385,15 +409,35 @@ def _check_rows(data: LayerData) -> None:
         warnings.warn(msg, CalibrationWarning, stacklevel=3)
 
 
+def statistics_layers(modules: Mapping[str, nn.Module], patterns: Mapping,
+                      fold: bool) -> dict[str, bool]:
+    """``{name: ones}`` of the layers of ``modules`` that :func:`capture` records as
+    statistics when asked (``statistics=True``): those solved by the linear program (no ReLU
+    program, no residual offset) with one group; ``ones``: a bias in the program (the
+    layer's, or its folded BatchNorm's shift)."""
+    return {n: m.bias is not None or patterns[n].norm is not None
+            for n, m in modules.items()
+            if not _relu_program(patterns[n], fold) and not patterns[n].offset
+            and getattr(m, "groups", 1) == 1}
+
+
+def _relu_program(pattern: LayerPattern, fold: bool) -> bool:
+    return pattern.activation in (RELU_PROGRAM if fold else ("relu",))
+
+
 def _layer_data(name: str, module: nn.Module, X, pre, S, seen, calls,
                 pattern: LayerPattern, fold: bool) -> LayerData:
-    _check_finite(name, X, pre)
-    relu = pattern.activation in (RELU_PROGRAM if fold else ("relu",))
+    stats = X if isinstance(X, GramStats) else None
+    if stats is not None:   # checked as the rows came (nettrim.model.rows.StatisticsSink)
+        X = None
+    else:
+        check_records(name, X, pre)
+    relu = _relu_program(pattern, fold)
     post = torch.relu(pre if S is None else pre + S) if relu else pre
     if relu and pattern.activation == "relu6":
         post = post.clamp(max=6.0)
     data = LayerData(name=name, kind=next(k for t, k in _KINDS if isinstance(module, t)),
-                     X=X, pre=pre, post=post, activation=pattern.activation,
+                     X=X, pre=pre, post=post, activation=pattern.activation, stats=stats,
                      has_bias=module.bias is not None,
                      weight_shape=tuple(weight_matrix(module).shape)
                      if isinstance(module, TransposedLinear) else tuple(module.weight.shape),
@@ -407,7 +451,7 @@ def capture(model: nn.Module, inputs: Any, layers: Any = None, *,
             ignore: Iterable[str] = (), activations: Optional[Mapping[str, Optional[str]]] = None,
             max_samples: Optional[int] = None, seed: int = 0, device: Any = None,
             dtype: Optional[torch.dtype] = None, plan: Optional[ModelPlan] = None,
-            fold: bool = True) -> Captured:
+            fold: bool = True, statistics: bool = False) -> Captured:
     """Record the input, pre- and post-activation output of each prunable layer.
 
     Parameters
@@ -444,6 +488,12 @@ def capture(model: nn.Module, inputs: Any, layers: Any = None, *,
         own output, for methods that work on the layer's weights alone (the baselines); a layer
         whose activation comes after a BatchNorm or an add is then linear (``activation`` None),
         and only "relu" layers have ``post = relu(pre)``.
+    statistics : bool, default False
+        True: the layers solved by the linear program (no ReLU program, no residual offset,
+        one group; :func:`statistics_layers`) keep no rows but the statistics of all of them
+        (``LayerData.stats``, :class:`solvers.GramStats`, ``O(N^2 + N M)`` memory whatever the
+        number of rows; ``max_samples`` does not apply to them), which
+        :func:`nettrim.prune_layer` solves exactly as it would the rows.
 
     Returns
     -------
@@ -459,7 +509,8 @@ def capture(model: nn.Module, inputs: Any, layers: Any = None, *,
     patterns = resolve_patterns(plan, list(selected), activations, fold)
     raw, missing = _run([model], [inputs], list(selected), patterns,
                         lambda sinks, n: call_rows(n, selected[n], patterns[n], sinks[0]),
-                        max_samples, seed, dtype, device)
+                        max_samples, seed, dtype, device, statistics=statistics_layers(
+                            selected, patterns, fold) if statistics else None)
     data = {n: _layer_data(n, selected[n], *raw[n], patterns[n], fold) for n in selected
             if n in raw}
     skipped = {n: r for n, r in plan.skipped.items() if n not in selected}
@@ -470,13 +521,15 @@ def capture_cascade(original: nn.Module, pruned: nn.Module, inputs: Any, name: s
                     activations: Optional[Mapping[str, Optional[str]]] = None,
                     max_samples: Optional[int] = None, seed: int = 0, device: Any = None,
                     dtype: Optional[torch.dtype] = None, plan: Optional[ModelPlan] = None,
-                    fold: bool = True) -> Optional[LayerData]:
+                    fold: bool = True, statistics: bool = False) -> Optional[LayerData]:
     """One layer's cascade data: input ``X`` (and a residual offset) from ``pruned``, the
     target outputs from ``original``.
 
     Both models see the same batches in the same pass, so rows pair up even when the data
     loader shuffles. ``pruned`` must have the same architecture as ``original``. Returns None
-    when the forward pass never calls the layer. ``fold`` as in :func:`capture`.
+    when the forward pass never calls the layer. ``fold`` and ``statistics`` as in
+    :func:`capture` (statistics pair the pruned model's inputs with the original's targets
+    row by row as they come).
     """
     check_options(max_samples, seed)
     module = prunable_layers(original, [name])[name]
@@ -484,7 +537,9 @@ def capture_cascade(original: nn.Module, pruned: nn.Module, inputs: Any, name: s
     plan = plan or analyze(original, example=inputs if reiterable(inputs) else None)
     patterns = resolve_patterns(plan, [name], activations, fold)
     raw, missing = _run([original, pruned], [inputs, inputs], [name], patterns,
-                        _pair_take({name: module}, patterns), max_samples, seed, dtype, device)
+                        _pair_take({name: module}, patterns), max_samples, seed, dtype, device,
+                        statistics=statistics_layers({name: module}, patterns, fold)
+                        if statistics else None)
     if name in missing:
         return None
     return _layer_data(name, module, *raw[name], patterns[name], fold)
@@ -508,25 +563,30 @@ def record_layers(models: Sequence[nn.Module], streams: Sequence[Any],
                   modules: Mapping[str, nn.Module], patterns: Mapping, *, seeds: Mapping,
                   max_samples: Optional[int] = None, device: Any = None,
                   dtype: Optional[torch.dtype] = None, fold: bool = False,
-                  outputs: Optional[list] = None) -> tuple[dict, dict]:
+                  outputs: Optional[list] = None, statistics: bool = False
+                  ) -> tuple[dict, dict]:
     """The :class:`LayerData` of ``modules`` (named as in ``models[0]``) from one pass of
     ``streams[i]`` through ``models[i]``: one model (its own inputs and outputs) or two (a
     cascade pair: inputs from ``models[1]``, the pruned one, targets from ``models[0]``).
     Used on one block of a model at a time (:mod:`nettrim.model.blocks`); ``seeds``
-    ``{name: seed}`` of each layer's row subsample, ``outputs`` as in :func:`_run`.
+    ``{name: seed}`` of each layer's row subsample, ``outputs`` as in :func:`_run`,
+    ``statistics`` as in :func:`capture`.
     Returns ``({name: LayerData}, {name: reason never called})``."""
     names = list(modules)
     take = _pair_take(modules, patterns) if len(models) == 2 else \
         (lambda sinks, n: call_rows(n, modules[n], patterns[n], sinks[0]))
     raw, missing = _run(models, streams, names, patterns, take, max_samples, seeds, dtype,
-                        device, outputs)
+                        device, outputs, statistics=statistics_layers(modules, patterns, fold)
+                        if statistics else None)
     return {n: _layer_data(n, modules[n], *raw[n], patterns[n], fold) for n in raw}, missing
 
 
 def subsample_note(data: LayerData) -> str:
     """A one-line description of what was kept, for reports."""
-    kept = data.X.shape[0]
+    kept = data.rows
     unit = "rows" if data.kind == "linear" else "patches"
+    if data.X is None:
+        return f"statistics of {kept} {unit} (all)"
     if kept == data.rows_seen:
         return f"{kept} {unit} (all)"
     return f"{kept} of {data.rows_seen} {unit} ({100 * kept / data.rows_seen:.1f}%, seeded)"

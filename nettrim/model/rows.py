@@ -5,8 +5,10 @@ A ``Linear`` call gives one row per sample (per token on ``(batch, tokens, featu
 (``F.unfold``, padding applied as the layer pads), one row per output position, so
 ``patches @ weight.flatten(1).T`` equals the convolution's output (bias aside). A BatchNorm or a
 residual add after the layer gives its rows per channel the same way. :class:`Reservoir` keeps a
-uniform random subset of the rows of a stream, seeded, in bounded memory; statistics accumulated
-over all the rows instead (the Gram domain: ``X^T X``, ``X^T Y``) belong beside it.
+uniform random subset of the rows of a stream, seeded, in bounded memory;
+:class:`StatisticsSink` keeps the statistics of every row of a linear layer instead (the Gram
+domain, :class:`solvers.GramStats`: ``X^T X``, ``X^T Y``, ``||Y||^2``), in ``O(N^2 + N M)``
+memory whatever the number of rows.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from solvers import GramStats
+
 from .graph import LayerPattern
 from .kinds import TransposedLinear
 
-__all__ = ["Reservoir", "call_rows"]
+__all__ = ["Reservoir", "StatisticsSink", "call_rows", "check_records"]
 
 
 def _padding(module: nn.Module) -> list[int]:
@@ -95,6 +99,42 @@ class Reservoir:
 
     def result(self) -> list[torch.Tensor]:
         return [torch.cat(cols) for cols in zip(*self.parts)]
+
+
+def check_records(name: str, X: torch.Tensor, pre: torch.Tensor) -> None:
+    """Raise ValueError naming the layer when its recorded rows hold NaN or Inf."""
+    for what, a in (("input", X), ("output", pre)):
+        bad = int((~torch.isfinite(a)).sum())
+        if bad:
+            msg = (f"layer {name!r}: {bad} NaN/Inf entries in the recorded {what}; check the "
+                   "model and the calibration data")
+            raise ValueError(msg)
+
+
+class StatisticsSink:
+    """Accumulates the statistics of a linear layer's rows batch by batch, keeping no row: the
+    sink of :class:`Reservoir`'s interface for layers whose program has no per-row constraint.
+
+    ``ones``: the statistics carry a ones column last (the layer, or the BatchNorm folded into
+    it, has a bias). ``result()`` is ``[GramStats]``; ``seen`` counts the rows.
+    """
+
+    def __init__(self, name: str, ones: bool):
+        self.name, self.ones = name, ones
+        self.stats: Optional[GramStats] = None
+        self.seen = 0
+
+    def add(self, X: torch.Tensor, pre: torch.Tensor, *rest: torch.Tensor) -> None:
+        if rest:
+            msg = f"layer {self.name!r}: statistics hold no per-row offset"
+            raise ValueError(msg)
+        check_records(self.name, X, pre)
+        part = GramStats.from_rows(X, pre, ones=self.ones)
+        self.stats = part if self.stats is None else self.stats.merge(part)
+        self.seen += X.shape[0]
+
+    def result(self) -> list:
+        return [self.stats]
 
 
 def call_rows(name: str, module: nn.Module, pattern: LayerPattern, sink: dict) -> tuple:
