@@ -11,6 +11,7 @@ Epsilons are *relative* here (a fraction of ``||Y||_F``); :mod:`solvers` takes a
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import sys
 import warnings
@@ -25,13 +26,14 @@ from solvers.problem import safe_norm
 
 from .budget import DEFAULT_MIN_PER_UNIT, check_scope, prune_global
 from .checks import check_model, per_layer
+from .executors import TaskBoard, TaskFailed, TaskRunner, concurrently
 from .inputs import reiterable
 from .layer import PROGRAMS, check_solver_and_target, prune_layer
 from .model.capture import (RELU_PROGRAM, LayerData, capture, capture_cascade, group_blocks,
                             prunable_layers)
 from .model.graph import analyze, batchnorm_affine
 from .model.surgery import apply_masks, set_layer_weight
-from .results import (MAX_ITER_HINT, SKIPPED, LayerPruneResult, LayerReport, PruneResult,
+from .results import (FAILED, MAX_ITER_HINT, SKIPPED, LayerPruneResult, LayerReport, PruneResult,
                       PruningError, PruningWarning, output_discrepancy)
 from .structured import prune_units
 
@@ -51,7 +53,7 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
           solver_options: Optional[dict] = None, scope: str = "layer",
           structured: bool = False, min_per_unit: Optional[int] = None,
           allocation: str = "epsilon", fold_bn: bool = False,
-          program: str = "auto") -> PruneResult:
+          program: str = "auto", executor: Any = None) -> PruneResult:
     """Prune a model's Linear, Conv1d and Conv2d layers with Net-Trim.
 
     What follows each layer is read from the traced graph (:mod:`nettrim.graph`): a ReLU
@@ -135,6 +137,18 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         (see :func:`prune_layer`). A layer that kept the linear program is reported with the
         program ``linear(relu)`` and a note with both errors. Per-layer programs only
         (``structured=False``, ``scope="layer"``).
+    executor : None, "ray" or an object with ``map(fn, items)``, optional
+        Where the solves run (:mod:`nettrim.executors`). None (default): in this process, Ray
+        never imported. ``"ray"``: a local Ray instance for this call (or the cluster
+        ``RAY_ADDRESS`` names), shut down after it; a :class:`nettrim.RayExecutor` joins a
+        cluster and is left to its owner. Each l1 solve is a task and each refit a task per
+        block of neurons (:mod:`nettrim.layer.tasks`); parallel mode runs the layers
+        concurrently, cascade one after another, and ``scope="global"`` the layers of each
+        epsilon it tries. The results are the in-process ones (the refit's blocks are exact to
+        its tolerance). A layer whose task is lost for good (its worker killed beyond Ray's
+        retries, a timeout) is reported with status ``FAILED`` and the reason, its weights left
+        as they were (:class:`PruningError` with ``strict=True``). ``progress`` shows one bar
+        of tasks done over all workers. CPU only (``device="cpu"``).
 
     Returns
     -------
@@ -142,6 +156,7 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         ``.model``, ``.report`` (one :class:`LayerReport` per layer), ``.table()``,
         ``.to_dict()``, ``.output_error`` (relative output discrepancy on ``inputs``).
     """
+    arguments = {k: v for k, v in locals().items() if k != "executor"}   # the call's own
     check_model(model)
     if mode not in MODES:
         msg = f"mode must be one of {MODES}, got {mode!r}"
@@ -176,16 +191,37 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
     if fold_bn and (structured or scope == "global"):
         msg = "fold_bn=True is an option of the per-layer program (structured=False, scope='layer')"
         raise ValueError(msg)
+    if executor is not None and structured:
+        msg = "executor= runs Net-Trim's per-layer and global programs; structured=True runs here"
+        raise ValueError(msg)
+    if executor is not None and device is not None and torch.device(device).type != "cpu":
+        msg = f"executor= runs the solves on the workers' CPUs: device must be 'cpu', got {device!r}"
+        raise ValueError(msg)
     if structured:
         return prune_units(model, inputs, epsilon, sparsity=sparsity, scope=scope, masks=masks,
                            **hooked)
+    if scope == "global" and epsilon is not None:
+        msg = "scope='global' takes a model-wide sparsity, not an epsilon"
+        raise ValueError(msg)
+    if executor is not None and not isinstance(executor, TaskRunner):
+        # the same call with the executor's runner (Ray started here is shut down after it)
+        with TaskRunner.open(executor, TaskBoard(progress, desc="Net-Trim tasks")) as runner:
+            try:
+                out = prune(**arguments, executor=runner)
+            except TaskFailed as err:   # a global budget's search cannot go on without it
+                msg = f"a solve could not be run: {err.reason}"
+                raise PruningError(msg) from err
+            finally:
+                runner.board.close()
+        describe = getattr(runner.executor, "describe", None)
+        out.options.update(executor=describe() if callable(describe) else
+                           type(runner.executor).__name__, tasks=runner.board.summary())
+        return out
     if scope == "global":
-        if epsilon is not None:
-            msg = "scope='global' takes a model-wide sparsity, not an epsilon"
-            raise ValueError(msg)
         return prune_global(model, inputs, sparsity, allocation=allocation, masks=masks,
                             min_per_unit=DEFAULT_MIN_PER_UNIT if min_per_unit is None
-                            else min_per_unit, per_layer_prune=prune, **hooked)
+                            else min_per_unit, per_layer_prune=prune, executor=executor,
+                            **hooked)
     if mode == "cascade" and not reiterable(inputs):
         msg = ("inputs must be re-iterable for cascade mode (a tensor, a list of batches or a "
                "DataLoader), got a one-shot iterator")
@@ -207,12 +243,16 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
 
     rows = []
     folded: dict = {}
-    names = selected
     log_lines = progress and not _is_terminal(sys.stderr)
-    if progress:   # a layer bar with an ETA on a terminal; one line per layer in a log file
+    # with an executor of several workers, parallel mode solves the layers concurrently (their
+    # tasks interleave on the workers); results are written back in order either way
+    together = executor is not None and mode == "parallel" and executor.workers > 1
+    names = selected
+    if progress and not together:   # a layer bar (ETA) on a terminal; a line per layer in a log
         names = tqdm(selected, desc=f"Net-Trim ({mode})", unit="layer", disable=None)
-    first = True
-    for index, name in enumerate(names):
+
+    def prepare(index, name, first):
+        """(data, block, solve) of a layer, or None when the forward pass never calls it."""
         if mode == "parallel":
             data = original.pop(name, None)  # free each layer's records once used
         else:  # inputs from the pruned copy, outputs from the original, in one pass
@@ -220,21 +260,44 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
             if data is None:
                 skipped[name] = "not called by the model's forward pass (used functionally?)"
         if data is None:
-            continue
-        module = modules[name]
+            return None
         bn = modules[data.norm] if data.norm else None
-        block = _LayerProgram(data, module, bn)
-        eps_layer = None if eps_of is None else eps_of[name]
+        block = _LayerProgram(data, modules[name], bn)
         explicit = spars_of is not None or isinstance(epsilon, Mapping) and name in epsilon
         cascade = mode == "cascade" and not first
         is_last = index == len(selected) - 1
         slack = gamma * (kappa if (is_last and block.relu is False) else 1.0)
-        result = block.solve(
-            sparsity=None if spars_of is None else spars_of[name], epsilon=eps_layer,
-            cascade=cascade, cascade_slack=None if (not cascade or explicit) else slack,
-            solver=solver, refit=refit, reweight=reweight, solver_options=solver_options,
-            progress=progress, program=program)
-        first = False
+        solve = functools.partial(
+            _solve_or_fail, block, sparsity=None if spars_of is None else spars_of[name],
+            epsilon=None if eps_of is None else eps_of[name], cascade=cascade,
+            cascade_slack=None if (not cascade or explicit) else slack, solver=solver,
+            refit=refit, reweight=reweight, solver_options=solver_options, progress=progress,
+            program=program, executor=None if executor is None else executor.child(name))
+        return data, block, solve
+
+    if together:
+        layers_ = [(i, name, prepare(i, name, True)) for i, name in enumerate(selected)]
+        layers_ = [(i, name, p) for i, name, p in layers_ if p is not None]
+        solved = concurrently(executor, [p[2] for _, _, p in layers_])
+        done = [(i, name, p, result) for (i, name, p), result in zip(layers_, solved)]
+    else:
+        done = _one_by_one(names, prepare)
+    for index, name, (data, block, _), result in done:
+        module, bn = modules[name], block.bn
+        if isinstance(result, TaskFailed):   # the layer's tasks could not be run
+            msg = f"layer {name!r}: its solves could not be run: {result.reason}"
+            if strict:
+                raise PruningError(msg)
+            warnings.warn(msg, PruningWarning, stacklevel=2)
+            rows.append(LayerReport(
+                name=name, kind=data.kind, shape=tuple(module.weight.shape),
+                nonzeros_before=block.nonzeros_before, nonzeros_after=block.nonzeros_before,
+                total=block.W0.numel(), sparsity=1.0 - block.nonzeros_before / block.W0.numel(),
+                epsilon=float("nan"), epsilon_abs=float("nan"), relative_error=float("nan"),
+                status=FAILED, iterations=0, seconds=0.0, solver=solver,
+                note=f"failed, weights left as they were: {result.reason}",
+                program=block.program, rows=data.X.shape[0], rows_seen=data.rows_seen))
+            continue
         rep = result.report
         if rep["status"] not in SUCCESS:
             msg = (f"layer {name!r}: solver status {rep['status']} after {rep['iterations']} "
@@ -280,6 +343,26 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
     if reiterable(inputs):  # a one-shot iterator was used up by the capture
         out.output_error = output_discrepancy(model, target, inputs, device=device)
     return out
+
+
+def _one_by_one(names, prepare):
+    """Each layer prepared and solved in turn (a generator: cascade captures a layer's inputs
+    after the layers before it are written back)."""
+    first = True
+    for index, name in enumerate(names):
+        prepared = prepare(index, name, first)
+        if prepared is None:
+            continue
+        first = False
+        yield index, name, prepared, prepared[2]()
+
+
+def _solve_or_fail(block: "_LayerProgram", **kwargs):
+    """The layer's solution, or the :class:`TaskFailed` of an executor that lost its task."""
+    try:
+        return block.solve(**kwargs)
+    except TaskFailed as err:
+        return err
 
 
 def _rows_note(data: LayerData) -> str:

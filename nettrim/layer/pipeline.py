@@ -19,13 +19,15 @@ import torch
 from tqdm.auto import tqdm
 
 from solvers import (INFEASIBLE, MAX_ITER, OPTIMAL, SUCCESS, ADMMSettings, NetTrimProblem,
-                     NetTrimResult, solve_admm, solve_cvxpy)
+                     NetTrimResult)
 from solvers.problem import as_tensor, check_finite, safe_norm
 from solvers.refit import refit as refit_support
 from solvers.refit import reweighted_penalty
 
 from ..checks import check_fraction
+from ..executors import TaskRunner
 from ..results import LayerPruneResult
+from . import tasks
 from .target_count import (PILOT_MAX_ITER, at_reached_epsilon, settled_pipeline, trim_to,
                            with_objective)
 
@@ -76,7 +78,7 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
                 solver: str = "admm", W0: Any = None, b0: Any = None, refit: bool = True,
                 reweight: int = 1, solver_options: Optional[dict] = None,
                 progress: bool = False, program: str = "auto",
-                pre: Any = None) -> LayerPruneResult:
+                pre: Any = None, executor: Any = None) -> LayerPruneResult:
     """Prune one layer from its activations: the least-l1 weights whose outputs stay close.
 
     Solves ``min sum|W|  s.t.  ||(X W^T + b + S - Y) on Omega||_F <= epsilon,
@@ -159,11 +161,20 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
         pre-activations in parallel mode; in cascade mode pass the original network's). With
         neither ``pre`` nor ``W0``, or when the ReLU program is not solved (its status is not
         a success), the ReLU program's result is returned.
+    executor : None, "ray" or an object with ``map(fn, items)``, optional
+        Where the solves run (:mod:`nettrim.executors`): each l1 solve one task, each refit
+        in blocks of neurons (:mod:`nettrim.layer.tasks` says what is exact); None: here.
+        ``progress`` is then the executor's task count, not a bar per ADMM solve.
 
     Returns
     -------
     LayerPruneResult
     """
+    if executor is not None and not isinstance(executor, TaskRunner):
+        arguments = {k: v for k, v in locals().items() if k != "executor"}   # the call's own
+        with TaskRunner.open(executor) as runner:
+            return prune_layer(**arguments, executor=runner)
+    progress = progress and executor is None   # the executor's task board counts its work
     check_solver_and_target(solver, epsilon, sparsity)
     if program not in PROGRAMS:
         msg = f"program must be one of {PROGRAMS}, got {program!r}"
@@ -175,7 +186,7 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
                 X, Y, sparsity=target, bias=bias, V=V, offset=offset,
                 penalize_bias=penalize_bias, solver=solver, W0=W0, b0=b0, refit=refit,
                 reweight=reweight, solver_options=solver_options, progress=progress,
-                always=program == "best", pre=pre)
+                always=program == "best", pre=pre, executor=executor)
     if not isinstance(reweight, int) or reweight < 0:
         msg = f"reweight must be a nonnegative integer (rounds), got {reweight!r}"
         raise ValueError(msg)
@@ -201,7 +212,7 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
                 offset=offset, absolute=absolute, penalize_bias=penalize_bias, solver=solver,
                 W0=None if W_start is None else W_start[:, :N][:, live], b0=b0, refit=refit,
                 reweight=reweight, solver_options=solver_options, progress=progress,
-                program=program, pre=pre)
+                program=program, pre=pre, executor=executor)
             weight = torch.zeros(M, N, dtype=sub.weight.dtype, device=sub.weight.device)
             weight[:, live] = sub.weight
             report = dict(sub.report)
@@ -235,12 +246,12 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
         if penalty is not None:  # unpenalized entries (the bias) are always refit
             support |= penalty.to(support.device) == 0
         kwargs = {} if max_iter is None else {"max_iter": max_iter}
-        refitted = refit_support(problem, support, W0=result.W, **kwargs)
+        refitted = _refit(executor, problem, support, W0=result.W, **kwargs)
         return refitted, _refit_usable(refitted, result, y_max)
 
     def solve(eps_abs: float, W_init, rho=None):
         return _solve_l1(problem_for(eps_abs), solver, W_init, penalty, opts, reweight, rho,
-                         progress, refit_on, l1_notes)
+                         progress, refit_on, l1_notes, executor)
 
     l1_notes: list = []   # what the l1 solves have to say (a reweighting round that failed)
 
@@ -264,7 +275,8 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
                       note="sparsity 0: weights kept as they are (no pruning)")
     elif pipeline:   # see _settled_pipeline
         result, eps_value, iterations = settled_pipeline(
-            problem_for, keep, N, penalty, reweight, opts, progress, refit_on, report)
+            problem_for, keep, N, penalty, reweight, opts, progress, refit_on, report,
+            executor)
         if result.status not in SUCCESS:   # did not settle: the epsilon search instead
             report["note"] = (f"the Lagrangian ADMM stopped with {result.status} after "
                               f"{iterations} iterations; solved by the epsilon search instead")
@@ -335,13 +347,14 @@ def _output_error(X, weight, b, offset, relu, Y) -> float:
 
 
 def _choose_program(X, Y, *, sparsity, bias, V, offset, penalize_bias, solver, W0, b0, refit,
-                    reweight, solver_options, progress, always, pre) -> LayerPruneResult:
+                    reweight, solver_options, progress, always, pre,
+                    executor) -> LayerPruneResult:
     """``program="auto" | "best"`` of :func:`prune_layer` for a ReLU layer at ``sparsity``:
     the ReLU program, the linear program refit on its support, and (when that refit wins, or
     ``always``) the linear program at the same sparsity; the lowest post-ReLU error wins."""
     common = dict(sparsity=sparsity, bias=bias, penalize_bias=penalize_bias, solver=solver,
                   W0=W0, b0=b0, refit=refit, reweight=reweight, solver_options=solver_options,
-                  progress=progress)
+                  progress=progress, executor=executor)
     t0 = time.perf_counter()
     chosen = prune_layer(X, Y, relu=True, V=V, offset=offset, program="relu", **common)
     if chosen.report["status"] not in SUCCESS:   # reported as it is (status and note)
@@ -369,7 +382,7 @@ def _choose_program(X, Y, *, sparsity, bias, V, offset, penalize_bias, solver, W
     if bias:
         support[:, -1] = True
     linear = NetTrimProblem(Xa, pre, 0.0, relu=False)
-    refitted = refit_support(linear, support, W0=Wa)
+    refitted = _refit(executor, linear, support, W0=Wa)
     iterations += refitted.iterations
     W = torch.as_tensor(refitted.W, device=X.device, dtype=X.dtype)
     if bool(torch.isfinite(W).all()):
@@ -416,6 +429,13 @@ def _choose_program(X, Y, *, sparsity, bias, V, offset, penalize_bias, solver, W
     return LayerPruneResult(weight=best.weight, bias=best.bias, report=report)
 
 
+def _refit(executor, problem, support, **kwargs):
+    """:func:`solvers.refit.refit` here, or in neuron blocks on the executor."""
+    if executor is None:
+        return refit_support(problem, support, **kwargs)
+    return tasks.refit(executor, problem, support, **kwargs)
+
+
 def _warm_start(W0: Any, b0: Any, bias: bool, M: int, N: int, X: torch.Tensor) -> torch.Tensor:
     """W0 (with b0 as a last column when ``bias``) checked for shape and finiteness."""
     W = as_tensor(W0, name="W0").to(device=X.device, dtype=X.dtype)
@@ -450,7 +470,7 @@ def _unpruned(problem_for, W: torch.Tensor, penalty) -> tuple[NetTrimResult, flo
 
 
 def _solve_l1(problem, solver, W_init, penalty, opts, reweight, rho, progress, refit_on,
-              notes):
+              notes, executor=None):
     """One (weighted) l1 solve plus ``reweight`` reweighting rounds: (result, total iterations).
 
     Each round takes its penalty from the previous solution refit on its support
@@ -467,9 +487,11 @@ def _solve_l1(problem, solver, W_init, penalty, opts, reweight, rho, progress, r
             kwargs["callback"] = lambda it, r, s, rho_: bar.update(1)
         if rho is not None and "rho" not in kwargs:
             kwargs["rho"] = rho
-        run = lambda pen, W: solve_admm(problem, W0=W, penalty=pen, **kwargs)  # noqa: E731
+        def run(pen, W):
+            return tasks.solve(executor, "admm", problem, W0=W, penalty=pen, **kwargs)
     else:
-        run = lambda pen, W: solve_cvxpy(problem, penalty=pen, **opts)  # noqa: E731
+        def run(pen, W):
+            return tasks.solve(executor, "cvxpy", problem, penalty=pen, **opts)
     try:
         result = run(penalty, W_init)
         iterations = result.iterations
