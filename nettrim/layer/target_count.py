@@ -88,8 +88,8 @@ def settled_pipeline(problem_for, keep, N, penalty, reweight, opts, progress, re
     pen, W_init = penalty, None
     try:
         for i, count in enumerate(counts):
-            result = tasks.solve(executor, "lagrangian", problem, W0=W_init, penalty=pen,
-                                 nonzeros=count, **kwargs)
+            result = tasks.lagrangian(executor, problem, W0=W_init, penalty=pen,
+                                      nonzeros=count, **kwargs)
             iterations += result.iterations
             if result.status not in SUCCESS + (SETTLED,):
                 reach = _reachable(problem, penalty)

@@ -13,9 +13,14 @@ one (a :class:`nettrim.executors.TaskRunner`):
   executor (in process, Ray with 1 or 64 workers) returns the same weights.
 * **each l1 solve is one task**, not split: the ball ADMM (epsilon mode) has one Frobenius ball
   over all the layer's neurons, and the Lagrangian of the default pipeline steers one ``lam``
-  for the layer to the layer's count of weights; both couple the neurons. (At a *fixed*
-  ``lam`` the Lagrangian is separable by neurons, but the pipeline never fixes it; a per-block
-  count would be a different program: a sparsity per block instead of per layer.)
+  for the layer to the layer's count of weights; both couple the neurons. At a *fixed* ``lam``
+  the Lagrangian is separable by neurons, but the pipeline steers it. An executor with
+  ``lagrangian_blocks=True`` splits the count-steered solves too (:func:`lagrangian`): each
+  block of neurons steers its own ``lam`` to its share of the layer's count (in proportion to
+  its penalized weights). Not exact: a count per block instead of per layer (the layer still
+  lands on its count exactly, after the trim or fill that follows); the price is measured in
+  ``benchmarks/bench_cluster.py``. It is what lets a layer's l1 work spread over more workers
+  than one.
 
 The layer's arrays (X, Y, V, S) go to the executor once per problem (``ray.put``: read
 zero-copy by every task on a node); each task gets its slice of columns, its support and warm
@@ -31,11 +36,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from solvers import (INFEASIBLE, MAX_ITER, OPTIMAL, SOLVER_ERROR, NetTrimProblem, NetTrimResult,
-                     solve_admm, solve_cvxpy, solve_lagrangian)
+from solvers import (INFEASIBLE, MAX_ITER, OPTIMAL, OPTIMAL_INACCURATE, SETTLED, SOLVER_ERROR,
+                     NetTrimProblem, NetTrimResult, solve_admm, solve_cvxpy, solve_lagrangian)
 from solvers import refit as refit_problem
 
-__all__ = ["NEURONS_PER_BLOCK", "SOLVES", "neuron_blocks", "refit", "solve"]
+__all__ = ["NEURONS_PER_BLOCK", "SOLVES", "lagrangian", "neuron_blocks", "refit", "solve"]
 
 #: Neurons per refit task. Fixed (not derived from the number of workers) so that the results
 #: do not depend on the cluster. 32: LeNet-300-100's 784 -> 300 layer gives 10 tasks per refit
@@ -43,8 +48,8 @@ __all__ = ["NEURONS_PER_BLOCK", "SOLVES", "neuron_blocks", "refit", "solve"]
 NEURONS_PER_BLOCK = 32
 #: The l1 solvers a task can run, by name.
 SOLVES = {"admm": solve_admm, "cvxpy": solve_cvxpy, "lagrangian": solve_lagrangian}
-#: Status of merged refit blocks, most severe first (a block's status stands for the layer's).
-_SEVERITY = (MAX_ITER, SOLVER_ERROR, INFEASIBLE)
+#: Status of merged blocks, most severe first (a block's status stands for the layer's).
+_SEVERITY = (MAX_ITER, SOLVER_ERROR, INFEASIBLE, SETTLED, OPTIMAL_INACCURATE)
 
 
 def neuron_blocks(M: int, size: int = NEURONS_PER_BLOCK) -> list[tuple[int, int]]:
@@ -77,15 +82,52 @@ def refit(runner: Any, problem: NetTrimProblem, support: Any, *, W0: Any = None,
         return runner.run(_solve_task, [item], kind="refit", **_shared(problem))[0]
     M = problem.shape[2]
     blocks = neuron_blocks(M)
-    def cut(A, a, b):   # rows a:b of an (M, N) array, copied (a tensor view pickles whole)
-        return None if A is None else (A[a:b].clone() if isinstance(A, torch.Tensor)
-                                       else np.array(A[a:b]))
-
     items = [("refit", (a, b), problem.epsilon, problem.relu, 0.0,
-              dict(kwargs, support=cut(support, a, b), W0=cut(W0, a, b)))
+              dict(kwargs, support=_rows(support, a, b), W0=_rows(W0, a, b)))
              for a, b in blocks]
     parts = runner.run(_solve_task, items, kind="refit", **_shared(problem))
-    return _merge_refits(problem, parts)
+    return _merge(problem, parts)
+
+
+def lagrangian(runner: Any, problem: NetTrimProblem, *, nonzeros: int, penalty: Any = None,
+               W0: Any = None, **kwargs) -> NetTrimResult:
+    """:func:`solvers.solve_lagrangian` steered to ``nonzeros``: in process, as one task, or
+    (the runner's executor has ``lagrangian_blocks=True``) in blocks of neurons, each steered
+    to its share of the count (see the module docstring)."""
+    split = runner is not None and getattr(runner.executor, "lagrangian_blocks", False)
+    M, N = problem.shape[2], problem.shape[1]
+    if not split or M <= NEURONS_PER_BLOCK:
+        return solve(runner, "lagrangian", problem, nonzeros=nonzeros, penalty=penalty, W0=W0,
+                     **kwargs)
+    kwargs.pop("callback", None)
+    blocks = neuron_blocks(M)
+    weights = [(b - a) * N if penalty is None else int((torch.as_tensor(penalty)[a:b] > 0).sum())
+               for a, b in blocks]
+    shares = _shares(nonzeros, weights)
+
+    items = [("lagrangian", (a, b), problem.epsilon, problem.relu, problem.floor_sq,
+              dict(kwargs, nonzeros=share, penalty=_rows(penalty, a, b), W0=_rows(W0, a, b)))
+             for (a, b), share in zip(blocks, shares)]
+    parts = runner.run(_solve_task, items, kind="lagrangian", **_shared(problem))
+    return _merge(problem, parts, epsilon=math.sqrt(sum(p.epsilon ** 2 for p in parts)))
+
+
+def _shares(total: int, weights: list) -> list:
+    """``total`` split in proportion to ``weights`` (largest remainders round up), each at most
+    its weight."""
+    whole = sum(weights)
+    raw = [total * w / whole if whole else 0.0 for w in weights]
+    shares = [min(w, math.floor(r)) for w, r in zip(weights, raw)]
+    order = sorted(range(len(raw)), key=lambda i: shares[i] - raw[i])
+    for i in order[:max(0, total - sum(shares))]:
+        shares[i] = min(weights[i], shares[i] + 1)
+    return shares
+
+
+def _rows(A: Any, a: int, b: int) -> Any:
+    """Rows ``a:b`` of an (M, N) array, copied: a tensor view pickles its whole storage."""
+    return None if A is None else (A[a:b].clone() if isinstance(A, torch.Tensor)
+                                   else np.array(A[a:b]))
 
 
 # ---- what runs in a task --------------------------------------------------------------------
@@ -125,8 +167,9 @@ def _solve_task(payload: dict, item: tuple) -> NetTrimResult:
     return SOLVES[name](problem, **kwargs)
 
 
-def _merge_refits(problem: NetTrimProblem, parts: list) -> NetTrimResult:
-    """The layer's refit from its blocks' (stacked by neuron, in order)."""
+def _merge(problem: NetTrimProblem, parts: list, epsilon: Any = None) -> NetTrimResult:
+    """The layer's result from its blocks' (stacked by neuron, in order); residuals add in
+    squares, the most severe status stands (``_SEVERITY``)."""
     W = np.concatenate([p.W for p in parts]) if problem.is_numpy else \
         torch.cat([torch.as_tensor(p.W) for p in parts])
     statuses = [p.status for p in parts]
@@ -136,7 +179,9 @@ def _merge_refits(problem: NetTrimProblem, parts: list) -> NetTrimResult:
     return NetTrimResult(
         W=W, status=status, iterations=max(p.iterations for p in parts),
         objective=sum(p.objective for p in parts), residual=root_sq("residual"),
-        violation=max(p.violation for p in parts), epsilon=problem.epsilon,
+        violation=max(p.violation for p in parts),
+        epsilon=problem.epsilon if epsilon is None else epsilon,
         primal_residual=root_sq("primal_residual"), dual_residual=root_sq("dual_residual"),
         solve_time=sum(p.solve_time for p in parts), solver=parts[0].solver,
-        rho=float(np.median(rhos)) if rhos else math.nan)
+        rho=float(np.median(rhos)) if rhos else math.nan,
+        lam=float(np.median([p.lam for p in parts])))
