@@ -160,11 +160,11 @@ def task_profile(board: TaskBoard, wall: float) -> dict:
     for label, steps in ordered:
         chain = []
         for step in sorted(steps):
-            tasks = steps[step]
+            tasks = sorted(steps[step], key=lambda r: r["index"])
             start, end = min(r["start"] for r in tasks), max(r["end"] for r in tasks)
             first_start = start if first_start is None else first_start
             gap = 0.0 if previous_end is None else max(0.0, start - previous_end)
-            chain.append(dict(kind=tasks[0]["kind"], gap=gap,
+            chain.append(dict(kind=tasks[0]["kind"], gap=gap, step=step,
                               seconds=[r["seconds"] for r in tasks],
                               bytes=[r["bytes_in"] + r["bytes_out"] for r in tasks]))
             busy += gap + (end - start)
@@ -304,17 +304,43 @@ def run_model(name, args, costs_box) -> dict:
             executor.close()
         row["rows"][workers] = dict(wall=wall, start=executor.start_seconds,
                                     speedup=wall0 / wall, **board_w.summary(),
-                                    **compare(base, result))
+                                    **compare(base, result), records=board_w.records)
         log(f"{name}: Ray with {workers} worker(s), {wall:.1f} s ({wall0 / wall:.2f}x)")
     return row
 
 
+def replayed(profile: dict, records: list) -> dict:
+    """``profile`` with each task's seconds as a run measured them (its records), and the
+    driver's gaps and fixed time scaled by that run's task seconds over the profile's: the model
+    given the run's own CPU speed (the machine's load changes between runs)."""
+    seconds = {(r["label"], r["step"], r["index"]): r["seconds"] for r in records}
+    layers, before, after = {}, 0.0, 0.0
+    for label, chain in profile["layers"].items():
+        steps = []
+        for step in chain:
+            now = [seconds.get((label, step["step"], i), s)
+                   for i, s in enumerate(step["seconds"])]
+            before, after = before + sum(step["seconds"]), after + sum(now)
+            steps.append(dict(step, seconds=now))
+        layers[label] = steps
+    ratio = after / before if before else 1.0
+    for steps in layers.values():
+        for step in steps:
+            step["gap"] *= ratio
+    return dict(profile, layers=layers, fixed=profile["fixed"] * ratio, ratio=ratio)
+
+
 def predictions(row, costs) -> None:
+    """The model's wall time for each Ray run: from the in-process executor's task seconds
+    (``predicted``) and from the run's own (``replayed``: checks the scheduling part)."""
     for workers, measured in row["rows"].items():
-        wall = simulate(row["profile"], workers, overhead=costs["task_overhead"],
-                        bytes_per_s=costs["put_bytes_per_s"])
-        measured["predicted"] = wall
-        measured["prediction_error"] = wall / measured["wall"] - 1.0
+        common = dict(overhead=costs["task_overhead"], bytes_per_s=costs["put_bytes_per_s"])
+        measured["predicted"] = simulate(row["profile"], workers, **common)
+        measured["prediction_error"] = measured["predicted"] / measured["wall"] - 1.0
+        replay = replayed(row["profile"], measured.pop("records"))
+        measured["replayed"] = simulate(replay, workers, **common)
+        measured["replay_error"] = measured["replayed"] / measured["wall"] - 1.0
+        measured["cpu_ratio"] = replay["ratio"]
 
 
 def format_report(payload) -> list:
@@ -324,27 +350,34 @@ def format_report(payload) -> list:
     costs = payload["ray_costs"]
     lines.append(f"Ray on this machine: {costs['task_overhead'] * 1e3:.1f} ms per empty task "
                  f"(round trip), object store put {costs['put_bytes_per_s'] / 1e9:.2f} GB/s")
+    lines.append("model s: the paper model from the in-process executor's task seconds; replay s: "
+                 "the same model given the run's own task seconds (the load changes between "
+                 "runs); task s: seconds inside the tasks; same: statuses and counts equal to "
+                 "in process; max|dW|, max|d err|: largest weight and relative-error difference")
     header = (f"{'model':8} {'run':22} {'wall s':>8} {'speed-up':>8} {'model s':>8} "
-              f"{'err':>6} {'tasks':>6} {'task s':>7} {'shared MB':>9} {'sent MB':>8} "
-              f"{'back MB':>8} {'same':>5} {'max|dW|':>9}")
+              f"{'err':>6} {'replay s':>8} {'err':>6} {'tasks':>6} {'task s':>7} "
+              f"{'shared MB':>9} {'sent MB':>8} {'back MB':>8} {'same':>5} {'max|dW|':>9} "
+              f"{'max|d err|':>10}")
     lines += ["", header, "-" * len(header)]
     for row in payload["models"]:
         ip, ex = row["in_process"], row["in_process_executor"]
         lines.append(f"{row['model']:8} {'in process':22} {ip['wall']:8.2f} {'1.00x':>8}")
         lines.append(f"{'':8} {'in-process executor':22} {ex['wall']:8.2f} "
-                     f"{ip['wall'] / ex['wall']:7.2f}x {'':>8} {'':>6} {ex['tasks']:6d} "
+                     f"{ip['wall'] / ex['wall']:7.2f}x {'':>8} {'':>6} {'':>8} {'':>6} "
+                     f"{ex['tasks']:6d} "
                      f"{ex['task_seconds']:7.1f} "
                      f"{ex['bytes_shared'] / 1e6:9.1f} {ex['bytes_sent'] / 1e6:8.1f} "
                      f"{ex['bytes_returned'] / 1e6:8.1f} {str(ex['same_statuses_and_counts']):>5} "
-                     f"{ex['max_weight_diff']:9.2g}")
+                     f"{ex['max_weight_diff']:9.2g} {ex['max_rel_error_diff']:10.2g}")
         for workers, r in row["rows"].items():
             lines.append(
                 f"{'':8} {f'Ray, {workers} worker(s)':22} {r['wall']:8.2f} {r['speedup']:7.2f}x "
-                f"{r['predicted']:8.2f} {100 * r['prediction_error']:+5.0f}% {r['tasks']:6d} "
+                f"{r['predicted']:8.2f} {100 * r['prediction_error']:+5.0f}% "
+                f"{r['replayed']:8.2f} {100 * r['replay_error']:+5.0f}% {r['tasks']:6d} "
                 f"{r['task_seconds']:7.1f} "
                 f"{r['bytes_shared'] / 1e6:9.1f} {r['bytes_sent'] / 1e6:8.1f} "
                 f"{r['bytes_returned'] / 1e6:8.1f} {str(r['same_statuses_and_counts']):>5} "
-                f"{r['max_weight_diff']:9.2g}")
+                f"{r['max_weight_diff']:9.2g} {r['max_rel_error_diff']:10.2g}")
         starts = ", ".join(f"{w}: {r['start']:.1f} s" for w, r in row["rows"].items())
         lines.append(f"{'':8} (Ray start-up with warmed workers, not in the wall times: {starts})")
     tp = payload["transformer"]

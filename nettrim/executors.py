@@ -35,7 +35,6 @@ import logging
 import signal
 import threading
 import time
-import warnings
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 __all__ = ["EXECUTOR_NAMES", "InProcessExecutor", "RayExecutor", "TaskBoard", "TaskFailed",
@@ -122,7 +121,7 @@ def _execute(fn: Callable, shared: Any, item: Any, threads: Optional[int]):
 class TaskBoard:
     """Counts the tasks of a run over all workers: a progress bar of tasks done (``total``
     grows as tasks are sent) and one record per task (``records``: ``label``, ``kind``,
-    ``step``, ``seconds`` inside the task, ``start``/``end`` as the driver saw them, ``bytes_in``,
+    ``step`` (the caller's call), ``index`` (the item's), ``seconds`` inside the task, ``start``/``end`` as the driver saw them, ``bytes_in``,
     ``bytes_out``), plus ``bytes_shared`` (payloads put once). Thread-safe."""
 
     def __init__(self, progress: bool = False, desc: str = "tasks"):
@@ -526,7 +525,7 @@ class TaskRunner:
         board.sent(len(items))
 
         def record(i, value, seconds):
-            board.done(dict(label=self.label, kind=kind, step=step, seconds=seconds,
+            board.done(dict(label=self.label, kind=kind, step=step, index=i, seconds=seconds,
                             start=starts[i] - board.t0, end=time.perf_counter() - board.t0,
                             bytes_in=sent[i], bytes_out=nbytes(value)))
 

@@ -5,6 +5,8 @@
   the refit and the report.
 * :mod:`.target_count`: the default pipeline at a target sparsity (l1 solves steered to a
   count of weights, then trimmed or filled to it exactly, and refit).
+* :mod:`.tasks`: the solves as tasks of an executor (:mod:`nettrim.executors`): each l1 solve
+  one task, each refit in blocks of neurons (exact), and what is not exact.
 
 Knows arrays and :mod:`solvers`, not models: :mod:`nettrim.prune` feeds it a model's layers.
 """
