@@ -39,6 +39,7 @@ import torch
 from solvers import (INFEASIBLE, MAX_ITER, OPTIMAL, OPTIMAL_INACCURATE, SETTLED, SOLVER_ERROR,
                      NetTrimProblem, NetTrimResult, solve_admm, solve_cvxpy, solve_lagrangian)
 from solvers import refit as refit_problem
+from solvers import refit_soft
 
 __all__ = ["NEURONS_PER_BLOCK", "SOLVES", "lagrangian", "neuron_blocks", "refit", "solve"]
 
@@ -47,7 +48,8 @@ __all__ = ["NEURONS_PER_BLOCK", "SOLVES", "lagrangian", "neuron_blocks", "refit"
 #: (the largest about 1 s at 5,000 rows), so two workers share them evenly.
 NEURONS_PER_BLOCK = 32
 #: The l1 solvers a task can run, by name.
-SOLVES = {"admm": solve_admm, "cvxpy": solve_cvxpy, "lagrangian": solve_lagrangian}
+SOLVES = {"admm": solve_admm, "cvxpy": solve_cvxpy, "lagrangian": solve_lagrangian,
+          "refit_soft": refit_soft}
 #: Status of merged blocks, most severe first (a block's status stands for the layer's).
 _SEVERITY = (MAX_ITER, SOLVER_ERROR, INFEASIBLE, SETTLED, OPTIMAL_INACCURATE)
 
@@ -96,7 +98,7 @@ def lagrangian(runner: Any, problem: NetTrimProblem, *, nonzeros: int, penalty: 
     to its share of the count (see the module docstring)."""
     split = runner is not None and getattr(runner.executor, "lagrangian_blocks", False)
     M, N = problem.shape[2], problem.shape[1]
-    if not split or M <= NEURONS_PER_BLOCK:
+    if not split or M <= NEURONS_PER_BLOCK or problem.floor_sq:   # (a floor is the layer's)
         return solve(runner, "lagrangian", problem, nonzeros=nonzeros, penalty=penalty, W0=W0,
                      **kwargs)
     kwargs.pop("callback", None)
