@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from solvers import (INFEASIBLE, MAX_ITER, OPTIMAL, SUCCESS, ADMMSettings, GramStats,
                      NetTrimProblem, NetTrimResult)
+from solvers.refit import refit as refit_support
 from solvers.refit import reweighted_penalty
 
 from ..checks import check_fraction
@@ -274,7 +275,7 @@ def _prune(data, *, epsilon, sparsity, bias, absolute, penalize_bias, solver, W0
         if penalty is not None:  # unpenalized entries (the bias) are always refit
             support |= penalty.to(support.device) == 0
         kwargs = {} if max_iter is None else {"max_iter": max_iter}
-        refitted = tasks.refit(executor, problem, support, W0=result.W, **kwargs)
+        refitted = _refit(executor, problem, support, W0=result.W, **kwargs)
         return refitted, _refit_usable(refitted, result, y_max)
 
     def solve(eps_abs: float, W_init, rho=None):
@@ -373,6 +374,14 @@ def _unpruned(problem_for, W: torch.Tensor, penalty) -> tuple[NetTrimResult, flo
         primal_residual=float("nan"), dual_residual=float("nan"), solve_time=0.0,
         solver="none")
     return with_objective(result, penalty), residual
+
+
+def _refit(executor, problem, support, **kwargs):
+    """:func:`solvers.refit.refit` here (``executor`` None), or in neuron blocks as tasks
+    (:func:`tasks.refit`)."""
+    if executor is None:
+        return refit_support(problem, support, **kwargs)
+    return tasks.refit(executor, problem, support, **kwargs)
 
 
 def _solve_l1(problem, solver, W_init, penalty, opts, reweight, rho, progress, refit_on,
