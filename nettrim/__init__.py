@@ -44,6 +44,7 @@ _EXPORTS = {
     "remove_masks": "model.surgery", "remove_units": "model.surgery",
     "set_layer_weight": "model.surgery",
     "sparsify": "model.sparse", "save_sparse": "model.sparse", "load_sparse": "model.sparse",
+    "RayExecutor": "executors", "InProcessExecutor": "executors",
 }
 #: Public names that are modules (the others are attributes of their module).
 _MODULES = frozenset({"baselines", "budget", "graph"})

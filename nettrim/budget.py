@@ -31,6 +31,7 @@ use :func:`global_keep_masks` on their own scores with the same guard.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 import warnings
@@ -42,6 +43,7 @@ from torch import nn
 from solvers import OPTIMAL, OPTIMAL_INACCURATE, SUCCESS, ADMMSettings
 
 from .checks import check_sparsity
+from .executors import TaskFailed, concurrently
 from .inputs import reiterable
 from .layer import prune_layer
 from .model.capture import capture, in_solver_dtype, prunable_layers
@@ -209,7 +211,7 @@ class _Layer:
         return self.solve(eps).report["nonzeros"]
 
 
-def _search_epsilon(layers, budget: int, total: int, progress: bool):
+def _search_epsilon(layers, budget: int, total: int, progress: bool, executor=None):
     """One relative epsilon for ``layers`` whose nonzeros add up to ``budget`` (within
     GLOBAL_TOL of ``total``): safeguarded false position on log epsilon.
 
@@ -228,6 +230,11 @@ def _search_epsilon(layers, budget: int, total: int, progress: bool):
         t = f_lo / (f_lo - f_hi) if f_lo > f_hi else 0.5
         mid = lo + min(max(t, 0.05), 0.95) * (hi - lo)
         eps = math.exp(mid)
+        # with an executor, the layers' solves at this epsilon run together
+        for failed in concurrently(executor, [functools.partial(layer.solve, eps)
+                                              for layer in layers]):
+            if isinstance(failed, TaskFailed):
+                raise failed
         kept = sum(layer.kept(eps) for layer in layers)
         path.append((eps, kept))
         if progress:
@@ -254,12 +261,14 @@ def prune_global(model: nn.Module, inputs: Any, sparsity: Any, *, allocation: st
                  seed: int = 0, device: Any = None, inplace: bool = False, masks: bool = False,
                  strict: bool = False, progress: bool = False, refit: bool = True,
                  reweight: int = 1, solver_options: Optional[dict] = None,
-                 per_layer_prune: Optional[Callable] = None):
+                 per_layer_prune: Optional[Callable] = None, executor: Any = None):
     """``nettrim.prune(..., sparsity=s, scope="global")``: see the module docstring.
 
     ``per_layer_prune`` is the per-layer model driver (:func:`nettrim.prune`, which passes
     itself: it sits above this module) that ``allocation="magnitude"`` runs with each layer's
     share as its sparsity; the other allocations solve the layers here (:func:`prune_layer`).
+    ``executor`` (a :class:`nettrim.executors.TaskRunner`, or None) runs their solves, the
+    layers of one epsilon together.
 
     Returns a :class:`nettrim.PruneResult` whose ``options`` add ``scope``, ``allocation``
     (``{layer: {"kept", "total", "sparsity"}}``), ``global_sparsity`` (reached),
@@ -282,7 +291,7 @@ def prune_global(model: nn.Module, inputs: Any, sparsity: Any, *, allocation: st
     common = dict(solver=solver, layers=list(selected), activations=activations,
                   max_samples=max_samples, seed=seed, device=device, inplace=inplace,
                   masks=masks, strict=strict, progress=progress, refit=refit,
-                  reweight=reweight, solver_options=solver_options)
+                  reweight=reweight, solver_options=solver_options, executor=executor)
 
     if allocation == "magnitude":
         if per_layer_prune is None:
@@ -300,13 +309,13 @@ def prune_global(model: nn.Module, inputs: Any, sparsity: Any, *, allocation: st
     data = capture(model, inputs, layers=list(selected), activations=activations,
                    max_samples=max_samples, seed=seed, device=device, fold=False)
     layer_kwargs = dict(solver=solver, refit=refit, reweight=reweight,
-                        solver_options=solver_options, progress=False)
+                        solver_options=solver_options, progress=False, executor=executor)
     state = {n: _Layer(n, data.pop(n), selected[n], layer_kwargs) for n in selected}
     fixed: dict = {}     # name -> LayerPruneResult held at its floor
     while True:
         free = [state[n] for n in state if n not in fixed]
         left = budget - sum(r.report["nonzeros"] for r in fixed.values())
-        dense, sparse, path = _search_epsilon(free, left, total, progress)
+        dense, sparse, path = _search_epsilon(free, left, total, progress, executor)
         if dense is None:  # even the lowest epsilon tried was too sparse: the densest solution
             dense = min(free[0].solved) if free else None
         counts = {}

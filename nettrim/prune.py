@@ -11,7 +11,7 @@ Epsilons are *relative* here (a fraction of ``||Y||_F``); :mod:`solvers` takes a
 from __future__ import annotations
 
 import copy
-import math
+import functools
 import sys
 import warnings
 from typing import Any, Iterable, Mapping, Optional, Union
@@ -20,22 +20,22 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from solvers import OPTIMAL, OPTIMAL_INACCURATE, SUCCESS
-from solvers.problem import safe_norm
+from solvers import SUCCESS
 
 from .budget import DEFAULT_MIN_PER_UNIT, check_scope, prune_global
 from .checks import check_model, per_layer
+from .executors import TaskBoard, TaskFailed, TaskRunner, concurrently
 from .inputs import reiterable
-from .layer import PROGRAMS, check_solver_and_target, prune_layer
+from .folded import LayerProgram, fold_into, rows_note
+from .layer import PROGRAMS, check_solver_and_target
 from .layer.nm import check_nm_layers
 from .model.blocks import BlockRunner
-from .model.capture import (RELU_PROGRAM, SOLVE_DTYPES, LayerData, capture, capture_cascade,
-                            group_blocks, in_solver_dtype, layer_matrix, prunable_layers)
-from .model.graph import (UnknownWeightsWarning, analyze, batchnorm_affine, parameter_counts,
-                          skipped_layers, warn_unknown_weights)
-from .model.surgery import apply_masks, set_layer_weight
-from .results import (MAX_ITER_HINT, SKIPPED, LayerPruneResult, LayerReport, PruneResult,
-                      PruningError, PruningWarning, output_discrepancy, skipped_rows)
+from .model.capture import SOLVE_DTYPES, capture, capture_cascade, prunable_layers
+from .model.graph import (UnknownWeightsWarning, analyze, parameter_counts, skipped_layers,
+                          warn_unknown_weights)
+from .model.surgery import apply_masks
+from .results import (FAILED, MAX_ITER_HINT, SKIPPED, LayerReport, PruneResult, PruningError,
+                      PruningWarning, output_discrepancy, skipped_rows)
 from .structured import prune_units
 
 __all__ = ["prune", "MODES"]
@@ -52,7 +52,8 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
           solver_options: Optional[dict] = None, scope: str = "layer",
           structured: bool = False, min_per_unit: Optional[int] = None,
           allocation: str = "epsilon", fold_bn: bool = False,
-          program: str = "auto", statistics: bool = False) -> PruneResult:
+          program: str = "auto", statistics: bool = False,
+          executor: Any = None) -> PruneResult:
     """Prune a model's Linear, Conv1d and Conv2d layers with Net-Trim.
 
     What follows each layer is read from the traced graph (:mod:`nettrim.graph`): a ReLU
@@ -151,6 +152,18 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         instead of the rows, so that their memory is ``O(N^2 + N M)`` whatever the number of
         calibration rows, and solved as the same program (``max_samples`` does not apply to
         them; the rows column of the report counts every row). Per-layer programs only.
+    executor : None, "ray" or an object with ``map(fn, items)``, optional
+        Where the solves run (:mod:`nettrim.executors`). None (default): in this process, Ray
+        never imported. ``"ray"``: a local Ray instance for this call (or the cluster
+        ``RAY_ADDRESS`` names), shut down after it; a :class:`nettrim.RayExecutor` joins a
+        cluster and is left to its owner. Each l1 solve is a task and each refit a task per
+        block of neurons (:mod:`nettrim.layer.tasks`); parallel mode runs the layers
+        concurrently, cascade one after another, and ``scope="global"`` the layers of each
+        epsilon it tries. The results are the in-process ones (the refit's blocks are exact to
+        its tolerance). A layer whose task is lost for good (its worker killed beyond Ray's
+        retries, a timeout) is reported with status ``FAILED`` and the reason, its weights left
+        as they were (:class:`PruningError` with ``strict=True``). ``progress`` shows one bar
+        of tasks done over all workers. CPU only (``device="cpu"``).
 
     Returns
     -------
@@ -158,6 +171,7 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         ``.model``, ``.report`` (one :class:`LayerReport` per layer), ``.table()``,
         ``.to_dict()``, ``.output_error`` (relative output discrepancy on ``inputs``).
     """
+    arguments = {k: v for k, v in locals().items() if k != "executor"}   # the call's own
     check_model(model)
     if mode not in MODES:
         msg = f"mode must be one of {MODES}, got {mode!r}"
@@ -203,6 +217,29 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         msg = (f"sparsity={sparsity!r} (N:M) is a per-layer pattern: it needs structured=False "
                "and scope='layer'")
         raise ValueError(msg)
+    if executor is not None and structured:
+        msg = "executor= runs Net-Trim's per-layer and global programs; structured=True runs here"
+        raise ValueError(msg)
+    if executor is not None and device is not None and torch.device(device).type != "cpu":
+        msg = f"executor= runs the solves on the workers' CPUs: device must be 'cpu', got {device!r}"
+        raise ValueError(msg)
+    if scope == "global" and epsilon is not None:
+        msg = "scope='global' takes a model-wide sparsity, not an epsilon"
+        raise ValueError(msg)
+    if executor is not None and not isinstance(executor, TaskRunner):
+        # the same call with the executor's runner (Ray started here is shut down after it)
+        with TaskRunner.open(executor, TaskBoard(progress, desc="Net-Trim tasks")) as runner:
+            try:
+                out = prune(**arguments, executor=runner)
+            except TaskFailed as err:   # a global budget's search cannot go on without it
+                msg = f"a solve could not be run: {err.reason}"
+                raise PruningError(msg) from err
+            finally:
+                runner.board.close()
+        describe = getattr(runner.executor, "describe", None)
+        out.options.update(executor=describe() if callable(describe) else
+                           type(runner.executor).__name__, tasks=runner.board.summary())
+        return out
     before = parameter_counts(model)   # before any write: the "before" of skipped rows
     warn_unknown_weights(model)
     if structured:
@@ -210,12 +247,10 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
                           **hooked)
         return _finish(out, model, skipped_layers(model), before)
     if scope == "global":
-        if epsilon is not None:
-            msg = "scope='global' takes a model-wide sparsity, not an epsilon"
-            raise ValueError(msg)
         out = prune_global(model, inputs, sparsity, allocation=allocation, masks=masks,
                            min_per_unit=DEFAULT_MIN_PER_UNIT if min_per_unit is None
-                           else min_per_unit, per_layer_prune=_prune_quietly, **hooked)
+                           else min_per_unit, per_layer_prune=_prune_quietly, executor=executor,
+                           **hooked)
         return _finish(out, model, skipped_layers(model), before)
     if mode == "cascade" and not reiterable(inputs):
         msg = ("inputs must be re-iterable for cascade mode (a tensor, a list of batches or a "
@@ -235,9 +270,9 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
     cap = dict(activations=activations, max_samples=max_samples, seed=seed, device=device,
                plan=plan, fold=True, statistics=statistics)
     # a model with blocks (a transformer's layers) goes block by block (nettrim.model.blocks)
-    runner = BlockRunner.for_model(model, target if mode == "cascade" else None, inputs,
+    blocks = BlockRunner.for_model(model, target if mode == "cascade" else None, inputs,
                                    selected, **cap)
-    rest = [n for n in selected if runner is None or not runner.covers(n)]
+    rest = [n for n in selected if blocks is None or not blocks.covers(n)]
     original = capture(model, inputs, layers=rest, **cap) if mode == "parallel" and rest \
         else None
     skipped = {n: r for n, r in (plan.skipped if original is None else original.skipped).items()
@@ -246,16 +281,20 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
 
     rows = []
     folded: dict = {}
-    names = selected
     log_lines = progress and not _is_terminal(sys.stderr)
-    if progress:   # a layer bar with an ETA on a terminal; one line per layer in a log file
+    # with an executor of several workers, parallel mode solves the layers concurrently (their
+    # tasks interleave on the workers); results are written back in order either way
+    together = executor is not None and mode == "parallel" and executor.workers > 1
+    names = selected
+    if progress and not together:   # a layer bar (ETA) on a terminal; a line per layer in a log
         names = tqdm(selected, desc=f"Net-Trim ({mode})", unit="layer", disable=None)
-    first = True
-    for index, name in enumerate(names):
-        if runner is not None and runner.covers(name):
-            data = runner.data(name)
+
+    def prepare(index, name, first):
+        """(data, block, solve) of a layer, or None when the forward pass never calls it."""
+        if blocks is not None and blocks.covers(name):
+            data = blocks.data(name)
             if data is None:
-                skipped[name] = runner.missing[name]
+                skipped[name] = blocks.missing[name]
         elif mode == "parallel":
             data = original.pop(name, None)  # free each layer's records once used
         else:  # inputs from the pruned copy, outputs from the original, in one pass
@@ -263,21 +302,44 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
             if data is None:
                 skipped[name] = "not called by the model's forward pass (used functionally?)"
         if data is None:
-            continue
-        module = modules[name]
+            return None
         bn = modules[data.norm] if data.norm else None
-        block = _LayerProgram(data, module, bn)
-        eps_layer = None if eps_of is None else eps_of[name]
+        block = LayerProgram(data, modules[name], bn)
         explicit = spars_of is not None or isinstance(epsilon, Mapping) and name in epsilon
         cascade = mode == "cascade" and not first
         is_last = index == len(selected) - 1
         slack = gamma * (kappa if (is_last and block.relu is False) else 1.0)
-        result = block.solve(
-            sparsity=None if spars_of is None else spars_of[name], epsilon=eps_layer,
-            cascade=cascade, cascade_slack=None if (not cascade or explicit) else slack,
-            solver=solver, refit=refit, reweight=reweight, solver_options=solver_options,
-            progress=progress, program=program)
-        first = False
+        solve = functools.partial(
+            _solve_or_fail, block, sparsity=None if spars_of is None else spars_of[name],
+            epsilon=None if eps_of is None else eps_of[name], cascade=cascade,
+            cascade_slack=None if (not cascade or explicit) else slack, solver=solver,
+            refit=refit, reweight=reweight, solver_options=solver_options, progress=progress,
+            program=program, executor=None if executor is None else executor.child(name))
+        return data, block, solve
+
+    if together:
+        layers_ = [(i, name, prepare(i, name, True)) for i, name in enumerate(selected)]
+        layers_ = [(i, name, p) for i, name, p in layers_ if p is not None]
+        solved = concurrently(executor, [p[2] for _, _, p in layers_])
+        done = [(i, name, p, result) for (i, name, p), result in zip(layers_, solved)]
+    else:
+        done = _one_by_one(names, prepare)
+    for index, name, (data, block, _), result in done:
+        module, bn = modules[name], block.bn
+        if isinstance(result, TaskFailed):   # the layer's tasks could not be run
+            msg = f"layer {name!r}: its solves could not be run: {result.reason}"
+            if strict:
+                raise PruningError(msg)
+            warnings.warn(msg, PruningWarning, stacklevel=2)
+            rows.append(LayerReport(
+                name=name, kind=data.kind, shape=tuple(module.weight.shape),
+                nonzeros_before=block.nonzeros_before, nonzeros_after=block.nonzeros_before,
+                total=block.W0.numel(), sparsity=1.0 - block.nonzeros_before / block.W0.numel(),
+                epsilon=float("nan"), epsilon_abs=float("nan"), relative_error=float("nan"),
+                status=FAILED, iterations=0, seconds=0.0, solver=solver,
+                note=f"failed, weights left as they were: {result.reason}",
+                program=block.program, rows=data.rows, rows_seen=data.rows_seen))
+            continue
         rep = result.report
         if rep["status"] not in SUCCESS:
             msg = (f"layer {name!r}: solver status {rep['status']} after {rep['iterations']} "
@@ -290,7 +352,7 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         note = block.write_back(result)
         if fold_bn and bn is not None:
             folded[name] = (data.norm, result.weight, result.bias)
-        notes = [n for n in (rep.get("note", ""), note, _rows_note(data)) if n]
+        notes = [n for n in (rep.get("note", ""), note, rows_note(data)) if n]
         rows.append(LayerReport(
             name=name, kind=data.kind, shape=tuple(module.weight.shape),
             nonzeros_before=block.nonzeros_before, nonzeros_after=rep["nonzeros"],
@@ -306,7 +368,7 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
                   f"{rep['iterations']} iterations, {rep['seconds']:.1f} s", file=sys.stderr,
                   flush=True)
     for name, (norm, weight, bias) in folded.items():
-        _fold_into(target, name, norm, weight, bias)
+        fold_into(target, name, norm, weight, bias)
     if masks:
         apply_masks(target, [r.name for r in rows])
     out = PruneResult(model=target, report=rows, options=options, skipped=skipped)
@@ -336,192 +398,32 @@ def _finish(out: PruneResult, model: nn.Module, skipped: Mapping[str, str],
     return out
 
 
+def _one_by_one(names, prepare):
+    """Each layer prepared and solved in turn (a generator: cascade captures a layer's inputs
+    after the layers before it are written back)."""
+    first = True
+    for index, name in enumerate(names):
+        prepared = prepare(index, name, first)
+        if prepared is None:
+            continue
+        first = False
+        yield index, name, prepared, prepared[2]()
+
+
+def _solve_or_fail(block: "LayerProgram", **kwargs):
+    """The layer's solution, or the :class:`TaskFailed` of an executor that lost its task."""
+    try:
+        return block.solve(**kwargs)
+    except TaskFailed as err:
+        return err
+
+
 def _prune_quietly(*args, **kwargs) -> PruneResult:
     """:func:`prune` for the per-layer pass of a global budget: the caller has already said
     which weights sit in modules the toolkit does not know."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnknownWeightsWarning)
         return prune(*args, **kwargs)
-
-
-def _rows_note(data: LayerData) -> str:
-    P, N = data.rows, data.inputs
-    stats = "statistics of all rows" if data.X is None else ""
-    if P >= N:
-        return stats
-    return "; ".join(n for n in (stats, f"{P} rows for {N} inputs (underdetermined, see "
-                                        "CalibrationWarning)") if n)
-
-
-class _LayerProgram:
-    """One layer's program in its solved form: the BatchNorm ``a * z + c`` folded into the
-    weights (``diag(a) W``, bias ``a b + c``), the residual offset S, and one block per group of
-    a grouped convolution. ``write_back`` maps the solution to the unchanged architecture."""
-
-    def __init__(self, data: LayerData, module: nn.Module, bn: Optional[nn.Module]):
-        data = in_solver_dtype(data)   # half precision: solved in float32 (note in _finish)
-        self.data, self.module, self.bn = data, module, bn
-        self.relu = data.activation in RELU_PROGRAM
-        self.X, self.Y, self.pre = data.X, data.post, data.pre
-        like = data.X if data.X is not None else \
-            torch.empty(0, dtype=data.stats.dtype, device=data.stats.G.device)
-        self.S = None if data.offset is None else data.offset.to(like)
-        # clones: the write-back overwrites the module's tensors
-        W = layer_matrix(module).to(like, copy=True)
-        b = None if module.bias is None else module.bias.detach().to(like, copy=True)
-        self.nonzeros_before = int((W != 0).sum())
-        self.a = None
-        if bn is not None:
-            a, c = batchnorm_affine(bn)
-            self.a, self.c = a.to(like), c.to(like)
-            W = self.a[:, None] * W
-            b = self.c + (0 if b is None else self.a * b)
-        self.W0, self.b0 = W, b
-        self.program = "+".join(p for p in (
-            data.activation if self.relu else f"linear({data.activation})" if data.activation
-            else "linear",
-            "bn" if bn is not None else "", "offset" if self.S is not None else "",
-            f"groups={data.groups}" if data.groups > 1 else "") if p)
-
-    def solve(self, *, sparsity, epsilon, cascade, cascade_slack, **kwargs) -> LayerPruneResult:
-        if self.X is None:
-            return self._solve_statistics(sparsity, epsilon, cascade_slack, **kwargs)
-        M, N = self.W0.shape
-        parts = []
-        for cols, out in group_blocks(self.data.groups, self.X.shape[1], M):
-            X, Y = self.X[:, cols], self.Y[:, out]
-            S = None if self.S is None else self.S[:, out]
-            W0 = self.W0[out]
-            b0 = None if self.b0 is None else self.b0[out]
-            V = None
-            pre_hat = X @ W0.T + (0 if b0 is None else b0) + (0 if S is None else S)
-            if cascade and self.relu:
-                V = pre_hat
-            common = dict(relu=self.relu, bias=b0 is not None, W0=W0, b0=b0, V=V, offset=S,
-                          pre=self.pre[:, out] if self.relu else None, **kwargs)
-            if sparsity is not None:
-                parts.append(prune_layer(X, Y, sparsity=sparsity, **common))
-            elif cascade_slack is not None:
-                D = pre_hat - Y
-                if self.relu:
-                    D = D.masked_fill(Y <= 0, 0.0)
-                eps_abs = math.sqrt(cascade_slack) * float(torch.linalg.vector_norm(D))
-                parts.append(prune_layer(X, Y, epsilon=eps_abs, absolute=True, **common))
-            else:
-                parts.append(prune_layer(X, Y, epsilon=epsilon, **common))
-        # the candidate kept (nettrim.layer.program): "linear..." a linear program's support
-        # (or the linear refit), "...+soft" the ReLU-aware refit; said in the name, with the
-        # count of groups where only some kept it
-        names = [p.report.get("program", "relu") for p in parts]
-        linear = sum(n.startswith("linear") for n in names)
-        soft = sum(n.endswith("+soft") for n in names)
-        act = self.data.activation
-        if linear:
-            self.program = self.program.replace(act, f"linear({act})", 1) + (
-                f"(linear in {linear})" if linear < len(parts) else "")
-            act = f"linear({act})"
-        if soft:
-            self.program = self.program.replace(act, f"{act}+soft", 1) + (
-                f"(soft in {soft})" if soft < len(parts) else "")
-        if len(parts) == 1:
-            return parts[0]
-        for p in parts:   # one line for the groups instead of one per group
-            own = p.report.pop("program_note", None)
-            if own:
-                p.report["note"] = "; ".join(n for n in p.report["note"].split("; ") if n != own)
-        merged = _merge(parts, self.Y)
-        said = [f"linear program's support kept in {linear} of {len(parts)} groups" if linear
-                else "", f"ReLU-aware refit in {soft} of {len(parts)} groups" if soft else ""]
-        if linear or soft:
-            note = "; ".join(n for n in said if n) + " (lower post-ReLU calibration error)"
-            merged.report["note"] = "; ".join(n for n in (merged.report.get("note"), note) if n)
-        return merged
-
-    def _solve_statistics(self, sparsity, epsilon, cascade_slack, **kwargs) -> LayerPruneResult:
-        """The linear program of a layer captured as statistics (one group, no offset)."""
-        stats = self.data.stats
-        common = dict(relu=False, bias=self.b0 is not None, W0=self.W0, b0=self.b0, **kwargs)
-        if sparsity is not None:
-            return prune_layer(stats, None, sparsity=sparsity, **common)
-        if cascade_slack is not None:   # gamma times the original weights' error on these rows
-            W = self.W0 if self.b0 is None else torch.cat([self.W0, self.b0[:, None]], 1)
-            error_sq = float(stats.residual_sq(W.to(torch.float64)).sum())
-            return prune_layer(stats, None, epsilon=math.sqrt(cascade_slack * error_sq),
-                               absolute=True, **common)
-        return prune_layer(stats, None, epsilon=epsilon, **common)
-
-    @torch.no_grad()
-    def write_back(self, result: LayerPruneResult) -> str:
-        """Write the solution into the module (and its BatchNorm); a note or ''."""
-        if self.bn is None:
-            set_layer_weight(self.module, result.weight, result.bias)
-            return ""
-        a = self.a
-        dead = a == 0
-        W = torch.where(dead[:, None], torch.zeros_like(result.weight),
-                        result.weight / torch.where(dead, torch.ones_like(a), a)[:, None])
-        set_layer_weight(self.module, W, None)
-        # the folded bias b' = a b + c' gives the BatchNorm's new shift c' = b' - a b
-        shift = result.bias - (0 if self.module.bias is None else
-                               a * self.module.bias.detach().to(a))
-        bn = self.bn
-        mean = bn.running_mean.detach().to(a)
-        if bn.bias is not None:      # c' = beta' - a mean
-            bn.bias.copy_((shift + a * mean).to(bn.bias))
-        else:                        # c' = -a mean'
-            keep = torch.where(dead, mean, -shift / torch.where(dead, torch.ones_like(a), a))
-            bn.running_mean.copy_(keep.to(bn.running_mean))
-        return f"{int(dead.sum())} channel(s) with BatchNorm scale 0 are dead" if bool(dead.any()) \
-            else ""
-
-
-def _merge(parts: list, Y: torch.Tensor) -> LayerPruneResult:
-    """One result from a grouped layer's blocks (weights stacked by output channel)."""
-    reps = [p.report for p in parts]
-    weight = torch.cat([p.weight for p in parts])
-    bias = None if parts[0].bias is None else torch.cat([p.bias for p in parts])
-    y_norm = float(safe_norm(Y))
-    sq = lambda key: math.sqrt(sum(r[key] ** 2 for r in reps))  # noqa: E731
-    errors, start = 0.0, 0   # each block's absolute error, from its relative one
-    for r, p in zip(reps, parts):
-        m = p.weight.shape[0]
-        errors += (r["relative_error"] * float(safe_norm(Y[:, start:start + m]))) ** 2
-        start += m
-    errors = math.sqrt(errors)
-    statuses = [r["status"] for r in reps]
-    status = next((s for s in statuses if s not in SUCCESS), None) or \
-        (OPTIMAL_INACCURATE if OPTIMAL_INACCURATE in statuses else OPTIMAL)
-    nonzeros, total = sum(r["nonzeros"] for r in reps), sum(r["total"] for r in reps)
-    notes = sorted({r["note"] for r in reps if r.get("note")})
-    report = dict(
-        nonzeros=nonzeros, total=total, sparsity=1.0 - nonzeros / total,
-        epsilon_abs=sq("epsilon_abs"), relative_error=errors / y_norm if y_norm > 0 else 0.0,
-        status=status, iterations=sum(r["iterations"] for r in reps),
-        seconds=sum(r["seconds"] for r in reps), solver=reps[0]["solver"],
-        objective=sum(r["objective"] for r in reps), residual=sq("residual"),
-        violation=max(r["violation"] for r in reps), groups=len(parts),
-        peak_memory_mb=max((r.get("peak_memory_mb") or 0.0 for r in reps), default=None))
-    report["epsilon"] = report["epsilon_abs"] / y_norm if y_norm > 0 else float("nan")
-    if notes:
-        report["note"] = f"{len(parts)} groups: " + "; ".join(notes)
-    return LayerPruneResult(weight=weight, bias=bias, report=report)
-
-
-@torch.no_grad()
-def _fold_into(model: nn.Module, name: str, norm: str, weight: torch.Tensor,
-               bias: torch.Tensor) -> None:
-    """The folded form: the layer holds ``diag(a) W`` and bias ``a b + c``; its BatchNorm
-    becomes ``nn.Identity``."""
-    layer = model.get_submodule(name)
-    if layer.bias is None:   # a layer with a bias: rebuilt, the weight tensor kept
-        new = copy.deepcopy(layer)
-        new.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype,
-                                            device=layer.weight.device))
-        model.set_submodule(name, new)
-        layer = new
-    layer.weight.copy_(weight.reshape(layer.weight.shape).to(layer.weight))
-    layer.bias.copy_(bias.to(layer.bias))
-    model.set_submodule(norm, nn.Identity())
 
 
 def _is_terminal(stream) -> bool:

@@ -21,7 +21,7 @@ from solvers.status import OPTIMAL
 from .inputs import forward_args, to_device
 from .tables import format_prune_table
 
-__all__ = ["MAX_ITER_HINT", "SKIPPED", "LayerPruneResult", "LayerReport", "PruneResult",
+__all__ = ["MAX_ITER_HINT", "SKIPPED", "FAILED", "LayerPruneResult", "LayerReport", "PruneResult",
            "PruningError", "PruningWarning", "layer_result", "output_discrepancy",
            "output_tensors", "pre_activation", "report_row", "skipped_rows"]
 
@@ -29,6 +29,9 @@ __all__ = ["MAX_ITER_HINT", "SKIPPED", "LayerPruneResult", "LayerReport", "Prune
 MAX_ITER_HINT = "raise max_iter through solver_options={'max_iter': ...}"
 #: Report status of a layer left as it is (the note says why).
 SKIPPED = "SKIPPED"
+#: Report status of a layer whose solves could not be run (an executor's worker lost for good,
+#: a timeout): its weights are left as they were, the note gives the reason.
+FAILED = "FAILED"
 
 
 class PruningWarning(UserWarning):

@@ -36,7 +36,8 @@ FLOORS = {
     "nettrim.budget": 5,       # a global budget split over layers
     "nettrim.structured": 5,   # group-l1 Net-Trim: whole units removed
     "nettrim.baselines": 5,    # the comparison methods and their driver
-    # (executors, in-process or Ray, that solve a driver's layers: floor 5, below the drivers)
+    "nettrim.executors": 1,    # where the solves run: in process or Ray tasks (layer/ sends them)
+    "nettrim.folded": 5,       # a model layer's program, BatchNorm folded, and its write-back
     "nettrim.prune": 6,        # the model driver: parallel / cascade, write-back
     "nettrim.models": 7,       # the model zoo
     "nettrim.report": 7,       # per-layer reports of a model

@@ -183,6 +183,7 @@ def cmd_prune(args) -> int:
     if args.max_iter:   # the ADMM's cap, or the conic solver's (Clarabel's max_iter) for cvxpy
         solver_options = {"max_iter": args.max_iter} if args.solver == "admm" else \
             {"solver_options": {"max_iter": args.max_iter}}
+    executor = _ray_executor(args)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -192,13 +193,16 @@ def cmd_prune(args) -> int:
                 max_samples=args.max_rows, gamma=args.gamma, strict=not args.lenient,
                 progress=not args.quiet, solver_options=solver_options, refit=args.refit,
                 reweight=args.reweight, scope="global" if args.global_budget else "layer",
-                min_per_unit=args.min_per_unit, program=args.program)
+                min_per_unit=args.min_per_unit, program=args.program, executor=executor)
     except (ValueError, TypeError) as err:
         # prune validates its options and the model structure; anything it rejects is ours
         from ..results import PruningError
         if isinstance(err, PruningError):
             raise
         raise UsageError(f"prune rejected the input: {err}") from err
+    finally:   # Ctrl-C and SIGTERM included: a local Ray instance goes with its processes
+        if executor is not None:
+            executor.close()
     pruned = result.model.cpu()
     notes += [f"layer {row.name}: {row.note}" for row in result.report if row.note]
     # every output is staged, then all are renamed into place together (nettrim.cli.outputs)
@@ -244,6 +248,31 @@ def cmd_prune(args) -> int:
     lines += [f"wrote {p}" for p in plots]
     say(args, *lines)
     return EXIT_OK
+
+
+def _ray_executor(args):
+    """``--ray [ADDRESS]``: a started :class:`nettrim.executors.RayExecutor` (its cluster size
+    printed on stderr), or None without the flag."""
+    if getattr(args, "ray", None) is None:
+        return None
+    from ..executors import RayExecutor, ray_available
+
+    if not ray_available():
+        raise UsageError("--ray needs Ray: pip install 'nettrim[ray]' (or pip install ray)")
+    if args.device != "cpu":
+        raise UsageError("--ray runs the solves on the workers' CPUs: leave --device at cpu")
+    executor = RayExecutor(address=args.ray or None, threads=args.threads)
+    try:
+        executor.start()
+    except Exception as err:  # noqa: BLE001 - ray.init's errors: an address, a version, ...
+        executor.close()
+        where = f"the cluster at {args.ray}" if args.ray else "a local instance"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"--ray: could not start or join {where}: {first}") from err
+    if not args.quiet:
+        print(f"ray: {executor.describe()} (ready in {executor.start_seconds:.1f} s)",
+              file=sys.stderr, flush=True)
+    return executor
 
 
 def _check_exportable(model, example, dynamic: bool, args) -> None:

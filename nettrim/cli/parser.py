@@ -197,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "at batch 1 and 256, dense, compacted and on sparse CSR kernels")
     p.add_argument("--overwrite", action="store_true",
                    help="allow --out to be the input checkpoint itself (replaced atomically)")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run the solves as Ray tasks: on a local Ray instance started for this "
+                        "run (no ADDRESS), or on a running cluster (--ray=ADDRESS: auto, "
+                        "host:6379 or ray://host:10001); prints the cluster size it got; needs "
+                        "pip install 'nettrim[ray]'")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no table")
     _add_threads(p)
     p.set_defaults(func=cmd_prune)

@@ -5,6 +5,8 @@
   the refit and the report.
 * :mod:`.target_count`: the default pipeline at a target sparsity (l1 solves steered to a
   count of weights, then trimmed or filled to it exactly, and refit).
+* :mod:`.tasks`: the solves as tasks of an executor (:mod:`nettrim.executors`): each l1 solve
+  one task, each refit in blocks of neurons (exact), and what is not exact.
 * :mod:`.program`: which program's weights a ReLU layer keeps (``program="auto"``): the ReLU
   program, the linear one, their refits (least squares, ReLU-aware), judged by the post-ReLU
   error.

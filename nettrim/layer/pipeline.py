@@ -20,14 +20,16 @@ from typing import Any, Optional
 import torch
 from tqdm.auto import tqdm
 
-from solvers import (INFEASIBLE, MAX_ITER, OPTIMAL, SUCCESS, ADMMSettings, GramStats, NetTrimProblem,
-                     NetTrimResult, solve_admm, solve_cvxpy)
+from solvers import (INFEASIBLE, MAX_ITER, OPTIMAL, SUCCESS, ADMMSettings, GramStats,
+                     NetTrimProblem, NetTrimResult)
 from solvers.refit import refit as refit_support
 from solvers.refit import reweighted_penalty
 
 from ..checks import check_fraction
+from ..executors import TaskRunner
 from ..resources import PeakMemory
 from ..results import LayerPruneResult
+from . import tasks
 from .data import COMPRESS_RATIO, layer_data
 from .nm import nm_pattern, prune_layer_nm
 from .program import PROGRAMS, choose_program, warm_start
@@ -63,7 +65,7 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
                 solver: str = "admm", W0: Any = None, b0: Any = None, refit: bool = True,
                 reweight: int = 1, solver_options: Optional[dict] = None,
                 progress: bool = False, program: str = "auto",
-                pre: Any = None) -> LayerPruneResult:
+                pre: Any = None, executor: Any = None) -> LayerPruneResult:
     """Prune one layer from its activations: the least-l1 weights whose outputs stay close.
 
     Solves ``min sum|W|  s.t.  ||(X W^T + b + S - Y) on Omega||_F <= epsilon,
@@ -155,11 +157,20 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
         pre-activations in parallel mode; in cascade mode pass the original network's). With
         neither ``pre`` nor ``W0``, or when the ReLU program is not solved (its status is not
         a success), the ReLU program's result is returned.
+    executor : None, "ray" or an object with ``map(fn, items)``, optional
+        Where the solves run (:mod:`nettrim.executors`): each l1 solve one task, each refit
+        in blocks of neurons (:mod:`nettrim.layer.tasks` says what is exact); None: here.
+        ``progress`` is then the executor's task count, not a bar per ADMM solve.
 
     Returns
     -------
     LayerPruneResult
     """
+    if executor is not None and not isinstance(executor, TaskRunner):
+        arguments = {k: v for k, v in locals().items() if k != "executor"}   # the call's own
+        with TaskRunner.open(executor) as runner:
+            return prune_layer(**arguments, executor=runner)
+    progress = progress and executor is None   # the executor's task board counts its work
     check_solver_and_target(solver, epsilon, sparsity)
     if isinstance(X, GramStats) and relu:
         msg = ("X is a GramStats, the statistics of a linear layer's rows: pass relu=False (a "
@@ -182,7 +193,7 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
                 prune_layer, X, Y, sparsity=target, bias=bias, V=V, offset=offset,
                 penalize_bias=penalize_bias, solver=solver, W0=W0, b0=b0, refit=refit,
                 reweight=reweight, solver_options=solver_options, progress=progress,
-                always=program == "best", pre=pre)
+                always=program == "best", pre=pre, executor=executor)
     if not isinstance(reweight, int) or reweight < 0:
         msg = f"reweight must be a nonnegative integer (rounds), got {reweight!r}"
         raise ValueError(msg)
@@ -190,7 +201,7 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
     return _prune(data, epsilon=epsilon, sparsity=sparsity, bias=bias, absolute=absolute,
                   penalize_bias=penalize_bias, solver=solver, W0=W0, b0=b0, refit=refit,
                   reweight=reweight, solver_options=solver_options, progress=progress,
-                  program=program, pre=pre)
+                  program=program, pre=pre, executor=executor)
 
 
 def _measured(run):
@@ -218,8 +229,9 @@ prune_layer = _measured(prune_layer)
 
 
 def _prune(data, *, epsilon, sparsity, bias, absolute, penalize_bias, solver, W0, b0, refit,
-           reweight, solver_options, progress, program, pre) -> LayerPruneResult:
-    """:func:`prune_layer` on checked options and its data (:mod:`nettrim.layer.data`)."""
+           reweight, solver_options, progress, program, pre, executor) -> LayerPruneResult:
+    """:func:`prune_layer` on checked options and its data (:mod:`nettrim.layer.data`);
+    ``executor``: a :class:`nettrim.executors.TaskRunner` or None."""
     P, N, M = data.shape
     W_start = None if W0 is None else warm_start(W0, b0, bias, M, N, data)
     target = None if sparsity is None else check_fraction(sparsity, "sparsity", upper_open=True)
@@ -236,7 +248,7 @@ def _prune(data, *, epsilon, sparsity, bias, absolute, penalize_bias, solver, W0
                 absolute=absolute, penalize_bias=penalize_bias, solver=solver,
                 W0=None if W_start is None else W_start[:, :N][:, live], b0=b0, refit=refit,
                 reweight=reweight, solver_options=solver_options, progress=progress,
-                program=program, pre=pre)
+                program=program, pre=pre, executor=executor)
             weight = torch.zeros(M, N, dtype=sub.weight.dtype, device=sub.weight.device)
             weight[:, live] = sub.weight
             report = dict(sub.report)
@@ -272,12 +284,12 @@ def _prune(data, *, epsilon, sparsity, bias, absolute, penalize_bias, solver, W0
         if penalty is not None:  # unpenalized entries (the bias) are always refit
             support |= penalty.to(support.device) == 0
         kwargs = {} if max_iter is None else {"max_iter": max_iter}
-        refitted = refit_support(problem, support, W0=result.W, **kwargs)
+        refitted = _refit(executor, problem, support, W0=result.W, **kwargs)
         return refitted, _refit_usable(refitted, result, y_max)
 
     def solve(eps_abs: float, W_init, rho=None):
         return _solve_l1(problem_for(eps_abs), solver, W_init, penalty, opts, reweight, rho,
-                         progress, refit_on, l1_notes)
+                         progress, refit_on, l1_notes, executor)
 
     l1_notes: list = []   # what the l1 solves have to say (a reweighting round that failed)
 
@@ -301,7 +313,8 @@ def _prune(data, *, epsilon, sparsity, bias, absolute, penalize_bias, solver, W0
                       note="sparsity 0: weights kept as they are (no pruning)")
     elif pipeline:   # see _settled_pipeline
         result, eps_value, iterations = settled_pipeline(
-            problem_for, keep, N, penalty, reweight, opts, progress, refit_on, report)
+            problem_for, keep, N, penalty, reweight, opts, progress, refit_on, report,
+            executor)
         if result.status not in SUCCESS:   # did not settle: the epsilon search instead
             report["note"] = (f"the Lagrangian ADMM stopped with {result.status} after "
                               f"{iterations} iterations; solved by the epsilon search instead")
@@ -372,8 +385,16 @@ def _unpruned(problem_for, W: torch.Tensor, penalty) -> tuple[NetTrimResult, flo
     return with_objective(result, penalty), residual
 
 
+def _refit(executor, problem, support, **kwargs):
+    """:func:`solvers.refit.refit` here (``executor`` None), or in neuron blocks as tasks
+    (:func:`tasks.refit`)."""
+    if executor is None:
+        return refit_support(problem, support, **kwargs)
+    return tasks.refit(executor, problem, support, **kwargs)
+
+
 def _solve_l1(problem, solver, W_init, penalty, opts, reweight, rho, progress, refit_on,
-              notes):
+              notes, executor=None):
     """One (weighted) l1 solve plus ``reweight`` reweighting rounds: (result, total iterations).
 
     Each round takes its penalty from the previous solution refit on its support
@@ -390,9 +411,11 @@ def _solve_l1(problem, solver, W_init, penalty, opts, reweight, rho, progress, r
             kwargs["callback"] = lambda it, r, s, rho_: bar.update(1)
         if rho is not None and "rho" not in kwargs:
             kwargs["rho"] = rho
-        run = lambda pen, W: solve_admm(problem, W0=W, penalty=pen, **kwargs)  # noqa: E731
+        def run(pen, W):
+            return tasks.solve(executor, "admm", problem, W0=W, penalty=pen, **kwargs)
     else:
-        run = lambda pen, W: solve_cvxpy(problem, penalty=pen, **opts)  # noqa: E731
+        def run(pen, W):
+            return tasks.solve(executor, "cvxpy", problem, penalty=pen, **opts)
     try:
         result = run(penalty, W_init)
         iterations = result.iterations

@@ -35,10 +35,8 @@ import torch
 
 from solvers import SUCCESS, NetTrimProblem, compress_problem
 from solvers.problem import as_tensor, check_finite, safe_norm
-from solvers.refit import refit as refit_support
-from solvers.refit import refit_soft
-
 from ..results import LayerPruneResult
+from . import tasks
 from .target_count import at_reached_epsilon
 
 __all__ = ["LINEAR_SOLVE_MAX_WEIGHTS", "PROGRAMS", "PROGRAM_MARGIN", "PROGRAM_TOL",
@@ -124,11 +122,12 @@ def _support(result: LayerPruneResult, bias: bool) -> tuple[torch.Tensor, torch.
     return Wa, support
 
 
-def _linear_refit(base: LayerPruneResult, Xa, pre, bias) -> LayerPruneResult | None:
-    """Least squares on ``pre`` on the support of ``base`` (compressed rows where many)."""
+def _linear_refit(base: LayerPruneResult, Xa, pre, bias, executor=None) -> LayerPruneResult | None:
+    """Least squares on ``pre`` on the support of ``base`` (compressed rows where many); on
+    ``executor`` (a :class:`nettrim.executors.TaskRunner`) as :func:`tasks.refit` splits it."""
     Wa, support = _support(base, bias)
     linear = compress_problem(NetTrimProblem(Xa, pre, 0.0, relu=False))
-    refitted = refit_support(linear, support, W0=Wa)
+    refitted = tasks.refit(executor, linear, support, W0=Wa)
     W = torch.as_tensor(refitted.W, device=Xa.device, dtype=Xa.dtype)
     if not bool(torch.isfinite(W).all()):
         return None
@@ -150,12 +149,13 @@ def _soft_work(Y: torch.Tensor, support: torch.Tensor) -> float:
     return float((active * k * k).sum())
 
 
-def _soft_refit(base: LayerPruneResult, Xa, Y, offset, bias) -> LayerPruneResult | None:
+def _soft_refit(base: LayerPruneResult, Xa, Y, offset, bias,
+                executor=None) -> LayerPruneResult | None:
     """The ReLU-aware least squares on the support of ``base`` (bound 0 off the active set:
-    the post-ReLU error's own, in cascade mode too)."""
+    the post-ReLU error's own, in cascade mode too); on ``executor``, one task."""
     Wa, support = _support(base, bias)
     problem = NetTrimProblem(Xa, Y, 0.0, S=offset)
-    refitted = refit_soft(problem, support, W0=Wa)
+    refitted = tasks.solve(executor, "refit_soft", problem, support=support, W0=Wa)
     W = torch.as_tensor(refitted.W, device=Xa.device, dtype=Xa.dtype)
     if refitted.status not in SUCCESS or not bool(torch.isfinite(W).all()):
         return None
@@ -172,12 +172,14 @@ def _soft_refit(base: LayerPruneResult, Xa, Y, offset, bias) -> LayerPruneResult
 
 def choose_program(solve: Callable[..., LayerPruneResult], X, Y, *, sparsity, bias, V, offset,
                    penalize_bias, solver, W0, b0, refit, reweight, solver_options, progress,
-                   always, pre) -> LayerPruneResult:
+                   always, pre, executor=None) -> LayerPruneResult:
     """``program="auto" | "best"`` of ``solve`` (:func:`nettrim.layer.prune_layer`) for a
-    ReLU layer at ``sparsity`` (module docstring); the lowest post-ReLU error wins."""
+    ReLU layer at ``sparsity`` (module docstring); the lowest post-ReLU error wins.
+    ``executor`` (a :class:`nettrim.executors.TaskRunner` or None) runs the candidates' solves
+    and refits as tasks (:mod:`nettrim.layer.tasks`)."""
     common = dict(sparsity=sparsity, bias=bias, penalize_bias=penalize_bias, solver=solver,
                   W0=W0, b0=b0, refit=refit, reweight=reweight, solver_options=solver_options,
-                  progress=progress)
+                  progress=progress, executor=executor)
     t0 = time.perf_counter()
     X = as_tensor(X, name="X")
     Y = as_tensor(Y, name="Y").to(X)
@@ -210,7 +212,7 @@ def choose_program(solve: Callable[..., LayerPruneResult], X, Y, *, sparsity, bi
         if chosen.report["status"] not in SUCCESS:   # reported as it is (status and note)
             return chosen
         add("relu", chosen)
-        add("linear-refit", _linear_refit(chosen, Xa, pre, bias))
+        add("linear-refit", _linear_refit(chosen, Xa, pre, bias, executor))
         base = "relu"
     else:
         notes.append(f"ReLU program not solved: P N M = {P}*{Xa.shape[1]}*{M} = "
@@ -236,7 +238,7 @@ def choose_program(solve: Callable[..., LayerPruneResult], X, Y, *, sparsity, bi
         _, support = _support(candidates[name], bias)
         work = _soft_work(Y, support)
         if always or work <= SOFT_REFIT_MAX_WORK:
-            add(f"{name}+soft", _soft_refit(candidates[name], Xa, Y, offset, bias))
+            add(f"{name}+soft", _soft_refit(candidates[name], Xa, Y, offset, bias, executor))
             if f"{name}+soft" in candidates:
                 errors[f"{name}+soft"] = err(candidates[f"{name}+soft"])
         else:

@@ -16,10 +16,11 @@ from dataclasses import replace
 import torch
 from tqdm.auto import tqdm
 
-from solvers import (INFEASIBLE, MAX_ITER, OPTIMAL_INACCURATE, SETTLED, SUCCESS, ADMMSettings,
-                     solve_lagrangian)
+from solvers import INFEASIBLE, MAX_ITER, OPTIMAL_INACCURATE, SETTLED, SUCCESS, ADMMSettings
 from solvers.lagrangian import NNZ_SETTLE, SETTLE_TOL
 from solvers.refit import reweighted_penalty
+
+from . import tasks
 
 __all__ = ["PILOT_MAX_ITER", "PILOT_RATIO", "SETTLE_MAX_ITER", "at_reached_epsilon",
            "settled_pipeline", "trim_to", "with_objective"]
@@ -43,7 +44,7 @@ PILOT_MAX_ITER = 100
 
 
 def settled_pipeline(problem_for, keep, N, penalty, reweight, opts, progress, refit_on,
-                     report):
+                     report, executor=None):
     """The default pipeline at a target sparsity (ADMM with refit): l1 solves steered to a
     number of weights by :func:`solvers.solve_lagrangian`, each stopped once its support
     settles, reweighting, then the refit. Returns ``(result, epsilon, iterations)``.
@@ -64,7 +65,8 @@ def settled_pipeline(problem_for, keep, N, penalty, reweight, opts, progress, re
     refit's, so epsilon is their residual, and the status is OPTIMAL_INACCURATE when they meet
     the inequalities (the l1 solves stopped early on a settled support; the refit converged)
     or the refit's status when they do not. A solve that does not settle returns its status
-    (not a success): the caller falls back to the epsilon search.
+    (not a success): the caller falls back to the epsilon search. ``executor``: a
+    :class:`nettrim.executors.TaskRunner` that runs each solve as a task (None: here).
     """
     kwargs = dict(opts)
     kwargs.setdefault("settle_tol", SETTLE_TOL)
@@ -86,8 +88,8 @@ def settled_pipeline(problem_for, keep, N, penalty, reweight, opts, progress, re
     pen, W_init = penalty, None
     try:
         for i, count in enumerate(counts):
-            result = solve_lagrangian(problem, W0=W_init, penalty=pen, nonzeros=count,
-                                      **kwargs)
+            result = tasks.lagrangian(executor, problem, W0=W_init, penalty=pen,
+                                      nonzeros=count, **kwargs)
             iterations += result.iterations
             if result.status not in SUCCESS + (SETTLED,):
                 reach = _reachable(problem, penalty)
