@@ -23,7 +23,7 @@ from .tables import format_prune_table
 
 __all__ = ["MAX_ITER_HINT", "SKIPPED", "LayerPruneResult", "LayerReport", "PruneResult",
            "PruningError", "PruningWarning", "layer_result", "output_discrepancy",
-           "output_tensors", "pre_activation", "report_row"]
+           "output_tensors", "pre_activation", "report_row", "skipped_row"]
 
 #: How a PruningWarning/PruningError says to raise the iteration cap (the CLI names its flag).
 MAX_ITER_HINT = "raise max_iter through solver_options={'max_iter': ...}"
@@ -126,6 +126,21 @@ def report_row(name: str, data: Any, module: nn.Module, W_orig: torch.Tensor,
         epsilon=rep["epsilon"], epsilon_abs=rep["epsilon_abs"],
         relative_error=rep["relative_error"], status=rep["status"],
         iterations=rep["iterations"], seconds=rep["seconds"], solver=rep["solver"])
+
+
+def skipped_row(name: str, module: nn.Module, reason: str) -> LayerReport:
+    """The :class:`LayerReport` of a layer left as it is (status ``SKIPPED``, ``reason`` in
+    its note): its parameters counted, nothing solved."""
+    params = list(module.parameters(recurse=False))
+    nonzeros = sum(int((p != 0).sum()) for p in params)
+    size = sum(p.numel() for p in params)
+    nan = float("nan")
+    return LayerReport(name=name, kind=type(module).__name__.lower(),
+                       shape=tuple(params[0].shape) if params else (), nonzeros_before=nonzeros,
+                       nonzeros_after=nonzeros, total=size,
+                       sparsity=1.0 - nonzeros / size if size else 0.0, epsilon=nan,
+                       epsilon_abs=nan, relative_error=nan, status=SKIPPED, iterations=0,
+                       seconds=0.0, solver="none", note=f"skipped: {reason}", program="skipped")
 
 
 def pre_activation(X: torch.Tensor, W: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:

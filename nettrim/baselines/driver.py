@@ -23,7 +23,7 @@ from ..inputs import reiterable
 from ..model.capture import capture, capture_cascade, group_blocks, layer_matrix, prunable_layers
 from ..model.surgery import set_layer_weight
 from ..results import (LayerPruneResult, PruneResult, layer_result, output_discrepancy,
-                       pre_activation, report_row)
+                       pre_activation, report_row, skipped_row)
 from .magnitude_family import global_magnitude, magnitude, random_prune, wanda
 from .obs_family import DEFAULT_DAMP, lobs, obd, obs_saliency, sparsegpt
 
@@ -162,6 +162,10 @@ def prune_baseline(model: nn.Module, inputs: Any, method: Union[str, Callable], 
         raise TypeError(msg)
     cap = dict(activations=activations, max_samples=max_samples, seed=seed, device=device)
     original = capture(model, inputs, layers=names, **cap)
+    # layers the forward pass never calls are left as they are (and out of a global budget)
+    uncalled = {n: original.skipped.get(n, "not called by the model's forward pass")
+                for n in names if n not in original}
+    names = [n for n in names if n in original]
     reference = copy.deepcopy(model) if inplace else model
     target = model if inplace else copy.deepcopy(model)
     modules = dict(target.named_modules())
@@ -211,10 +215,11 @@ def prune_baseline(model: nn.Module, inputs: Any, method: Union[str, Callable], 
         bias = None if result.bias is None else result.bias.to(module.weight.device)
         set_layer_weight(module, weight, bias)
         rows.append(report_row(name, data, module, W_orig, result.report))
+    rows += [skipped_row(n, modules[n], reason) for n, reason in uncalled.items()]
     options = dict(method=name_of_method, sparsity=sparsity, sequential=sequential,
                    max_samples=max_samples, seed=seed, layers=names, method_options=opts,
                    scope=scope)
-    out = PruneResult(model=target, report=rows, options=options)
+    out = PruneResult(model=target, report=rows, options=options, skipped=dict(uncalled))
     if reiterable(inputs):
         out.output_error = output_discrepancy(reference, target, inputs, device=device)
     return out

@@ -194,6 +194,13 @@ def cmd_prune(args) -> int:
         raise UsageError("--global and --min-per-unit need --sparsity (the model-wide fraction)")
     if args.min_per_unit is not None and not args.global_budget:
         raise UsageError("--min-per-unit is the guard of a global budget: add --global")
+    if args.allocation is not None and not args.global_budget:
+        raise UsageError("--allocation splits a global budget: add --global")
+    global_options = {}
+    if args.global_budget:   # the labels (when the data has them) feed the loss allocation
+        global_options["allocation"] = args.allocation or "loss"
+        if y is not None and one_output and global_options["allocation"] == "loss":
+            global_options["targets"] = y.to(device)
     epsilon = args.epsilon if args.sparsity is None and args.epsilon is not None else (
         DEFAULT_EPSILON if args.sparsity is None else None)
     solver_options = None
@@ -208,7 +215,7 @@ def cmd_prune(args) -> int:
                 max_samples=args.max_rows, gamma=args.gamma, strict=not args.lenient,
                 progress=not args.quiet, solver_options=solver_options, refit=args.refit,
                 reweight=args.reweight, scope="global" if args.global_budget else "layer",
-                min_per_unit=args.min_per_unit, program=args.program)
+                min_per_unit=args.min_per_unit, program=args.program, **global_options)
     except (ValueError, TypeError) as err:
         # prune validates its options and the model structure; anything it rejects is ours
         from ..results import PruningError
