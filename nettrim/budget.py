@@ -6,8 +6,8 @@ layers' weights *together*; how many each layer keeps is chosen here:
 * ``allocation="loss"`` (default): the counts that minimize the network's loss on the
   calibration data (cross-entropy on the calibration labels when given, else the output
   discrepancy against the dense model). Each layer gets a database of solutions at a ladder of
-  kept counts (:mod:`nettrim.allocation.ladder`: Net-Trim's solution at the layer's share of
-  the budget, then least-squares fits on supports pruned or grown from it), and a dynamic
+  kept counts (:mod:`nettrim.allocation.ladder`: Net-Trim's support at the most weights the
+  budget leaves the layer, then least-squares fits on supports pruned from it), and a dynamic
   program and a local search over the ladders pick one rung per layer
   (:mod:`nettrim.allocation.search`, as SPDY does). Parallel mode returns the chosen rungs;
   cascade mode refits each layer, in order, on its chosen support from the pruned layers'
@@ -137,7 +137,7 @@ def prune_global(model: nn.Module, inputs: Any, sparsity: Any, *, allocation: st
         floored = [n for n, k in keep.items() if int(k.sum()) <= floors[n]]
     elif allocation == "loss":
         out = _loss_split(model, inputs, names, floors, budget, target_s, mode, common, targets,
-                          levels)
+                          levels, min_per_unit, per_layer_prune)
         floored = [r.name for r in out.report if r.nonzeros_after <= floors.get(r.name, -1)]
     else:
         out, floored = _epsilon_global(model, inputs, selected, names, floors, budget, total,
@@ -166,29 +166,34 @@ def _called_layers(model, inputs, selected, activations, seed, device):
     return names, uncalled
 
 
-def _loss_split(model, inputs, names, floors, budget, target_s, mode, common, targets, levels):
+def _loss_split(model, inputs, names, floors, budget, target_s, mode, common, targets, levels,
+                min_per_unit, per_layer_prune):
     """``allocation="loss"``: anchors, ladders, the search, then the chosen rungs (parallel),
     or each refit on its support from the pruned layers' outputs (cascade)."""
     t0 = time.perf_counter()
     modules = dict(model.named_modules())
     totals = {n: modules[n].weight.numel() for n in names}
+    # the most a layer can keep (the others at their floors): the anchor, the ladder's top
     caps = {n: min(totals[n], budget - sum(floors[o] for o in names if o != n)) for n in names}
-    shares = {n: min(max(floors[n], round((1.0 - target_s) * totals[n])), caps[n])
-              for n in names}
     data = capture(model, inputs, layers=names, activations=common["activations"],
                    max_samples=common["max_samples"], seed=common["seed"],
                    device=common["device"])
+    # global magnitude's counts: rungs of their own and a start of the search
+    magnitude = {n: int(k.sum()) for n, k in global_keep_masks(
+        {n: layer_matrix(modules[n]).abs() for n in names}, target_s,
+        min_per_unit=min_per_unit).items()}
     ladders, anchors = {}, {}
     for n in names:
         d, module = data[n], modules[n]
         W0 = layer_matrix(module)
         support, status = anchor_weight(
-            d.X, d.post, W0, module.bias, shares[n], relu=d.activation == "relu",
+            d.X, d.post, W0, module.bias, caps[n], relu=d.activation == "relu",
             groups=d.groups, solver=common["solver"], solver_options=common["solver_options"])
         anchors[n] = {"kept": int((support != 0).sum()), "status": status}
         ladders[n] = LayerLadder(n, d.X, d.pre, weight_columns=W0.shape[1], groups=d.groups,
                                  bias=module.bias is not None, original=W0).build(
-            support, ladder_counts(anchors[n]["kept"], floors[n], caps[n], levels),
+            support, ladder_counts(anchors[n]["kept"], floors[n], caps[n], levels,
+                                   extra=[magnitude[n]]),
             dtype=module.weight.dtype)
     t_database = time.perf_counter() - t0
 
@@ -208,16 +213,37 @@ def _loss_split(model, inputs, names, floors, budget, target_s, mode, common, ta
             use(n, None if choice.get(n) is None else ladders[n].rungs[choice[n]])
         return loss()
 
-    choice, record = search_levels({n: [r.kept for r in ladders[n].rungs] for n in names},
-                                   budget, loss_of)
+    kept = {n: [r.kept for r in ladders[n].rungs] for n in names}
+    start = {n: kept[n].index(magnitude[n]) for n in names if magnitude[n] in kept[n]}
+    choice, record = search_levels(kept, budget, loss_of,
+                                   starts=[start] if len(start) == len(names) else [])
     chosen = {n: ladders[n].rungs[choice[n]] for n in names}
     record["slack_filled"] = _fill_slack(ladders, choice, chosen, budget, totals, use, loss)
     for n in names:
         use(n, chosen[n])
-    record["loss"] = loss()
+    record["final_loss"] = record["ladder_loss"] = loss()
     t_search = time.perf_counter() - t0 - t_database
 
-    out = _write_rungs(model, inputs, names, chosen, data, common, cascade=mode == "cascade")
+    resolved = None
+    if mode == "parallel" and per_layer_prune is not None:
+        # Net-Trim's own pipeline at the chosen counts: kept when its loss is lower (on small
+        # layers its linear program can choose better supports than the ladder's pruning)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PruningWarning)
+            resolved = per_layer_prune(model, inputs, mode="parallel",
+                                       **dict(common, inplace=False, masks=False, strict=False),
+                                       sparsity={n: 1.0 - chosen[n].kept / totals[n]
+                                                 for n in names})
+        record["resolved_loss"] = loss(resolved.model)
+    if resolved is not None and record["resolved_loss"] < record["final_loss"] and \
+            _holds(resolved, chosen, floors, budget, sum(totals.values())):
+        out = _adopt(model, resolved, common)
+        record["final_loss"] = record["resolved_loss"]
+        record["kept_solution"] = "per-layer pipeline at the chosen counts"
+    else:
+        out = _write_rungs(model, inputs, names, chosen, data, common,
+                           cascade=mode == "cascade")
+        record["kept_solution"] = "ladder"
     out.options.update(
         allocation_loss=loss.kind, loss=dict(record, kind=loss.kind, evaluations=loss.evaluations),
         ladder={n: [r.kept for r in ladders[n].rungs] for n in names},
@@ -253,6 +279,24 @@ def _fill_slack(ladders, choice, chosen, budget, totals, use, loss):
         left -= added[n]
         chosen[n] = rung
     return added
+
+
+def _holds(resolved, chosen, floors, budget, total) -> bool:
+    """Whether the per-layer pipeline's result solved every layer, kept the floors and the
+    budget (within GLOBAL_TOL: its per-layer counts are within the sparsity tolerance)."""
+    rows = [r for r in resolved.report if r.name in chosen]
+    return all(r.status in SUCCESS and r.nonzeros_after >= floors[r.name] for r in rows) and \
+        abs(sum(r.nonzeros_after for r in rows) - budget) <= GLOBAL_TOL * total
+
+
+def _adopt(model, resolved, common):
+    """The per-layer pipeline's result in place of the rungs (into ``model`` when inplace)."""
+    if common["inplace"]:   # its output error was measured against the unchanged model
+        model.load_state_dict(resolved.model.state_dict())
+        resolved.model = model
+    if common["masks"]:
+        apply_masks(resolved.model, [r.name for r in resolved.report if r.status != SKIPPED])
+    return resolved
 
 
 def _write_rungs(model, inputs, names, chosen, data, common, cascade):

@@ -220,7 +220,8 @@ def test_budget_exactly_at_the_floors(chain, allocation):
         result = nettrim.prune(model, x, sparsity=target, scope="global", allocation=allocation,
                                **FAST)
     _check(model, result, target, 4)
-    if allocation != "magnitude":   # that one asks the per-layer driver, within its tolerance
+    if allocation in ("epsilon", "marginal"):   # the others may take the per-layer
+        # pipeline's solutions, within its sparsity tolerance
         assert {n: a["kept"] for n, a in result.options["allocation"].items()} == floors
 
 

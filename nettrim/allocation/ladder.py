@@ -3,7 +3,11 @@
 Each rung of a layer's ladder is a weight matrix with a given number of nonzero weights, the
 least-squares fit of the layer's own outputs (its pre-activations ``T = X W0^T + b0``) on a
 support of that size. The supports are nested and start from an *anchor*: the support of
-Net-Trim's own solution at the layer's share of the budget. From there
+Net-Trim's own l1 solution at the ladder's top, the most weights the budget leaves the layer
+(the other layers at their floors; a layer that may stay dense starts from its own weights).
+Measured on LeNet-300-100 at 95% (test accuracy, parallel / cascade): anchored at each layer's
+uniform share 93.49 / 94.77%, at twice it 94.15 / 94.78, at four times 94.64 / 95.07, at the top
+94.55 / 95.34 (the fill step below then only serves leftover budget and floors). From there
 
 * down the ladder, the weights whose removal costs least are dropped, by the optimal brain
   surgeon saliency of the least-squares fit on the current support,
@@ -187,9 +191,10 @@ def anchor_weight(X: torch.Tensor, Y: torch.Tensor, W0: torch.Tensor, b0: Option
                                   statuses[0])
 
 
-def ladder_counts(anchor: int, floor: int, cap: int, levels: int = LADDER_LEVELS) -> list:
+def ladder_counts(anchor: int, floor: int, cap: int, levels: int = LADDER_LEVELS,
+                  extra: Sequence[int] = ()) -> list:
     """Kept counts of a ladder: ``levels`` geometric steps from ``cap`` down to ``floor`` (and
-    0 when the floor is 0), and ``anchor``; distinct, descending."""
+    0 when the floor is 0), ``anchor`` and the ``extra`` counts; distinct, descending."""
     lowest = floor
     floor, cap = max(floor, 1), max(cap, 1)
     anchor = min(max(anchor, floor), cap)
@@ -198,6 +203,7 @@ def ladder_counts(anchor: int, floor: int, cap: int, levels: int = LADDER_LEVELS
         else {cap}
     if lowest <= 0:   # no floor: the layer may lose every weight
         counts.add(0)
+    counts |= {min(max(k, lowest), cap) for k in extra}
     return sorted(counts | {anchor}, reverse=True)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -106,23 +106,31 @@ class CalibrationLoss:
         self.evaluations = 0
         self.dense = self()
 
-    def _outputs(self):
+    def _outputs(self, model=None):
+        model = self.model if model is None else model
         with torch.no_grad():
             for (args, kwargs), _ in self.batches:
                 if self.device is not None:
                     args, kwargs = to_device(args, self.device), to_device(kwargs, self.device)
-                yield self.model(*args, **kwargs)
+                yield model(*args, **kwargs)
 
     def set(self, name: str, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
         """Write ``weight`` (M, N) and ``bias`` into layer ``name`` of the working copy."""
         set_layer_weight(self.modules[name], weight, bias)
 
-    def __call__(self) -> float:
-        """The loss of the working copy as its layers are now."""
+    def __call__(self, model: Optional[nn.Module] = None) -> float:
+        """The loss of the working copy as its layers are now (or of ``model``, in eval
+        mode)."""
         self.evaluations += 1
         total, count = 0.0, 0
         reference = 0.0
-        for i, out in enumerate(self._outputs()):
+        training = None if model is None else model.training
+        if model is not None:
+            model.eval()
+        outputs = list(self._outputs(model))
+        if model is not None:
+            model.train(training)
+        for i, out in enumerate(outputs):
             labels = self.batches[i][1]
             tensors = output_tensors(out)
             if self.kind == "output_discrepancy":
@@ -149,6 +157,7 @@ class CalibrationLoss:
 
 def search_levels(kept: Mapping[str, list], budget: int,
                   loss_of: Callable[[Mapping[str, Optional[int]]], float], *,
+                  starts: Sequence[Mapping[str, int]] = (),
                   max_evaluations: int = MAX_EVALUATIONS):
     """One rung per layer, ``sum kept <= budget``, of least ``loss_of``.
 
@@ -160,14 +169,18 @@ def search_levels(kept: Mapping[str, list], budget: int,
         Weights the layers may keep together.
     loss_of : callable
         ``loss_of({layer: rung index, or None for the dense layer})``: the network's loss.
+    starts : list of dict of {layer: rung index}
+        Other allocations to start from (e.g. global magnitude's counts): the local search
+        starts from the best of these and the dynamic program's choice.
     max_evaluations : int
 
     Returns
     -------
     choice : dict of {layer: rung index}
     trace : dict
-        ``proxy`` (the dynamic program's choice), ``proxy_loss``, ``loss``, ``moves`` (the
-        local search's accepted moves), ``evaluations``.
+        ``proxy`` (the dynamic program's choice), ``proxy_loss``, ``start`` (where the local
+        search started), ``loss``, ``moves`` (the local search's accepted moves),
+        ``evaluations``.
     """
     names = list(kept)
     memo: dict = {}
@@ -183,6 +196,12 @@ def search_levels(kept: Mapping[str, list], budget: int,
     choice = _dynamic_program(kept, proxy, budget)
     trace = dict(proxy={n: kept[n][choice[n]] for n in names})
     current = trace["proxy_loss"] = loss(choice)
+    trace["start"] = "proxy"
+    for i, start in enumerate(starts):
+        if sum(kept[n][start[n]] for n in names) <= budget:
+            value = loss(start)
+            if value < current:
+                current, choice, trace["start"] = value, dict(start), f"start {i}"
     moves = 0
     while len(memo) < max_evaluations:
         candidates = []
