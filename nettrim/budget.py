@@ -56,9 +56,10 @@ from .allocation.guard import (DEFAULT_MIN_PER_UNIT, GLOBAL_TOL, SCOPES, check_b
 from .inputs import batches, reiterable
 from .model.capture import (CalibrationWarning, capture, capture_cascade, group_blocks,
                             layer_matrix, prunable_layers)
+from .model.graph import parameter_counts
 from .model.surgery import apply_masks, set_layer_weight
 from .results import (MAX_ITER_HINT, SKIPPED, PruneResult, PruningError, PruningWarning,
-                      layer_result, output_discrepancy, report_row, skipped_row)
+                      layer_result, output_discrepancy, report_row, skipped_rows)
 
 __all__ = ["DEFAULT_MIN_PER_UNIT", "SCOPES", "ALLOCATIONS", "GLOBAL_TOL", "check_budget",
            "check_scope", "layer_floors", "global_keep_masks", "interpolated_counts",
@@ -142,10 +143,9 @@ def prune_global(model: nn.Module, inputs: Any, sparsity: Any, *, allocation: st
     else:
         out, floored = _epsilon_global(model, inputs, selected, names, floors, budget, total,
                                        allocation, common)
-    modules = dict(out.model.named_modules())
-    for name, reason in uncalled.items():
-        out.report.append(skipped_row(name, modules[name], reason))
-        out.skipped[name] = reason
+    out.report += skipped_rows(uncalled, parameter_counts(model, uncalled),
+                               parameter_counts(out.model, uncalled))
+    out.skipped.update(uncalled)
     return _finish_global(out, target_s, total, allocation, min_per_unit, floored)
 
 
@@ -155,7 +155,7 @@ def _called_layers(model, inputs, selected, activations, seed, device):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
         probe = capture(model, inputs, layers=list(selected), activations=activations,
-                        max_samples=1, seed=seed, device=device)
+                        max_samples=1, seed=seed, device=device, fold=False)
     names = [n for n in selected if n in probe]
     uncalled = {n: probe.skipped.get(n, "not called by the model's forward pass")
                 for n in selected if n not in probe}
@@ -177,7 +177,7 @@ def _loss_split(model, inputs, names, floors, budget, target_s, mode, common, ta
     caps = {n: min(totals[n], budget - sum(floors[o] for o in names if o != n)) for n in names}
     data = capture(model, inputs, layers=names, activations=common["activations"],
                    max_samples=common["max_samples"], seed=common["seed"],
-                   device=common["device"])
+                   device=common["device"], fold=False)
     # global magnitude's counts: rungs of their own and a start of the search
     magnitude = {n: int(k.sum()) for n, k in global_keep_masks(
         {n: layer_matrix(modules[n]).abs() for n in names}, target_s,
@@ -318,7 +318,7 @@ def _write_rungs(model, inputs, names, chosen, data, common, cascade):
         if cascade:   # inputs from the layers pruned so far, targets from the original
             d = capture_cascade(reference, target, inputs, n, activations=common["activations"],
                                 max_samples=common["max_samples"], seed=common["seed"],
-                                device=common["device"])
+                                device=common["device"], fold=False)
             rung = LayerLadder(n, d.X, d.pre, weight_columns=W0.shape[1], groups=d.groups,
                                bias=bias0 is not None, original=rung.weight).fit(
                 rung.weight, dtype=rung.weight.dtype)
@@ -359,7 +359,7 @@ def _epsilon_global(model, inputs, selected, names, floors, budget, total, alloc
     t0 = time.perf_counter()
     data = capture(model, inputs, layers=names, activations=common["activations"],
                    max_samples=common["max_samples"], seed=common["seed"],
-                   device=common["device"])
+                   device=common["device"], fold=False)
     layer_kwargs = dict(solver=common["solver"], refit=common["refit"],
                         reweight=common["reweight"], solver_options=common["solver_options"],
                         progress=False)

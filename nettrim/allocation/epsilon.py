@@ -20,6 +20,7 @@ import torch
 from solvers import OPTIMAL, OPTIMAL_INACCURATE, ADMMSettings
 
 from ..layer import prune_layer
+from ..model.capture import in_solver_dtype
 from ..results import layer_result
 from .guard import interpolated_counts, keep_largest
 
@@ -37,7 +38,7 @@ class EpsilonLayer:
 
     def __init__(self, name, data, module, layer_kwargs):
         self.name = name
-        self.data = data
+        self.data = data = in_solver_dtype(data)   # float16 / bfloat16: solved in float32
         self.W0 = module.weight.detach().flatten(1).to(data.X, copy=True)
         self.b0 = None if module.bias is None else module.bias.detach().to(data.X, copy=True)
         self.kwargs = dict(layer_kwargs, relu=data.activation == "relu",
