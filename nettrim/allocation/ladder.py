@@ -156,6 +156,8 @@ def anchor_weight(X: torch.Tensor, Y: torch.Tensor, W0: torch.Tensor, b0: Option
     status : str
     """
     M = Y.shape[1]
+    if X.dtype not in (torch.float32, torch.float64):   # half-precision records: in float32
+        X, Y = X.float(), Y.float()
     parts, statuses = [], []
     blocks = group_blocks(groups, X.shape[1], M)
     for cols, rows in blocks:
