@@ -51,9 +51,9 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
           strict: bool = False, progress: bool = False, refit: bool = True, reweight: int = 1,
           solver_options: Optional[dict] = None, scope: str = "layer",
           structured: bool = False, min_per_unit: Optional[int] = None,
-          allocation: str = "epsilon", fold_bn: bool = False,
-          program: str = "auto", statistics: bool = False,
-          executor: Any = None) -> PruneResult:
+          allocation: str = "loss", fold_bn: bool = False,
+          program: str = "auto", statistics: bool = False, executor: Any = None,
+          targets: Any = None) -> PruneResult:
     """Prune a model's Linear, Conv1d and Conv2d layers with Net-Trim.
 
     What follows each layer is read from the traced graph (:mod:`nettrim.graph`): a ReLU
@@ -120,9 +120,8 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         Passed to :func:`prune_layer`.
     scope : {"layer", "global"}
         ``"layer"``: ``sparsity`` is each layer's target. ``"global"``: ``sparsity`` (one float)
-        is the fraction of all the selected weights together; Net-Trim picks the split (one
-        relative epsilon for all layers, searched to the global count in parallel mode; see
-        :mod:`nettrim.budget`). The allocation is in ``result.options["allocation"]``.
+        is the fraction of all the selected weights together; the split is chosen by
+        ``allocation`` (see :mod:`nettrim.budget`) and is in ``result.options["allocation"]``.
     structured : bool
         Group-l1 Net-Trim: remove whole input units of each layer (the output units of the
         layer before) and return a physically smaller model (see :mod:`nettrim.structured`).
@@ -130,8 +129,18 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         Layer-collapse guard of ``scope="global"``: every layer keeps at least this many
         weights per output unit on average (default
         :data:`nettrim.budget.DEFAULT_MIN_PER_UNIT`).
-    allocation : {"epsilon", "marginal", "magnitude"}
-        How ``scope="global"`` splits the budget (see :mod:`nettrim.budget`).
+    allocation : {"loss", "epsilon", "marginal", "magnitude"}, default "loss"
+        How ``scope="global"`` splits the budget (see :mod:`nettrim.budget`): ``"loss"``
+        picks the per-layer counts of least calibration loss (parallel mode returns its
+        database's solutions, cascade mode refits each layer on its chosen support from the
+        pruned layers' outputs); the others are Net-Trim's epsilon splits and global
+        magnitude's counts.
+    targets : Tensor, optional
+        Calibration labels for ``allocation="loss"`` (scope="global"), one per row of a tensor
+        ``inputs``: integer classes (cross-entropy) or floating targets of the output's shape
+        (mean squared error). ``(inputs, labels)`` batches bring their own. Without labels the
+        loss is the output discrepancy against the dense model;
+        ``result.options["allocation_loss"]`` says which was used.
     fold_bn : bool, default False
         False: the architecture is unchanged (the layer's weights pruned, its BatchNorm kept
         with a shift that absorbs the refit bias), so the state dict loads into a fresh model
@@ -158,9 +167,9 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         ``RAY_ADDRESS`` names), shut down after it; a :class:`nettrim.RayExecutor` joins a
         cluster and is left to its owner. Each l1 solve is a task and each refit a task per
         block of neurons (:mod:`nettrim.layer.tasks`); parallel mode runs the layers
-        concurrently, cascade one after another, and ``scope="global"`` the layers of each
-        epsilon it tries. The results are the in-process ones (the refit's blocks are exact to
-        its tolerance). A layer whose task is lost for good (its worker killed beyond Ray's
+        concurrently, cascade one after another, and ``scope="global"`` its per-layer solves at
+        the chosen counts (its ladders run here). The results are the in-process ones (the
+        refit's blocks are exact to its tolerance). A layer whose task is lost for good (its worker killed beyond Ray's
         retries, a timeout) is reported with status ``FAILED`` and the reason, its weights left
         as they were (:class:`PruningError` with ``strict=True``). ``progress`` shows one bar
         of tasks done over all workers. CPU only (``device="cpu"``).
@@ -189,6 +198,10 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         raise TypeError(msg)
     if min_per_unit is not None and scope != "global":
         msg = "min_per_unit is the guard of a global budget: it needs scope='global'"
+        raise ValueError(msg)
+    if targets is not None and scope != "global":
+        msg = ("targets= are the calibration labels of the global budget's loss: they need "
+               "scope='global'")
         raise ValueError(msg)
     hooked = dict(mode=mode, solver=solver, layers=layers, ignore=ignore,
                   activations=activations, max_samples=max_samples, seed=seed, device=device,
@@ -250,6 +263,7 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         out = prune_global(model, inputs, sparsity, allocation=allocation, masks=masks,
                            min_per_unit=DEFAULT_MIN_PER_UNIT if min_per_unit is None
                            else min_per_unit, per_layer_prune=_prune_quietly, executor=executor,
+                           targets=targets,
                            **hooked)
         return _finish(out, model, skipped_layers(model), before)
     if mode == "cascade" and not reiterable(inputs):

@@ -81,7 +81,8 @@ def test_prune_global_reaches_budget_and_reports_allocation(tiny, allocation):
 
 def test_prune_global_guard_floors_a_layer(tiny):
     model, x = tiny
-    result = nettrim.prune(model, x, sparsity=0.8, scope="global", min_per_unit=6, **FAST)
+    result = nettrim.prune(model, x, sparsity=0.8, scope="global", min_per_unit=6,
+                           allocation="epsilon", **FAST)
     alloc = result.options["allocation"]
     floors = budget.layer_floors(SHAPES, 6)
     assert all(alloc[n]["kept"] >= floors[n] for n in alloc)
@@ -101,7 +102,8 @@ def test_prune_global_bad_input(tiny):
     with pytest.raises(ValueError, match="not an epsilon"):
         nettrim.prune(model, x, epsilon=0.1, scope="global")
     with pytest.raises(ValueError, match="mode='parallel'"):
-        nettrim.prune(model, x, sparsity=0.5, scope="global", mode="cascade")
+        nettrim.prune(model, x, sparsity=0.5, scope="global", mode="cascade",
+                      allocation="epsilon")
     with pytest.raises(ValueError, match="needs scope='global'"):
         nettrim.prune(model, x, sparsity=0.5, min_per_unit=2)
     with pytest.raises(ValueError, match="guard needs"):

@@ -34,6 +34,7 @@ FLOORS = {
     "nettrim.layer": 4,        # one layer's program (arrays in, weights out)
     "nettrim.training": 4,     # masked fine-tuning
     "nettrim.budget": 5,       # a global budget split over layers
+    "nettrim.allocation": 5,   # the loss-aware split: per-layer ladders and the loss search
     "nettrim.structured": 5,   # group-l1 Net-Trim: whole units removed
     "nettrim.baselines": 5,    # the comparison methods and their driver
     "nettrim.executors": 1,    # where the solves run: in process or Ray tasks (layer/ sends them)

@@ -180,6 +180,8 @@ def prune_baseline(model: nn.Module, inputs: Any, method: Union[str, Callable], 
                                        names, **cap)
     rest = [n for n in names if runner is None or not runner.covers(n)]
     original = capture(reference, inputs, layers=rest, **cap) if rest else {}
+    # layers the forward pass never calls are left as they are (and out of a global budget)
+    names = [n for n in names if n not in rest or n in original]
     skipped = dict(original.skipped) if rest else \
         {n: r for n, r in skipped_layers(reference).items() if n not in names}
     modules = dict(target.named_modules())

@@ -157,6 +157,8 @@ def cmd_prune(args) -> int:
         raise UsageError("--global and --min-per-unit need --sparsity (the model-wide fraction)")
     if args.min_per_unit is not None and not args.global_budget:
         raise UsageError("--min-per-unit is the guard of a global budget: add --global")
+    if args.allocation is not None and not args.global_budget:
+        raise UsageError("--allocation splits a global budget: add --global")
     source_hash = _sha256(source)
     loaded = _load(args.checkpoint, args)
     out_format = args.out_format or _format_from_suffix(out) or loaded.format
@@ -177,6 +179,11 @@ def cmd_prune(args) -> int:
         _check_exportable(model, example.to(device), dynamic, args)
         notes.append(f"re-exported with torch.export.export on an example input of shape "
                      f"{tuple(example.shape)}{' (batch dimension dynamic)' if dynamic else ''}")
+    global_options = {}
+    if args.global_budget:   # the labels (when the data has them) feed the loss allocation
+        global_options["allocation"] = args.allocation or "loss"
+        if y is not None and one_output and global_options["allocation"] == "loss":
+            global_options["targets"] = y.to(device)
     epsilon = args.epsilon if args.sparsity is None and args.epsilon is not None else (
         DEFAULT_EPSILON if args.sparsity is None else None)
     solver_options = None
@@ -193,7 +200,8 @@ def cmd_prune(args) -> int:
                 max_samples=args.max_rows, gamma=args.gamma, strict=not args.lenient,
                 progress=not args.quiet, solver_options=solver_options, refit=args.refit,
                 reweight=args.reweight, scope="global" if args.global_budget else "layer",
-                min_per_unit=args.min_per_unit, program=args.program, executor=executor)
+                min_per_unit=args.min_per_unit, program=args.program, executor=executor,
+                **global_options)
     except (ValueError, TypeError) as err:
         # prune validates its options and the model structure; anything it rejects is ours
         from ..results import PruningError

@@ -149,7 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="target fraction of zero weights per layer instead of an epsilon")
     p.add_argument("--global", dest="global_budget", action="store_true",
                    help="--sparsity is the fraction of all the selected weights together; "
-                        "Net-Trim picks each layer's share (one epsilon for all layers)")
+                        "each layer's share is chosen by --allocation")
+    p.add_argument("--allocation", choices=("loss", "epsilon", "marginal", "magnitude"),
+                   help="with --global: how the budget is split (default loss: the per-layer "
+                        "counts of least calibration loss, cross-entropy when --data has labels, "
+                        "else the output discrepancy; epsilon, marginal: one epsilon for all "
+                        "layers; magnitude: global magnitude's counts)")
     p.add_argument("--min-per-unit", type=_nonneg_int, metavar="K",
                    help="with --global: every layer keeps at least K weights per output unit "
                         "(layer-collapse guard; default 4)")
