@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # imported lazily at run time (see the module docstring)
 
     from ..io import checkpoint as ckpt_io
 
-__all__ = ["cli_hint", "cmd_demo", "cmd_evaluate", "cmd_prune", "cmd_report"]
+__all__ = ["cli_hint", "cmd_demo", "cmd_evaluate", "cmd_prune", "cmd_report", "report_head"]
 
 #: Rows pushed through a model to check that the data fits it.
 _PROBE_ROWS = 2
@@ -146,6 +146,20 @@ def _same_file(a: pathlib.Path, b: pathlib.Path) -> bool:
         return a.resolve() == b.resolve()
 
 
+def report_head(command: str, args, source: pathlib.Path, loaded, source_hash: str,
+                out: pathlib.Path, out_format: str) -> dict:
+    """The first entries of a command's JSON report: the command, the version, argv, the input
+    checkpoint (with its SHA-256) and the output written (with its own)."""
+    return {
+        "command": command,
+        "nettrim_version": version(),
+        "argv": list(args.argv),
+        "input": {"path": str(source.resolve()), "format": loaded.format, "arch": args.arch,
+                  "sha256": source_hash},
+        "output": {"path": str(out.resolve()), "format": out_format, "sha256": _sha256(out)},
+    }
+
+
 # ---- prune --------------------------------------------------------------------------------------
 def cmd_prune(args) -> int:
     import torch
@@ -225,12 +239,7 @@ def cmd_prune(args) -> int:
         summary["accuracy_original"] = _accuracy(loaded.model.cpu(), x, y)  # prune copied it
         summary["accuracy_pruned"] = _accuracy(pruned, x, y)
     document = {
-        "command": "prune",
-        "nettrim_version": version(),
-        "argv": list(args.argv),
-        "input": {"path": str(source.resolve()), "format": loaded.format, "arch": args.arch,
-                  "sha256": source_hash},
-        "output": {"path": str(out.resolve()), "format": out_format, "sha256": _sha256(out)},
+        **report_head("prune", args, source, loaded, source_hash, out, out_format),
         "data": {"path": str(pathlib.Path(args.data).resolve()), "samples": int(x.shape[0]),
                  "available": int(n_available), "sample_shape": list(x.shape[1:]),
                  "labels": y is not None},
@@ -481,3 +490,15 @@ def cmd_demo(args) -> int:
         for path in plot_report(rows, args.plot):
             print(f"wrote {path}")
     return EXIT_OK
+
+
+# ---- shared with the other command modules (public names: no module imports private ones) -----
+sha256 = _sha256
+load_model = _load
+load_data = _load_data
+check_fits = _check_fits
+check_writable = _check_writable
+same_file = _same_file
+cli_options = _cli_options
+show_warning = _show_warning
+format_from_suffix = _format_from_suffix
