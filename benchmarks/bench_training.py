@@ -114,8 +114,11 @@ def run_cell(net, method, args, data, dense, dense_err):
     options = {}
     if method == "nettrim":
         epochs = max(args.nettrim_rounds, round(epochs * args.nettrim_epochs_fraction))
-        options = {"rounds": args.nettrim_rounds, "calibration_samples": args.calibration,
+        options = {"rounds": args.nettrim_rounds, "round_epochs": args.nettrim_round_epochs,
+                   "calibration_samples": args.calibration,
                    "prune_options": {"max_samples": args.max_rows}}
+    if method == "han":
+        options = {"lr_factor": args.han_lr_factor}
     goal = targets(net, method, args.nettrim_scale)
     state = None if args.cache is None else Path(args.cache) / f"{net}-{method}.state.pt"
     log(f"{net} {method}: {epochs} epochs, target {goal}")
@@ -168,6 +171,10 @@ def main(argv=None) -> int:
     p.add_argument("--nettrim-epochs-fraction", type=float, default=1 / 3,
                    help="iterative Net-Trim's epochs as a fraction of the budget")
     p.add_argument("--nettrim-rounds", type=int, default=3)
+    p.add_argument("--nettrim-round-epochs", type=int, default=1,
+                   help="epochs between Net-Trim rounds (the last round's retraining runs on)")
+    p.add_argument("--han-lr-factor", type=float, default=0.1,
+                   help="Han's retraining rate as a fraction of the training rate")
     p.add_argument("--nettrim-scale", type=float, default=0.7,
                    help="Net-Trim keeps this fraction of DNS's weights in every layer")
     p.add_argument("--calibration", type=int, default=2000, help="Net-Trim calibration images")

@@ -157,7 +157,12 @@ def _build_pruner(method: str, model: nn.Module, targets: Dict[str, float], *, e
         if rounds > epochs:
             msg = f"{method}: rounds ({rounds}) must not exceed epochs ({epochs})"
             raise ValueError(msg)
-        round_steps = (epochs // rounds) * steps
+        every = _int(options.get("round_epochs", epochs // rounds), "options['round_epochs']", 1)
+        if (rounds - 1) * every >= epochs:
+            msg = (f"{method}: {rounds} rounds every {every} epoch(s) do not fit in {epochs} "
+                   "epochs")
+            raise ValueError(msg)
+        round_steps = every * steps
         if method == "han":
             return HanPruner(model, targets, rounds=rounds, round_steps=round_steps,
                              layers=names, dropout=bool(options.get("dropout", True)))
@@ -213,6 +218,8 @@ def train_prune(model: nn.Module, loader: Any, method: str = "gradual", sparsity
         masks recomputed until ``pruning_fraction`` of the steps, then cut to the target.
         ``nettrim``: :class:`nettrim.NetTrimPruner`, ``rounds`` (default 3) of cascade
         Net-Trim on ``calibration`` and ``epochs // rounds`` epochs of masked retraining.
+        For both round methods ``round_epochs`` sets the epochs between rounds (the last
+        round's retraining then runs to the end).
     sparsity : float in [0, 1) or dict of {layer: float}, default 0.9
         Final fraction of zero weights of each pruned layer (a dict names every layer).
     epochs : int, default 10
@@ -236,7 +243,8 @@ def train_prune(model: nn.Module, loader: Any, method: str = "gradual", sparsity
     layers, ignore : optional
         Which Linear / Conv layers to prune (default all).
     options : dict, optional
-        The method's own options (above): ``rounds``, ``lr_factor``, ``dropout`` (Han),
+        The method's own options (above): ``rounds``, ``round_epochs``, ``lr_factor``,
+        ``dropout`` (Han),
         ``pruning_fraction``, ``frequency``, ``power`` (gradual, DNS), ``gamma`` (DNS),
         ``mode``, ``calibration_samples``, ``prune_options`` (Net-Trim: more arguments of
         :func:`nettrim.prune`, e.g. ``{"max_samples": 20000}``).

@@ -38,10 +38,10 @@ class DNSPruner(Sparsifier):
     ----------
     model : nn.Module
     sparsity : float in [0, 1) or dict of {layer: float}, optional
-        Target fraction of zeros per layer: at every update the layer's ``c`` is re-solved so
-        that ``t_l`` is that quantile of its current ``|W|`` (the band then moves a few weights
-        either way), and when the updates stop (``iter_stop``) the masks are cut to the target
-        count exactly (the largest ``|W|``).
+        Target fraction of zeros per layer: every ``refresh`` iterations the layer's ``c`` is
+        re-solved so that ``t_l`` is that quantile of its current ``|W|`` (the band then moves
+        a few weights either way), and when the updates stop (``iter_stop``) the masks are cut
+        to the target count exactly (the largest ``|W|``).
     crate : float or dict of {layer: float}, optional
         The paper's ``c`` per layer instead of ``sparsity`` (thresholds fixed from the first
         update; the sparsity is what it comes to).
@@ -53,6 +53,10 @@ class DNSPruner(Sparsifier):
         ``(a, b)`` as multiples of ``t_l``.
     seed : int, default 0
         Seed of the update draws (one per layer and iteration, as each Caffe layer draws).
+    refresh : int, default 100
+        With ``sparsity``: iterations between two solves of ``c`` (a quantile of ``|W|`` is
+        the costly part: re-solved at every update it made a LeNet-300-100 step 2.6x slower,
+        5.4 ms against a 3.3 ms training step).
     layers, ignore : optional
 
     Attributes
@@ -67,12 +71,14 @@ class DNSPruner(Sparsifier):
     def __init__(self, model: nn.Module, sparsity: Any = None, *, crate: Any = None,
                  gamma: float = DEFAULT_GAMMA, power: float = DEFAULT_POWER,
                  iter_stop: Optional[int] = None, band: Tuple[float, float] = DNS_BAND,
-                 seed: int = 0, layers: Any = None, ignore: Iterable[str] = ()):
+                 seed: int = 0, refresh: int = 100, layers: Any = None,
+                 ignore: Iterable[str] = ()):
         if (sparsity is None) == (crate is None):
             msg = "give exactly one of sparsity (a fraction of zeros) and crate (the paper's c)"
             raise ValueError(msg)
         dns_probability(0, gamma, power)   # checks gamma and power
         self.iter_stop = optional_int(iter_stop, "iter_stop")
+        self.refresh = optional_int(refresh, "refresh", minimum=1)
         if (not isinstance(band, (tuple, list)) or len(band) != 2
                 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in band)
                 or not 0 < band[0] <= band[1]):
@@ -89,6 +95,7 @@ class DNSPruner(Sparsifier):
         self.generator = torch.Generator().manual_seed(seed)
         self.moments: Dict[str, Tuple[float, float]] = {}
         self.crates: Dict[str, float] = {}
+        self.solved: Dict[str, Tuple[int, float]] = {}   # layer -> (iteration, t) of the last solve
         self.updates = 0
         self.final_cut = False
 
@@ -115,9 +122,13 @@ class DNSPruner(Sparsifier):
                     if kept.numel() else (0.0, 0.0)
             mu, sigma = self.moments[name]
             if self.targets is not None:
-                k = int(math.floor(self.targets[name] * magnitude.numel() + 0.5))
-                t = float(magnitude.flatten().kthvalue(k).values) if k > 0 else 0.0
-                self.crates[name] = (t - mu) / sigma if sigma > 0 else 0.0
+                last = self.solved.get(name)
+                if last is None or iteration - last[0] >= self.refresh:
+                    k = int(math.floor(self.targets[name] * magnitude.numel() + 0.5))
+                    t = float(magnitude.flatten().kthvalue(k).values) if k > 0 else 0.0
+                    self.solved[name] = (iteration, t)
+                    self.crates[name] = (t - mu) / sigma if sigma > 0 else 0.0
+                t = self.solved[name][1]
                 lo, hi = self.band[0] * t, self.band[1] * t
             else:
                 self.crates[name] = self.crate[name]
@@ -128,12 +139,14 @@ class DNSPruner(Sparsifier):
 
     def extra_state(self) -> dict:
         return {"moments": dict(self.moments), "crates": dict(self.crates),
+                "solved": dict(self.solved),
                 "generator": self.generator.get_state(), "updates": self.updates,
                 "final_cut": self.final_cut}
 
     def load_extra_state(self, extra: dict) -> None:
         self.moments = {k: tuple(v) for k, v in extra.get("moments", {}).items()}
         self.crates = dict(extra.get("crates", {}))
+        self.solved = {k: tuple(v) for k, v in extra.get("solved", {}).items()}
         if "generator" in extra:
             self.generator.set_state(extra["generator"])
         self.updates = int(extra.get("updates", 0))
