@@ -34,6 +34,7 @@ _EXPORTS = {
     "detect_activations": "model.capture", "prunable_layers": "model.capture",
     "CalibrationWarning": "model.capture",
     "graph": "model.graph", "GraphWarning": "model.graph",
+    "UnknownWeightsWarning": "model.graph",
     "LayerPruneResult": "results", "LayerReport": "results", "PruneResult": "results",
     "PruningError": "results", "PruningWarning": "results", "output_discrepancy": "results",
     "prune": "prune", "prune_layer": "layer",

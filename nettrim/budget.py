@@ -44,7 +44,7 @@ from solvers import OPTIMAL, OPTIMAL_INACCURATE, SUCCESS, ADMMSettings
 from .checks import check_sparsity
 from .inputs import reiterable
 from .layer import prune_layer
-from .model.capture import capture, prunable_layers
+from .model.capture import capture, in_solver_dtype, prunable_layers
 from .model.surgery import apply_masks, set_layer_weight
 from .results import (MAX_ITER_HINT, PruneResult, PruningError, PruningWarning, layer_result,
                       output_discrepancy, report_row)
@@ -186,7 +186,7 @@ class _Layer:
 
     def __init__(self, name, data, module, layer_kwargs):
         self.name = name
-        self.data = data
+        self.data = data = in_solver_dtype(data)   # float16 / bfloat16: solved in float32
         self.W0 = module.weight.detach().flatten(1).to(data.X, copy=True)
         self.b0 = None if module.bias is None else module.bias.detach().to(data.X, copy=True)
         self.kwargs = dict(layer_kwargs, relu=data.activation == "relu",
@@ -298,7 +298,7 @@ def prune_global(model: nn.Module, inputs: Any, sparsity: Any, *, allocation: st
 
     t0 = time.perf_counter()
     data = capture(model, inputs, layers=list(selected), activations=activations,
-                   max_samples=max_samples, seed=seed, device=device)
+                   max_samples=max_samples, seed=seed, device=device, fold=False)
     layer_kwargs = dict(solver=solver, refit=refit, reweight=reweight,
                         solver_options=solver_options, progress=False)
     state = {n: _Layer(n, data.pop(n), selected[n], layer_kwargs) for n in selected}

@@ -15,13 +15,16 @@ from typing import Any
 
 from .io.files import atomic_write
 
-__all__ = ["plot_relative_error", "plot_report", "plot_sparsity", "plot_training"]
+__all__ = ["REPORT_FILES", "plot_relative_error", "plot_report", "plot_sparsity",
+           "plot_training"]
 
 #: Figure size in inches per layer (width) and the minimum width.
 _INCH_PER_LAYER = 0.7
 _MIN_WIDTH = 4.0
 _HEIGHT = 3.2
 _DPI = 120
+#: The files :func:`plot_report` writes (after its ``prefix``): sparsity, relative error.
+REPORT_FILES = ("sparsity.png", "relative_error.png")
 
 
 def _rows(rows: Sequence[Any]) -> list[dict]:
@@ -143,10 +146,11 @@ def plot_report(rows: Sequence[Any], directory: str | os.PathLike, *,
     rows = _rows(rows)
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    written = [plot_sparsity(rows, directory / f"{prefix}sparsity.png")]
+    sparsity_file, error_file = REPORT_FILES
+    written = [plot_sparsity(rows, directory / f"{prefix}{sparsity_file}")]
     errors = [r.get("relative_error") for r in rows]
     if any(v is not None and math.isfinite(float(v)) for v in errors):
-        written.append(plot_relative_error(rows, directory / f"{prefix}relative_error.png"))
+        written.append(plot_relative_error(rows, directory / f"{prefix}{error_file}"))
     return written
 
 

@@ -27,19 +27,18 @@ from .budget import DEFAULT_MIN_PER_UNIT, check_scope, prune_global
 from .checks import check_model, per_layer
 from .inputs import reiterable
 from .layer import PROGRAMS, check_solver_and_target, prune_layer
-from .model.capture import (RELU_PROGRAM, LayerData, capture, capture_cascade, group_blocks,
-                            prunable_layers)
-from .model.graph import analyze, batchnorm_affine
+from .model.capture import (RELU_PROGRAM, SOLVE_DTYPES, LayerData, capture, capture_cascade,
+                            group_blocks, in_solver_dtype, prunable_layers)
+from .model.graph import (UnknownWeightsWarning, analyze, batchnorm_affine, parameter_counts,
+                          skipped_layers, warn_unknown_weights)
 from .model.surgery import apply_masks, set_layer_weight
 from .results import (MAX_ITER_HINT, SKIPPED, LayerPruneResult, LayerReport, PruneResult,
-                      PruningError, PruningWarning, output_discrepancy)
+                      PruningError, PruningWarning, output_discrepancy, skipped_rows)
 from .structured import prune_units
 
 __all__ = ["prune", "MODES"]
 
 MODES = ("parallel", "cascade")
-#: dtypes the solvers take; prune() solves other floating layers (float16, bfloat16) in float32.
-_SOLVE_DTYPES = (torch.float32, torch.float64)
 
 
 def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any = None, *,
@@ -61,8 +60,13 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
     pruned network). Other activations (GELU, SiLU, LeakyReLU, Tanh, ReLU6) get the linear
     program on their pre-activations. Grouped and depthwise convolutions are solved one group
     at a time. Layers that cannot be pruned (``nn.MultiheadAttention``'s projections, layers
-    the forward pass never calls) are left as they are, with status ``SKIPPED`` and the reason
-    in the report (and in ``result.skipped``).
+    the forward pass never calls, a layer whose weight is tied to another module's: the shared
+    tensor is pruned once, see :func:`nettrim.graph.tied_layers`) are left as they are, with
+    status ``SKIPPED`` and the reason in the report (and in ``result.skipped``); so are modules
+    holding weights of a kind the toolkit does not know, which an
+    :class:`~nettrim.graph.UnknownWeightsWarning` names with their share of the weights.
+    float16 / bfloat16 layers are solved in float32 and written back in their own dtype (said
+    in the layer's note), on every path (per layer, ``scope="global"``, ``structured=True``).
 
     Parameters
     ----------
@@ -176,16 +180,20 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
     if fold_bn and (structured or scope == "global"):
         msg = "fold_bn=True is an option of the per-layer program (structured=False, scope='layer')"
         raise ValueError(msg)
+    before = parameter_counts(model)   # before any write: the "before" of skipped rows
+    warn_unknown_weights(model)
     if structured:
-        return prune_units(model, inputs, epsilon, sparsity=sparsity, scope=scope, masks=masks,
-                           **hooked)
+        out = prune_units(model, inputs, epsilon, sparsity=sparsity, scope=scope, masks=masks,
+                          **hooked)
+        return _finish(out, model, skipped_layers(model), before)
     if scope == "global":
         if epsilon is not None:
             msg = "scope='global' takes a model-wide sparsity, not an epsilon"
             raise ValueError(msg)
-        return prune_global(model, inputs, sparsity, allocation=allocation, masks=masks,
-                            min_per_unit=DEFAULT_MIN_PER_UNIT if min_per_unit is None
-                            else min_per_unit, per_layer_prune=prune, **hooked)
+        out = prune_global(model, inputs, sparsity, allocation=allocation, masks=masks,
+                           min_per_unit=DEFAULT_MIN_PER_UNIT if min_per_unit is None
+                           else min_per_unit, per_layer_prune=_prune_quietly, **hooked)
+        return _finish(out, model, skipped_layers(model), before)
     if mode == "cascade" and not reiterable(inputs):
         msg = ("inputs must be re-iterable for cascade mode (a tensor, a list of batches or a "
                "DataLoader), got a one-shot iterator")
@@ -255,31 +263,50 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
             epsilon_abs=rep["epsilon_abs"], relative_error=rep["relative_error"],
             status=rep["status"], iterations=rep["iterations"], seconds=rep["seconds"],
             solver=rep["solver"], note="; ".join(notes), program=block.program,
-            rows=data.X.shape[0], rows_seen=data.rows_seen))
+            rows=data.X.shape[0], rows_seen=data.rows_seen,
+            peak_memory_mb=rep.get("peak_memory_mb")))
         if log_lines:
             print(f"Net-Trim ({mode}) layer {index + 1}/{len(selected)} {name}: "
                   f"{100 * rep['sparsity']:.1f}% sparse, {rep['status']}, "
                   f"{rep['iterations']} iterations, {rep['seconds']:.1f} s", file=sys.stderr,
                   flush=True)
-    for name, reason in skipped.items():
-        params = list(modules[name].parameters(recurse=False)) if name in modules else []
-        if not params:
-            continue
-        n, total = sum(int((p != 0).sum()) for p in params), sum(p.numel() for p in params)
-        rows.append(LayerReport(
-            name=name, kind=type(modules[name]).__name__.lower(), shape=tuple(params[0].shape),
-            nonzeros_before=n, nonzeros_after=n, total=total, sparsity=1.0 - n / total,
-            epsilon=float("nan"), epsilon_abs=float("nan"), relative_error=float("nan"),
-            status=SKIPPED, iterations=0, seconds=0.0, solver="none",
-            note=f"skipped: {reason}", program="skipped"))
     for name, (norm, weight, bias) in folded.items():
         _fold_into(target, name, norm, weight, bias)
     if masks:
-        apply_masks(target, [r.name for r in rows if r.status != SKIPPED])
+        apply_masks(target, [r.name for r in rows])
     out = PruneResult(model=target, report=rows, options=options, skipped=skipped)
     if reiterable(inputs):  # a one-shot iterator was used up by the capture
         out.output_error = output_discrepancy(model, target, inputs, device=device)
+    return _finish(out, model, skipped, before)
+
+
+def _finish(out: PruneResult, model: nn.Module, skipped: Mapping[str, str],
+            before: Mapping[str, tuple]) -> PruneResult:
+    """The skipped modules' rows (those not reported yet) and ``out.skipped``; the note of the
+    layers solved in float32 for a half-precision dtype."""
+    skipped = {**dict(skipped), **dict(out.skipped)}
+    reported = {r.name for r in out.report}
+    extra = {n: why for n, why in skipped.items() if n not in reported}
+    modules = dict(model.named_modules())
+    for row in out.report:
+        weight = getattr(modules.get(row.name), "weight", None)
+        if row.status != SKIPPED and weight is not None and weight.dtype not in SOLVE_DTYPES:
+            dtype = str(weight.dtype).replace("torch.", "")
+            note = (f"solved in float32 from {dtype}, weights written back in {dtype} "
+                    "(rel.err is the float32 solution's)")
+            if note not in row.note:   # (the per-layer pass of a global budget said it)
+                row.note = "; ".join(n for n in (row.note, note) if n)
+    out.report = list(out.report) + skipped_rows(extra, before, parameter_counts(out.model, extra))
+    out.skipped = skipped
     return out
+
+
+def _prune_quietly(*args, **kwargs) -> PruneResult:
+    """:func:`prune` for the per-layer pass of a global budget: the caller has already said
+    which weights sit in modules the toolkit does not know."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnknownWeightsWarning)
+        return prune(*args, **kwargs)
 
 
 def _rows_note(data: LayerData) -> str:
@@ -295,12 +322,11 @@ class _LayerProgram:
     a grouped convolution. ``write_back`` maps the solution to the unchanged architecture."""
 
     def __init__(self, data: LayerData, module: nn.Module, bn: Optional[nn.Module]):
+        data = in_solver_dtype(data)   # half precision: solved in float32 (note in _finish)
         self.data, self.module, self.bn = data, module, bn
         self.relu = data.activation in RELU_PROGRAM
-        # half-precision records are solved in float32 (written back in the layer's dtype)
-        conv = (lambda t: t) if data.X.dtype in _SOLVE_DTYPES else (lambda t: t.float())
-        self.X, self.Y, self.pre = conv(data.X), conv(data.post), conv(data.pre)
-        self.S = None if data.offset is None else conv(data.offset).to(self.X)
+        self.X, self.Y, self.pre = data.X, data.post, data.pre
+        self.S = None if data.offset is None else data.offset.to(self.X)
         # clones: the write-back overwrites the module's tensors
         W = module.weight.detach().flatten(1).to(self.X, copy=True)
         b = None if module.bias is None else module.bias.detach().to(self.X, copy=True)
@@ -409,7 +435,8 @@ def _merge(parts: list, Y: torch.Tensor) -> LayerPruneResult:
         status=status, iterations=sum(r["iterations"] for r in reps),
         seconds=sum(r["seconds"] for r in reps), solver=reps[0]["solver"],
         objective=sum(r["objective"] for r in reps), residual=sq("residual"),
-        violation=max(r["violation"] for r in reps), groups=len(parts))
+        violation=max(r["violation"] for r in reps), groups=len(parts),
+        peak_memory_mb=max((r.get("peak_memory_mb") or 0.0 for r in reps), default=None))
     report["epsilon"] = report["epsilon_abs"] / y_norm if y_norm > 0 else float("nan")
     if notes:
         report["note"] = f"{len(parts)} groups: " + "; ".join(notes)

@@ -23,7 +23,7 @@ from .tables import format_prune_table
 
 __all__ = ["MAX_ITER_HINT", "SKIPPED", "LayerPruneResult", "LayerReport", "PruneResult",
            "PruningError", "PruningWarning", "layer_result", "output_discrepancy",
-           "output_tensors", "pre_activation", "report_row"]
+           "output_tensors", "pre_activation", "report_row", "skipped_rows"]
 
 #: How a PruningWarning/PruningError says to raise the iteration cap (the CLI names its flag).
 MAX_ITER_HINT = "raise max_iter through solver_options={'max_iter': ...}"
@@ -86,6 +86,9 @@ class LayerReport:
     #: Calibration rows the program used (after ``max_samples``), of ``rows_seen``.
     rows: int = 0
     rows_seen: int = 0
+    #: Peak memory of the layer's solve above the memory in use before it, MB (None where it
+    #: could not be measured; :mod:`nettrim.resources`).
+    peak_memory_mb: Optional[float] = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -126,6 +129,31 @@ def report_row(name: str, data: Any, module: nn.Module, W_orig: torch.Tensor,
         epsilon=rep["epsilon"], epsilon_abs=rep["epsilon_abs"],
         relative_error=rep["relative_error"], status=rep["status"],
         iterations=rep["iterations"], seconds=rep["seconds"], solver=rep["solver"])
+
+
+def skipped_rows(skipped: Mapping[str, str], before: Mapping[str, tuple],
+                 after: Mapping[str, tuple]) -> list[LayerReport]:
+    """:data:`SKIPPED` rows of the modules left as they are, ``{name: reason}``, in that order.
+
+    ``before`` and ``after`` are ``{name: (nonzeros, total, shape, kind)}`` of the model before
+    and after pruning (:func:`nettrim.model.graph.parameter_counts`, counted before any write so
+    that an in-place run reports the true "before"); a name missing from ``before`` holds no
+    parameter and gets no row. The note is ``"skipped: <reason>"``.
+    """
+    rows = []
+    for name, reason in skipped.items():
+        if name not in before:
+            continue
+        n_before, total, shape, kind = before[name]
+        n_after = after.get(name, before[name])[0]
+        rows.append(LayerReport(
+            name=name, kind=kind, shape=tuple(shape), nonzeros_before=n_before,
+            nonzeros_after=n_after, total=total,
+            sparsity=1.0 - n_after / total if total else float("nan"), epsilon=float("nan"),
+            epsilon_abs=float("nan"), relative_error=float("nan"), status=SKIPPED,
+            iterations=0, seconds=0.0, solver="none", note=f"skipped: {reason}",
+            program="skipped"))
+    return rows
 
 
 def pre_activation(X: torch.Tensor, W: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:

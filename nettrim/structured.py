@@ -41,8 +41,8 @@ from solvers.refit import refit as refit_support
 
 from .checks import per_layer
 from .inputs import reiterable
-from .model.capture import SUPPORTED, capture, prunable_layers
-from .model.graph import flatten_sequential
+from .model.capture import SUPPORTED, capture, in_solver_dtype, prunable_layers
+from .model.graph import flatten_sequential, shared_parameters
 from .model.surgery import (apply_masks, consumer, count_parameters, measure_latency,
                             remove_units, set_layer_weight)
 from .results import PruneResult, PruningError, PruningWarning, output_discrepancy, report_row
@@ -62,30 +62,7 @@ def unit_groups(model: nn.Module, names: Optional[list] = None) -> dict:
     layer's (M, N) weight matrix. ``names``: the layers wanted (default: every such layer);
     a named layer whose inputs cannot be removed raises ValueError saying which and why.
     """
-    if not isinstance(model, nn.Sequential):
-        msg = (f"structured=True removes units through an nn.Sequential chain (nested "
-               f"Sequentials are fine); got a {type(model).__name__}")
-        raise TypeError(msg)
-    chain = list(flatten_sequential(model))
-    index_of = {name: i for i, (name, _) in enumerate(chain)}
-    layers = [(i, name, m) for i, (name, m) in enumerate(chain) if isinstance(m, SUPPORTED)]
-    found, why = {}, {}
-    for (pi, pname, prod), (ci, cname, cons) in zip(layers, layers[1:]):
-        try:
-            nxt_name, _, flatten, _ = consumer(chain, pi)
-        except TypeError as err:
-            why[cname] = str(err)
-            continue
-        if nxt_name != cname:
-            continue
-        n_units = prod.weight.shape[0]
-        N = cons.weight[0].numel()
-        per = N // n_units
-        if per * n_units != N:
-            why[cname] = f"its {N} inputs are not a multiple of the {n_units} units of {pname!r}"
-            continue
-        found[cname] = (pname, torch.arange(N) // per)
-    first = layers[0][1] if layers else None
+    found, why, first, index_of = _unit_groups(model)
     if names is None:
         return found
     out = {}
@@ -101,6 +78,51 @@ def unit_groups(model: nn.Module, names: Optional[list] = None) -> dict:
         msg = f"structured=True: the input units of layer {name!r} cannot be removed: {reason}"
         raise ValueError(msg)
     return out
+
+
+def _unit_groups(model: nn.Module) -> tuple:
+    """``(found, why, first, index_of)``: :func:`unit_groups` of every layer, ``{layer: reason}``
+    of the layers after the first whose input units cannot be removed, the first layer's name
+    and ``{module name: position in the chain}``."""
+    if not isinstance(model, nn.Sequential):
+        msg = (f"structured=True removes units through an nn.Sequential chain (nested "
+               f"Sequentials are fine); got a {type(model).__name__}")
+        raise TypeError(msg)
+    chain = list(flatten_sequential(model))
+    index_of = {name: i for i, (name, _) in enumerate(chain)}
+    layers = [(i, name, m) for i, (name, m) in enumerate(chain) if isinstance(m, SUPPORTED)]
+    shared = {n: [m for m in group if m != n] for group in shared_parameters(model) for n in group}
+    found, why = {}, {}
+    for (pi, pname, prod), (ci, cname, cons) in zip(layers, layers[1:]):
+        try:
+            nxt_name, _, flatten, _ = consumer(chain, pi)
+        except TypeError as err:
+            why[cname] = str(err)
+            continue
+        if nxt_name != cname:
+            continue
+        grouped = [(n, m) for n, m in ((pname, prod), (cname, cons))
+                   if getattr(m, "groups", 1) != 1]
+        if grouped:
+            n, m = grouped[0]
+            why[cname] = (f"{n!r} is a grouped convolution (groups={m.groups}), which reads each "
+                          "input channel in one group only; structured=True removes units "
+                          "between ungrouped layers")
+            continue
+        tied = [n for n in (pname, cname) if n in shared]
+        if tied:
+            why[cname] = (f"{tied[0]!r} shares a parameter with {shared[tied[0]]} (tied "
+                          "weights), which removing units would break")
+            continue
+        n_units = prod.weight.shape[0]
+        N = cons.weight[0].numel()
+        per = N // n_units
+        if per * n_units != N:
+            why[cname] = f"its {N} inputs are not a multiple of the {n_units} units of {pname!r}"
+            continue
+        found[cname] = (pname, torch.arange(N) // per)
+    first = layers[0][1] if layers else None
+    return found, why, first, index_of
 
 
 def count_flops(model: nn.Module, example: torch.Tensor) -> int:
@@ -147,6 +169,7 @@ class _Solver:
     """Group-l1 solves of one layer (X with a ones column for a bias)."""
 
     def __init__(self, data, module, groups, solver, solver_options):
+        data = in_solver_dtype(data)   # float16 / bfloat16: solved in float32
         X = data.X
         self.bias = module.bias is not None
         W0 = module.weight.detach().flatten(1).to(X, copy=True)
@@ -182,6 +205,7 @@ class _Solver:
         want = int(math.floor(fraction * self.n_groups + 0.5))
         lo, hi = (math.log(e) for e in EPS_RANGE)
         best = None   # (removed, result, eps) with removed <= want, most removed
+        fewest = None  # fewest units removed by a usable solve (all too many when best is None)
         warm = None
         for _ in range(MAX_SOLVES):
             mid = 0.5 * (lo + hi)
@@ -190,6 +214,7 @@ class _Solver:
             removed = int(self.zero_groups(result.W).sum()) if usable else -1
             if usable:
                 warm = result.W
+                fewest = removed if fewest is None else min(fewest, removed)
             if 0 <= removed <= want and (best is None or removed > best[0]):
                 best = (removed, result, math.exp(mid))
             if removed == want:
@@ -198,6 +223,12 @@ class _Solver:
                 lo = mid
             else:
                 hi = mid
+        if best is None and fewest is not None:
+            msg = (f"every epsilon tried in {EPS_RANGE} removes more than the {want} units asked "
+                   f"(at least {fewest} of {self.n_groups}): the layer's outputs barely depend "
+                   "on its inputs on these calibration rows (constant or dead inputs?): check "
+                   "the calibration data, or give epsilon instead of a sparsity")
+            raise RuntimeError(msg)
         if best is None:
             msg = (f"no epsilon in {EPS_RANGE} gave a solved group-l1 program removing at most "
                    f"{want} units; raise max_iter through solver_options")
@@ -283,11 +314,15 @@ def prune_units(model: nn.Module, inputs: Any, epsilon: Any = None, *, sparsity:
         raise ValueError(msg)
     wanted = None if layers is None else list(prunable_layers(model, layers, ignore))
     groups_of = unit_groups(model, wanted)
+    why = {}   # layers of the default selection whose input units cannot be removed
     if wanted is None:
         groups_of = {n: g for n, g in groups_of.items() if n not in set(ignore)}
+        why = {n: w for n, w in _unit_groups(model)[1].items() if n not in set(ignore)}
     if not groups_of:
         msg = "structured=True: no layer of the model takes another layer's units as inputs"
+        msg += "".join(f"; {n!r}: {w}" for n, w in why.items())
         raise ValueError(msg)
+    skipped = {n: f"structured=True cannot remove its input units: {w}" for n, w in why.items()}
     names = list(groups_of)
     what = "epsilon" if sparsity is None else "sparsity"
     targets = per_layer(epsilon if sparsity is None else sparsity, names, what)
@@ -303,12 +338,12 @@ def prune_units(model: nn.Module, inputs: Any, epsilon: Any = None, *, sparsity:
                 "sparsity (fraction of units) must be in [0, 1)"
             msg = f"{what}, got {v!r} for layer {n!r}"
             raise ValueError(msg)
+    t0 = time.perf_counter()
+    data = capture(model, inputs, layers=names, activations=activations,
+                   max_samples=max_samples, seed=seed, device=device, fold=False)
     example = next(iter([inputs] if isinstance(inputs, torch.Tensor) else inputs))
     example = example[0] if isinstance(example, (tuple, list)) else example
-    t0 = time.perf_counter()
-    cost_before = model_cost(model, example)
-    data = capture(model, inputs, layers=names, activations=activations,
-                   max_samples=max_samples, seed=seed, device=device)
+    cost_before = model_cost(model, example)   # after the capture, which checks the inputs
     target = model if inplace else copy.deepcopy(model)
     solved = {}
     for name in names:
@@ -347,16 +382,18 @@ def prune_units(model: nn.Module, inputs: Any, epsilon: Any = None, *, sparsity:
         if bool(dead.any()):
             remove_units(target, producer, keep)
         removed[producer] = torch.nonzero(dead.cpu()).flatten().tolist()
-        module = target.get_submodule(name)
         out = s.X @ W.T.to(s.X)
         out = torch.relu(out) if s.relu else out
-        nz = int((module.weight != 0).sum())
-        rep = dict(nonzeros=nz, total=W_orig.numel(), sparsity=1.0 - nz / W_orig.numel(),
-                   epsilon=eps, epsilon_abs=eps * s.y_norm,
+        rep = dict(total=W_orig.numel(), epsilon=eps, epsilon_abs=eps * s.y_norm,
                    relative_error=float(torch.linalg.vector_norm(out - s.Y)) / s.y_norm
                    if s.y_norm > 0 else 0.0, status=result.status, iterations=s.iterations,
                    seconds=seconds, solver=result.solver)
-        rows.append(report_row(name, None, module, W_orig, rep))
+        rows.append((name, W_orig, rep))
+    for i, (name, W_orig, rep) in enumerate(rows):   # counted once every unit is removed
+        module = target.get_submodule(name)
+        nz = int((module.weight != 0).sum())
+        rep.update(nonzeros=nz, sparsity=1.0 - nz / W_orig.numel())
+        rows[i] = report_row(name, None, module, W_orig, rep)
     if masks:
         apply_masks(target, [n for n, m in target.named_modules() if isinstance(m, SUPPORTED)])
     options = dict(structured=True, epsilon=epsilon, sparsity=sparsity, mode="parallel",
@@ -365,7 +402,7 @@ def prune_units(model: nn.Module, inputs: Any, epsilon: Any = None, *, sparsity:
                    removed_count={p: len(v) for p, v in removed.items()},
                    cost={"before": cost_before, "after": model_cost(target, example)},
                    seconds=time.perf_counter() - t0)
-    out = PruneResult(model=target, report=rows, options=options)
+    out = PruneResult(model=target, report=rows, options=options, skipped=skipped)
     if reiterable(inputs):
         out.output_error = output_discrepancy(model, target, inputs, device=device)
     return out

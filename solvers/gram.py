@@ -39,10 +39,12 @@ import torch
 
 from .problem import NetTrimProblem, as_tensor, check_finite
 
-__all__ = ["GramStats", "compress", "compress_problem", "CHUNK_ROWS", "RANK_RTOL"]
+__all__ = ["GramStats", "compress", "compress_problem", "CHUNK_BYTES", "RANK_RTOL"]
 
-#: Rows per GEMM when statistics are accumulated from a tensor (bounds the float64 copy).
-CHUNK_ROWS = 8192
+#: Memory of one chunk's float64 copy when statistics are accumulated from a tensor: the
+#: rows per GEMM are this over 8 (N + M) bytes (at least CHUNK_MIN_ROWS).
+CHUNK_BYTES = 16 * 2 ** 20
+CHUNK_MIN_ROWS = 256
 #: eigh fallback (G singular): eigenvalues below RANK_RTOL * max eigenvalue count as zero.
 RANK_RTOL = 1e-13
 
@@ -66,6 +68,10 @@ class GramStats:
     C : Tensor of shape (N, M), float64
     tt : Tensor of shape (M,), float64
         Squared norm of each column of T.
+    yy : Tensor of shape (M,), float64
+        Squared norm of each column of the outputs Y (``T = Y - S`` with an offset S).
+    ones : bool
+        Whether the last input is a ones column (a bias's).
     rows : int
         Rows accumulated, P.
     """
@@ -78,7 +84,9 @@ class GramStats:
         self.G = torch.zeros(N, N, dtype=torch.float64, device=dev)
         self.C = torch.zeros(N, M, dtype=torch.float64, device=dev)
         self.tt = torch.zeros(M, dtype=torch.float64, device=dev)
+        self.yy = torch.zeros(M, dtype=torch.float64, device=dev)
         self.rows = 0
+        self.ones = False                          # the last input is a ones column (a bias)
         self.dtype: Optional[torch.dtype] = None   # the data's dtype (of the first update)
 
     @property
@@ -87,35 +95,75 @@ class GramStats:
         return (self.rows, self.G.shape[0], self.C.shape[1])
 
     @classmethod
-    def from_rows(cls, X: Any, T: Any, *, chunk_rows: int = CHUNK_ROWS) -> "GramStats":
-        """Statistics of ``X (P, N)`` and ``T (P, M)`` (numpy or torch), in chunks of rows."""
+    def from_rows(cls, X: Any, T: Any, *, ones: bool = False, offset: Any = None,
+                  chunk_rows: Optional[int] = None) -> "GramStats":
+        """Statistics of ``X (P, N)`` and ``T (P, M)`` (numpy or torch), in chunks of rows.
+
+        ``ones``: X gets a ones column last (a bias), never materialized; ``offset (P, M)``:
+        the center is ``T - offset``. Memory beyond the statistics: one chunk in float64.
+        """
         X = as_tensor(X, name="X")
         T = as_tensor(T, name="T").to(device=X.device)
-        stats = cls(X.shape[1], T.shape[1], device=X.device)
+        S = None if offset is None else as_tensor(offset, name="offset").to(device=X.device)
+        stats = cls(X.shape[1] + bool(ones), T.shape[1], device=X.device)
+        if chunk_rows is None:
+            chunk_rows = max(CHUNK_MIN_ROWS, CHUNK_BYTES // (8 * (X.shape[1] + T.shape[1])))
         for i in range(0, X.shape[0], chunk_rows):
-            stats.update(X[i:i + chunk_rows], T[i:i + chunk_rows])
+            Tc = T[i:i + chunk_rows]
+            stats.update(X[i:i + chunk_rows], Tc if S is None else Tc - S[i:i + chunk_rows],
+                         ones=ones, Y=None if S is None else Tc)
         return stats
 
-    def update(self, X: Any, T: Any) -> "GramStats":
-        """Add the rows ``X (p, N)``, ``T (p, M)``; returns self."""
+    def update(self, X: Any, T: Any, *, ones: bool = False, Y: Any = None) -> "GramStats":
+        """Add the rows ``X (p, N)`` (with a ones column last when ``ones``), ``T (p, M)``;
+        ``Y``: the outputs when the center T is not them (``T = Y - S``), for :attr:`yy`.
+        Returns self."""
         X = as_tensor(X, name="X")
         T = as_tensor(T, name="T")
-        if X.shape[0] != T.shape[0] or X.shape[1] != self.G.shape[0] \
+        if X.shape[0] != T.shape[0] or X.shape[1] + bool(ones) != self.G.shape[0] \
                 or T.shape[1] != self.C.shape[1]:
-            msg = (f"rows of shape X {tuple(X.shape)}, T {tuple(T.shape)} do not fit statistics "
-                   f"of N={self.G.shape[0]} inputs and M={self.C.shape[1]} outputs")
+            msg = (f"rows of shape X {tuple(X.shape)}, T {tuple(T.shape)} (ones={ones}) do not "
+                   f"fit statistics of N={self.G.shape[0]} inputs and M={self.C.shape[1]} "
+                   "outputs")
             raise ValueError(msg)
         check_finite(X, "X")
         check_finite(T, "T")
         if self.dtype is None:
             self.dtype = X.dtype
+        self.ones = bool(ones)
         X64 = X.to(device=self.G.device, dtype=torch.float64)
         T64 = T.to(device=self.G.device, dtype=torch.float64)
-        self.G.addmm_(X64.T, X64)
-        self.C.addmm_(X64.T, T64)
-        self.tt.add_((T64 * T64).sum(0))
+        n = X.shape[1]
+        self.G[:n, :n].addmm_(X64.T, X64)
+        self.C[:n].addmm_(X64.T, T64)
+        tt = (T64 * T64).sum(0)
+        self.tt.add_(tt)
+        if Y is None:
+            self.yy.add_(tt)
+        else:
+            Y64 = as_tensor(Y, name="Y").to(device=self.G.device, dtype=torch.float64)
+            self.yy.add_((Y64 * Y64).sum(0))
+        if ones:
+            col = X64.sum(0)
+            self.G[:n, n].add_(col)
+            self.G[n, :n].add_(col)
+            self.G[n, n] += X.shape[0]
+            self.C[n].add_(T64.sum(0))
         self.rows += X.shape[0]
         return self
+
+    def restrict(self, columns: Any) -> "GramStats":
+        """The statistics of the inputs ``columns`` (a bool mask or indices) alone."""
+        idx = torch.as_tensor(columns, device=self.G.device)
+        if idx.dtype == torch.bool:
+            idx = torch.nonzero(idx).flatten()
+        out = GramStats(len(idx), self.C.shape[1], device=self.G.device)
+        out.G = self.G[idx][:, idx].clone()
+        out.C = self.C[idx].clone()
+        out.tt, out.yy = self.tt.clone(), self.yy.clone()
+        out.rows, out.dtype = self.rows, self.dtype
+        out.ones = self.ones and bool(idx.numel()) and int(idx[-1]) == self.G.shape[0] - 1
+        return out
 
     def merge(self, other: "GramStats") -> "GramStats":
         """Add the statistics of another (disjoint) set of rows; returns self."""
@@ -125,6 +173,7 @@ class GramStats:
         self.G += other.G.to(self.G.device)
         self.C += other.C.to(self.G.device)
         self.tt += other.tt.to(self.G.device)
+        self.yy += other.yy.to(self.G.device)
         self.rows += other.rows
         self.dtype = self.dtype or other.dtype
         return self
@@ -188,8 +237,18 @@ def compress(stats: GramStats, epsilon: float, *, dtype: Optional[torch.dtype] =
         msg = "stats hold no rows: accumulate some with update() first"
         raise ValueError(msg)
     dt = dtype or stats.dtype or torch.float64
-    R, range_part = _factor_rows(stats.G)
-    Q = range_part(stats.C)
+    # inputs zero on every row (a zero diagonal) are left out of the factor: their columns of R
+    # are 0, and the rest factors by Cholesky instead of the eigh fallback
+    live = stats.G.diagonal() > 0
+    if bool(live.any()):
+        R_live, range_part = _factor_rows(stats.G[live][:, live])
+        Q = range_part(stats.C[live])
+    else:
+        R_live = stats.G[:0, :0]
+        Q = stats.C[:0]
+    R = torch.zeros(R_live.shape[0], stats.G.shape[0], dtype=torch.float64,
+                    device=stats.G.device)
+    R[:, live] = R_live
     floor = max(float(stats.tt.sum()) - float((Q * Q).sum()), 0.0)
     if R.shape[0] == 0:   # X = 0: nothing is in range, the residual is ||T|| for every W
         R = torch.zeros(1, stats.G.shape[0], dtype=torch.float64, device=stats.G.device)
@@ -198,7 +257,8 @@ def compress(stats: GramStats, epsilon: float, *, dtype: Optional[torch.dtype] =
                           floor_sq=floor)
 
 
-def compress_problem(problem: NetTrimProblem, *, chunk_rows: int = CHUNK_ROWS) -> NetTrimProblem:
+def compress_problem(problem: NetTrimProblem, *, chunk_rows: Optional[int] = None
+                     ) -> NetTrimProblem:
     """A linear problem with many rows as the same program on at most N rows.
 
     Returns ``problem`` itself when it has inequalities (a ReLU layer: they are per row) or no

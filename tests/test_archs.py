@@ -296,7 +296,8 @@ def test_relu6_uses_the_relu_program_with_its_bound():
         err = float(torch.linalg.vector_norm(result.model[:3](x) - model[:3](x)))
     assert err <= 1.01 * row.epsilon_abs
     assert nettrim.detect_activations(model)["0"] == "relu6"
-    assert nettrim.capture(model, x)["0"].activation is None   # BN between: linear without fold
+    assert nettrim.capture(model, x)["0"].activation == "relu6"   # as prune reads it (issue 21)
+    assert nettrim.capture(model, x, fold=False)["0"].activation is None   # BN between: linear
 
 
 def test_depthwise_conv_groups_are_blocks():

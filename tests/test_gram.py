@@ -40,6 +40,34 @@ def test_stats_match_the_rows_and_stream_in_chunks():
         np.testing.assert_allclose(stats.tt.numpy(), (Y ** 2).sum(0), rtol=1e-12)
 
 
+def test_stats_with_an_implicit_ones_column_an_offset_and_a_column_subset():
+    X, Y, _ = linear_layer(500, 7, 3, seed=2)
+    S = np.random.default_rng(3).standard_normal(Y.shape)
+    Xa = np.hstack([X, np.ones((500, 1))])
+    stats = GramStats.from_rows(X, Y, ones=True, offset=S, chunk_rows=64)
+    assert stats.ones and stats.shape == (500, 8, 3)
+    np.testing.assert_allclose(stats.G.numpy(), Xa.T @ Xa, rtol=1e-12)
+    np.testing.assert_allclose(stats.C.numpy(), Xa.T @ (Y - S), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(stats.tt.numpy(), ((Y - S) ** 2).sum(0), rtol=1e-12)
+    np.testing.assert_allclose(stats.yy.numpy(), (Y ** 2).sum(0), rtol=1e-12)
+    sub = stats.restrict(np.array([True, False, True, False, False, False, True, True]))
+    cols = [0, 2, 6, 7]
+    np.testing.assert_allclose(sub.G.numpy(), Xa[:, cols].T @ Xa[:, cols], rtol=1e-12)
+    assert sub.ones and not stats.restrict([0, 1]).ones
+
+
+def test_compress_leaves_dead_inputs_out_of_the_factor():
+    """Inputs zero on every row get zero columns in R (Cholesky on the rest, no eigh)."""
+    X, Y, _ = linear_layer(300, 6, 2, seed=4)
+    X[:, [1, 4]] = 0.0
+    reduced = compress(GramStats.from_rows(X, Y), 1.0)
+    assert reduced.shape[0] == 4 and bool((reduced.X[:, [1, 4]] == 0).all())
+    W = np.random.default_rng(5).standard_normal((2, 6))
+    assert reduced.residual(W) ** 2 == pytest.approx(np.linalg.norm(X @ W.T - Y) ** 2, rel=1e-9)
+    empty = compress(GramStats.from_rows(np.zeros((10, 3)), Y[:10]), 1.0)
+    assert empty.residual(np.ones((2, 3))) == pytest.approx(np.linalg.norm(Y[:10]), rel=1e-12)
+
+
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(P=st.integers(1, 80), N=st.integers(1, 10), M=st.integers(1, 4), seed=st.integers(0, 2 ** 31),
        bias=st.booleans(), duplicate=st.booleans())

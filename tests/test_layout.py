@@ -27,6 +27,7 @@ FLOORS = {
     "nettrim.checks": 1,       # argument checks shared by the entry points
     "nettrim.inputs": 1,       # calibration batches: what a batch feeds to forward
     "nettrim.tables": 1,       # report rows as text tables, CSV, JSON
+    "nettrim.resources": 1,    # what a solve costs: peak memory
     "nettrim.io": 1,           # files: checkpoints, .pt2 programs, data files, datasets
     "nettrim.results": 2,      # the shared vocabulary: results, errors, output discrepancy
     "nettrim.model": 3,        # what a model is and how it changes: graph, capture, surgery

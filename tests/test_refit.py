@@ -518,6 +518,10 @@ def soft_reference(X, y, v, support):
 # gradient test; the Newton decrement is the certificate now)
 @example(P=19, N=12, M=4, seed=1588712282, with_V=False, bias=True, blank=True, dtype="float64",
          warm=False)
+# a neuron with no active row whose objective reaches 0 only geometrically (certified by the
+# absolute floor of the certificate at the layer's scale, not the iterate's)
+@example(P=24, N=2, M=4, seed=1386650197, with_V=False, bias=True, blank=False, dtype="float32",
+         warm=True)
 def test_soft_refit_matches_cvxpy(P, N, M, seed, with_V, bias, blank, dtype, warm):
     """refit_soft against cvxpy, neuron by neuron (cascade bounds, a ones column, blank rows,
     fewer rows than inputs, both dtypes, with and without a start): when it says OPTIMAL its

@@ -21,9 +21,10 @@ from ..budget import DEFAULT_MIN_PER_UNIT, check_budget, check_scope, global_kee
 from ..checks import check_model, check_sparsity
 from ..inputs import reiterable
 from ..model.capture import capture, capture_cascade, group_blocks, layer_matrix, prunable_layers
+from ..model.graph import parameter_counts, warn_unknown_weights
 from ..model.surgery import set_layer_weight
 from ..results import (LayerPruneResult, PruneResult, layer_result, output_discrepancy,
-                       pre_activation, report_row)
+                       pre_activation, report_row, skipped_rows)
 from .magnitude_family import global_magnitude, magnitude, random_prune, wanda
 from .obs_family import DEFAULT_DAMP, lobs, obd, obs_saliency, sparsegpt
 
@@ -107,7 +108,10 @@ def prune_baseline(model: nn.Module, inputs: Any, method: Union[str, Callable], 
     -------
     PruneResult
         ``.report`` has one :class:`LayerReport` per layer (``solver`` = the method name,
-        ``relative_error`` against the original network's layer output).
+        ``relative_error`` against the original network's layer output), then a ``SKIPPED``
+        row for each module left as it is (as :func:`nettrim.prune` reports them: a tied weight
+        is pruned once, weights in modules the toolkit does not know stay dense with an
+        :class:`~nettrim.graph.UnknownWeightsWarning`); ``.skipped`` ``{name: reason}``.
     """
     check_model(model)
     is_global = method == "global_magnitude"
@@ -160,7 +164,11 @@ def prune_baseline(model: nn.Module, inputs: Any, method: Union[str, Callable], 
         msg = ("inputs must be re-iterable with sequential=True (a tensor, a list of batches or "
                "a DataLoader), got a one-shot iterator")
         raise TypeError(msg)
-    cap = dict(activations=activations, max_samples=max_samples, seed=seed, device=device)
+    # fold=False: the methods work on the layer's own weights and outputs
+    cap = dict(activations=activations, max_samples=max_samples, seed=seed, device=device,
+               fold=False)
+    before = parameter_counts(model)   # before any write: the "before" of skipped rows
+    warn_unknown_weights(model)
     original = capture(model, inputs, layers=names, **cap)
     reference = copy.deepcopy(model) if inplace else model
     target = model if inplace else copy.deepcopy(model)
@@ -214,7 +222,9 @@ def prune_baseline(model: nn.Module, inputs: Any, method: Union[str, Callable], 
     options = dict(method=name_of_method, sparsity=sparsity, sequential=sequential,
                    max_samples=max_samples, seed=seed, layers=names, method_options=opts,
                    scope=scope)
-    out = PruneResult(model=target, report=rows, options=options)
+    skipped = dict(original.skipped)
+    rows += skipped_rows(skipped, before, parameter_counts(target, skipped))
+    out = PruneResult(model=target, report=rows, options=options, skipped=skipped)
     if reiterable(inputs):
         out.output_error = output_discrepancy(reference, target, inputs, device=device)
     return out

@@ -358,7 +358,7 @@ def unit_scores(model: nn.Module, inputs: Any, criterion: str, *, layers: Any = 
         return {n: layer_matrix(m).abs().sum(1).to(torch.float64).cpu() for n, m in selected.items()}
     if criterion == "apoz":
         data = capture(model, inputs, layers=list(selected), activations=activations,
-                       max_samples=max_samples, seed=seed, device=device)
+                       max_samples=max_samples, seed=seed, device=device, fold=False)
         return {n: -(data[n].post <= 0).to(torch.float64).mean(0).cpu() for n in selected}
     if criterion == "oracle":
         return _oracle_scores(model, inputs, selected, device, activations)

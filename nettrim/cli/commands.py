@@ -8,23 +8,36 @@ imports this module to dispatch, and ``nettrim --help`` stays free of torch.
 from __future__ import annotations
 
 import hashlib
-import os
 import pathlib
 import sys
-import tempfile
 import time
 import warnings
 from typing import TYPE_CHECKING, Any, Optional
 
 from .common import (DEFAULT_EPSILON, DEMO_SPARSITY, EXIT_OK, UsageError, report_path_for, say,
                      version)
+from .outputs import check_writable, commit, input_paths, plot_outputs, refuse_collisions
 
 if TYPE_CHECKING:  # imported lazily at run time (see the module docstring)
     import torch
 
     from ..io import checkpoint as ckpt_io
 
-__all__ = ["cli_hint", "cmd_demo", "cmd_evaluate", "cmd_prune", "cmd_report", "report_head"]
+__all__ = ["LIBRARY", "cli_hint", "cmd_demo", "cmd_evaluate", "cmd_prune", "cmd_report"]
+
+#: The library modules each command uses: imported up front, with numpy and torch, while
+#: SIGINT and SIGTERM wait (see :func:`nettrim.cli.main`).
+LIBRARY = {
+    "prune": ("nettrim.io.checkpoint", "nettrim.io.datafiles", "nettrim.prune", "nettrim.tables"),
+    "report": ("nettrim.io.checkpoint", "nettrim.io.datafiles", "nettrim.report",
+               "nettrim.tables"),
+    "evaluate": ("nettrim.io.checkpoint", "nettrim.io.datafiles", "nettrim.report",
+                 "nettrim.tables"),
+    "demo": ("nettrim.io.checkpoint", "nettrim.io.datasets", "nettrim.models", "nettrim.prune",
+             "nettrim.tables"),
+    "train-prune": ("nettrim.io.checkpoint", "nettrim.io.datafiles", "nettrim.train_prune",
+                    "nettrim.tables", "nettrim.plots"),
+}
 
 #: Rows pushed through a model to check that the data fits it.
 _PROBE_ROWS = 2
@@ -119,53 +132,11 @@ def _load(path: str, args) -> ckpt_io.Checkpoint:
     return ckpt_io.load_checkpoint(path, arch=args.arch, trust_pickle=args.trust_pickle)
 
 
-def _check_writable(path: pathlib.Path, what: str, *, is_dir: bool = False) -> None:
-    """UsageError unless ``path`` (a file, or a directory with ``is_dir``) can be written: its
-    nearest existing ancestor must be a directory that takes new files, probed with an anonymous
-    temporary file (no name is left behind, even if interrupted)."""
-    if path.exists() and path.is_dir() != is_dir:
-        raise UsageError(f"{what} {path} is {'a directory' if path.is_dir() else 'a file'}; "
-                         f"name a {'directory' if is_dir else 'file'}")
-    existing = path if is_dir else path.parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"{what} {path}: {existing} is not a directory")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as err:
-        raise UsageError(f"{what} {path}: cannot write in {existing} "
-                         f"({err.strerror or type(err).__name__})") from err
-
-
-def _same_file(a: pathlib.Path, b: pathlib.Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return a.resolve() == b.resolve()
-
-
-def report_head(command: str, args, source: pathlib.Path, loaded, source_hash: str,
-                out: pathlib.Path, out_format: str) -> dict:
-    """The first entries of a command's JSON report: the command, the version, argv, the input
-    checkpoint (with its SHA-256) and the output written (with its own)."""
-    return {
-        "command": command,
-        "nettrim_version": version(),
-        "argv": list(args.argv),
-        "input": {"path": str(source.resolve()), "format": loaded.format, "arch": args.arch,
-                  "sha256": source_hash},
-        "output": {"path": str(out.resolve()), "format": out_format, "sha256": _sha256(out)},
-    }
-
-
 # ---- prune --------------------------------------------------------------------------------------
 def cmd_prune(args) -> int:
     import torch
 
     from ..io import checkpoint as ckpt_io
-    from ..io.files import atomic_write
     from ..model.graph import takes_token_ids
     from ..prune import prune
     from ..tables import format_json, format_prune_table, totals
@@ -175,16 +146,19 @@ def cmd_prune(args) -> int:
     out = pathlib.Path(args.out)
     report_file = pathlib.Path(args.report) if args.report else report_path_for(out)
     ckpt_io.detect_format(source)  # missing, a directory, empty: one line before any work
-    if _same_file(out, source) and not args.overwrite:
-        raise UsageError(f"--out {out} is the input checkpoint; pass --overwrite to replace it "
-                         "(the input is otherwise never modified)")
-    if _same_file(report_file, source) or report_file.resolve() == out.resolve():
-        raise UsageError(f"the report path {report_file} collides with the input or output "
-                         "checkpoint; pass --report elsewhere")
-    _check_writable(out, "--out")
-    _check_writable(report_file, "--report")
+    report_flag = "--report" if args.report else "the report (OUT's stem + .report.json)"
+    outputs = [("--out", out), (report_flag, report_file)]
+    refuse_collisions(outputs + (plot_outputs(args.plot) if args.plot else []),
+                      [("checkpoint", source), *input_paths("--data", args.data)],
+                      overwrite=args.overwrite)
+    check_writable(out, "--out")
+    check_writable(report_file, "--report")
     if args.plot:
-        _check_writable(pathlib.Path(args.plot), "--plot", is_dir=True)
+        check_writable(pathlib.Path(args.plot), "--plot", is_dir=True)
+    if (args.global_budget or args.min_per_unit is not None) and args.sparsity is None:
+        raise UsageError("--global and --min-per-unit need --sparsity (the model-wide fraction)")
+    if args.min_per_unit is not None and not args.global_budget:
+        raise UsageError("--min-per-unit is the guard of a global budget: add --global")
     source_hash = _sha256(source)
     loaded = _load(args.checkpoint, args)
     out_format = args.out_format or _format_from_suffix(out) or loaded.format
@@ -202,17 +176,15 @@ def cmd_prune(args) -> int:
         else:  # two rows: an example of batch 1 would fix the exported batch size to 1
             example = x[:2].repeat(2 if x.shape[0] == 1 else 1, *[1] * (x.ndim - 1))
             dynamic = True
+        _check_exportable(model, example.to(device), dynamic, args)
         notes.append(f"re-exported with torch.export.export on an example input of shape "
                      f"{tuple(example.shape)}{' (batch dimension dynamic)' if dynamic else ''}")
-    if (args.global_budget or args.min_per_unit is not None) and args.sparsity is None:
-        raise UsageError("--global and --min-per-unit need --sparsity (the model-wide fraction)")
-    if args.min_per_unit is not None and not args.global_budget:
-        raise UsageError("--min-per-unit is the guard of a global budget: add --global")
     epsilon = args.epsilon if args.sparsity is None and args.epsilon is not None else (
         DEFAULT_EPSILON if args.sparsity is None else None)
     solver_options = None
-    if args.max_iter and args.solver == "admm":
-        solver_options = {"max_iter": args.max_iter}
+    if args.max_iter:   # the ADMM's cap, or the conic solver's (Clarabel's max_iter) for cvxpy
+        solver_options = {"max_iter": args.max_iter} if args.solver == "admm" else \
+            {"solver_options": {"max_iter": args.max_iter}}
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -231,15 +203,21 @@ def cmd_prune(args) -> int:
         raise UsageError(f"prune rejected the input: {err}") from err
     pruned = result.model.cpu()
     notes += [f"layer {row.name}: {row.note}" for row in result.report if row.note]
-    ckpt_io.save_checkpoint(pruned, out, format=out_format, example_input=example,
-                            dynamic_batch=dynamic)
+    # every output is staged, then all are renamed into place together (nettrim.cli.outputs)
+    staged = args.outputs.write(out, ckpt_io.checkpoint_writer(
+        pruned, format=out_format, example_input=example, dynamic_batch=dynamic))
     rows = [r.as_dict() for r in result.report]
     summary: dict = {}
     if y is not None and one_output:
         summary["accuracy_original"] = _accuracy(loaded.model.cpu(), x, y)  # prune copied it
         summary["accuracy_pruned"] = _accuracy(pruned, x, y)
     document = {
-        **report_head("prune", args, source, loaded, source_hash, out, out_format),
+        "command": "prune",
+        "nettrim_version": version(),
+        "argv": list(args.argv),
+        "input": {"path": str(source.resolve()), "format": loaded.format, "arch": args.arch,
+                  "sha256": source_hash},
+        "output": {"path": str(out.resolve()), "format": out_format, "sha256": _sha256(staged)},
         "data": {"path": str(pathlib.Path(args.data).resolve()), "samples": int(x.shape[0]),
                  "available": int(n_available), "sample_shape": list(x.shape[1:]),
                  "labels": y is not None},
@@ -252,12 +230,10 @@ def cmd_prune(args) -> int:
         **_latency(args, pruned),
         "seconds": time.perf_counter() - start,
     }
-    atomic_write(report_file, lambda tmp: pathlib.Path(tmp).write_text(
+    args.outputs.write(report_file, lambda tmp: pathlib.Path(tmp).write_text(
         format_json(document) + "\n", encoding="utf-8"))
-    plots = []
-    if args.plot:
-        from ..plots import plot_report
-        plots = plot_report(rows, args.plot)
+    plots = _stage_plots(args, rows)
+    commit(args)
     lines = [format_prune_table(result.report, result.output_error)]
     if result.options.get("scope") == "global":
         from ..budget import format_allocation
@@ -270,6 +246,28 @@ def cmd_prune(args) -> int:
     lines += [f"wrote {p}" for p in plots]
     say(args, *lines)
     return EXIT_OK
+
+
+def _check_exportable(model, example, dynamic: bool, args) -> None:
+    """UsageError, before any solving, when torch.export cannot trace the model (the pruned
+    one has the same structure, so it would fail after all the work)."""
+    from ..io.export import check_exportable
+
+    try:
+        check_exportable(model, example, dynamic_batch=dynamic)
+    except ValueError as err:
+        flag = "--format export" if args.out_format else f"--out {args.out} (.pt2: export)"
+        raise UsageError(f"{flag}: {err}; save another format (--format state_dict, "
+                         "safetensors or module)") from err
+
+
+def _stage_plots(args, rows) -> list[pathlib.Path]:
+    """Stage the plots of ``rows`` into ``--plot`` (nothing without it)."""
+    if not args.plot:
+        return []
+    from ..plots import plot_report
+
+    return args.outputs.write_dir(args.plot, lambda directory: plot_report(rows, directory))
 
 
 def cli_hint(text: str) -> str:
@@ -291,7 +289,7 @@ def _format_from_suffix(path: pathlib.Path) -> Optional[str]:
 
 
 def _cli_options(args) -> dict:
-    skip = {"func", "argv"}
+    skip = {"func", "argv", "outputs", "signals"}
     return {k: v for k, v in sorted(vars(args).items()) if k not in skip}
 
 
@@ -305,17 +303,46 @@ def _original_from_report(path: pathlib.Path) -> tuple[Optional[str], Optional[s
         return None, None
     try:
         doc = json.loads(report_file.read_text(encoding="utf-8"))
-        source = doc["input"]["path"]
-        return (source if pathlib.Path(source).is_file() else None), doc["input"].get("arch")
+        source, arch = doc["input"]["path"], doc["input"].get("arch")
+        return (source if pathlib.Path(source).is_file() else None), \
+            (arch if isinstance(arch, str) else None)
     except (ValueError, KeyError, TypeError, OSError):
         return None, None
 
 
-def cmd_report(args) -> int:
+def _load_original(path: str, args, recorded_arch: Optional[str]):
+    """The original model to compare with. An architecture named by a report file is data,
+    not consent: it is imported (its code run) only when the user passes it as --arch."""
     from ..io import checkpoint as ckpt_io
+    from ..io.files import CheckpointError
+
+    try:
+        return ckpt_io.load_checkpoint(path, arch=args.arch, trust_pickle=args.trust_pickle).model
+    except CheckpointError as err:
+        if args.arch is not None or recorded_arch is None:
+            raise
+        report = report_path_for(args.checkpoint)
+        msg = (f"the original {path} named in {report} cannot be loaded without its "
+               f"architecture ({err}); the report names {recorded_arch!r}, which is imported "
+               f"(its code run) only when you name it yourself: pass --arch {recorded_arch}, or "
+               "--original ORIGINAL")
+        raise UsageError(msg) from err
+
+
+def cmd_report(args) -> int:
     from ..report import add_layer_errors, layer_errors, layer_rows
     from ..tables import format_csv, render
 
+    recorded_arch = None
+    original = args.original
+    if original is None and args.data:
+        original, recorded_arch = _original_from_report(pathlib.Path(args.checkpoint))
+    if args.plot:
+        inputs = [("checkpoint", args.checkpoint)]
+        inputs += input_paths("--data", args.data, args.split) if args.data else []
+        inputs += [("--original", original)] if original else []
+        refuse_collisions(plot_outputs(args.plot), inputs)
+        check_writable(pathlib.Path(args.plot), "--plot", is_dir=True)
     loaded = _load(args.checkpoint, args)
     model = loaded.model
     _select(model, args.layers, args.ignore)
@@ -324,10 +351,6 @@ def cmd_report(args) -> int:
     if args.data:
         x, y, _ = _load_data(args.data, args.split, args.samples, args.seed)
         _check_fits(model, x, f"data {args.data}")
-        original, original_arch = args.original, args.arch
-        if original is None:
-            original, recorded_arch = _original_from_report(pathlib.Path(args.checkpoint))
-            original_arch = args.arch or recorded_arch
         if original is None and y is None:
             raise UsageError(f"--data {args.data} has no labels and no original model was found "
                              "to compare with: pass --original ORIGINAL")
@@ -335,8 +358,7 @@ def cmd_report(args) -> int:
         if y is not None:
             summary["accuracy"] = _accuracy(model, x, y)
         if original is not None:
-            reference = ckpt_io.load_checkpoint(original, arch=original_arch,
-                                                trust_pickle=args.trust_pickle).model
+            reference = _load_original(original, args, recorded_arch)
             _check_fits(reference, x, f"data {args.data}")
             try:
                 errors, output_error = layer_errors(reference, model, x, layers=args.layers,
@@ -348,10 +370,11 @@ def cmd_report(args) -> int:
             summary["output_error"] = output_error
             if y is not None:
                 summary["accuracy_original"] = _accuracy(reference, x, y)
-    if args.plot:
-        from ..plots import plot_report
-        summary["plots"] = [str(p) for p in plot_report(rows, args.plot)]
     latency = _latency(args, model)
+    plots = _stage_plots(args, rows)
+    if plots:
+        summary["plots"] = [str(p) for p in plots]
+        commit(args)
     if args.fmt == "csv":
         print(format_csv(rows), end="")
     elif args.fmt == "json":
@@ -427,14 +450,13 @@ def cmd_demo(args) -> int:
 
     from ..io import checkpoint as ckpt_io
     from ..io.datasets import data_root, load_mnist
-    from ..io.files import atomic_write
     from ..models import lenet_300_100, train_classifier
     from ..prune import prune
     from ..tables import format_json, format_prune_table, totals
 
     for path, what in ((args.out, "--out"), (args.plot, "--plot")):
         if path:
-            _check_writable(pathlib.Path(path), what, is_dir=True)
+            check_writable(pathlib.Path(path), what, is_dir=True)
     root = data_root(args.data_root)
     say(args, f"MNIST from {root} (downloaded with checksum verification if missing)")
     try:
@@ -472,8 +494,8 @@ def cmd_demo(args) -> int:
     print(f"test accuracy ({x_test.shape[0]} images): before {before:.2%}, after {after:.2%}")
     if args.out:
         out = pathlib.Path(args.out)
-        ckpt_io.save_checkpoint(model, out / "original.pt", format="state_dict")
-        ckpt_io.save_checkpoint(result.model, out / "pruned.pt", format="state_dict")
+        for name, net in (("original.pt", model), ("pruned.pt", result.model)):
+            args.outputs.write(out / name, ckpt_io.checkpoint_writer(net, format="state_dict"))
         document = {"command": "demo", "nettrim_version": version(), "argv": list(args.argv),
                     "input": {"path": str((out / "original.pt").resolve()), "format": "state_dict",
                               "arch": "nettrim.models:lenet_300_100"},
@@ -481,14 +503,16 @@ def cmd_demo(args) -> int:
                     "layers": rows, "totals": totals(rows),
                     "output_error": result.output_error,
                     "test_accuracy_before": before, "test_accuracy_after": after}
-        atomic_write(out / "pruned.report.json", lambda tmp: pathlib.Path(tmp).write_text(
+        args.outputs.write(out / "pruned.report.json", lambda tmp: pathlib.Path(tmp).write_text(
             format_json(document) + "\n", encoding="utf-8"))
+    plots = _stage_plots(args, rows)
+    if args.out or plots:
+        commit(args)
+    if args.out:
         print(f"wrote {out / 'original.pt'}, {out / 'pruned.pt'} (state_dicts, --arch "
               f"nettrim.models:lenet_300_100) and {out / 'pruned.report.json'}")
-    if args.plot:
-        from ..plots import plot_report
-        for path in plot_report(rows, args.plot):
-            print(f"wrote {path}")
+    for path in plots:
+        print(f"wrote {path}")
     return EXIT_OK
 
 
@@ -497,8 +521,6 @@ sha256 = _sha256
 load_model = _load
 load_data = _load_data
 check_fits = _check_fits
-check_writable = _check_writable
-same_file = _same_file
 cli_options = _cli_options
 show_warning = _show_warning
 format_from_suffix = _format_from_suffix

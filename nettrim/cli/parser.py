@@ -95,8 +95,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "for state_dict and safetensors checkpoints (optional for .pt2 programs); "
                         "the current directory is on the import path, as with python -m")
     p.add_argument("--trust-pickle", action="store_true",
-                   help="allow loading a whole pickled module (this runs code from the file; "
-                        "only for files you trust)")
+                   help="allow loading a whole pickled module, or the parts of a .pt2 program "
+                        "that are not plain data (this runs code from the file; only for files "
+                        "you trust)")
 
 
 def _add_input_output(p: argparse.ArgumentParser, checkpoint_help: str, data_metavar: str,
@@ -111,7 +112,7 @@ def _add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive_int, metavar="N", default=DEFAULT_THREADS,
                    help=f"torch CPU threads (default {DEFAULT_THREADS}: measured fastest for "
                         "the solver's small matrix products on a busy machine; more can pay "
-                        "for large layers on an idle one)")
+                        "for large layers on an idle one; at most the CPUs available)")
 
 
 def _add_selection(p: argparse.ArgumentParser) -> None:
@@ -182,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, default=1.1,
                    help="cascade slack gamma >= 1 (default 1.1)")
     p.add_argument("--max-iter", type=_positive_int, metavar="N",
-                   help="ADMM iteration cap per solve (default: the solver's)")
+                   help="iteration cap per solve: the ADMM's, or Clarabel's with --solver "
+                        "cvxpy (default: the solver's)")
     p.add_argument("--reweight", type=_nonneg_int, default=1, metavar="K",
                    help="rounds of reweighted l1 before the refit (default 1; 0 with --no-refit "
                         "is the papers' plain program)")

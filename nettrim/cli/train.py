@@ -17,9 +17,10 @@ import sys
 import time
 import warnings
 
-from .commands import (check_fits, check_writable, cli_options, format_from_suffix, load_data,
-                       load_model, report_head, same_file, sha256, show_warning)
-from .common import EXIT_OK, UsageError, report_path_for, say
+from .commands import (check_fits, cli_options, format_from_suffix, load_data, load_model, sha256,
+                       show_warning)
+from .common import EXIT_OK, UsageError, report_path_for, say, version
+from .outputs import check_writable, commit, input_paths, refuse_collisions
 
 __all__ = ["cmd_train_prune", "parse_sparsity", "state_path_for", "plot_path_for"]
 
@@ -70,7 +71,6 @@ def _method_options(args) -> dict:
 
 def cmd_train_prune(args) -> int:
     from ..io import checkpoint as ckpt_io
-    from ..io.files import atomic_write
     from ..plots import plot_training
     from ..tables import format_json
     from ..train_prune import train_prune
@@ -82,17 +82,12 @@ def cmd_train_prune(args) -> int:
     state_file = pathlib.Path(args.state) if args.state else state_path_for(out)
     plot_file = plot_path_for(out)
     ckpt_io.detect_format(source)
-    if same_file(out, source) and not args.overwrite:
-        raise UsageError(f"--out {out} is the input checkpoint; pass --overwrite to replace it "
-                         "(the input is otherwise never modified)")
     paths = {"--out": out, "--report": report_file, "--state": state_file, "plot": plot_file}
-    resolved = {name: p.resolve() for name, p in paths.items()}
+    inputs = [("checkpoint", source), *input_paths("--data", args.data)]
+    if args.eval_data:
+        inputs += input_paths("--eval-data", args.eval_data, split="test")
+    refuse_collisions(list(paths.items()), inputs, overwrite=args.overwrite)
     for name, p in paths.items():
-        if name != "--out" and same_file(p, source):
-            raise UsageError(f"{name} {p} is the input checkpoint; choose another path")
-        clash = [other for other, q in resolved.items() if other != name and q == resolved[name]]
-        if clash:
-            raise UsageError(f"{name} {p} collides with {clash[0]}; choose another path")
         check_writable(p, name)
     sparsity = parse_sparsity(args.sparsity)
     source_hash = sha256(source)
@@ -143,10 +138,16 @@ def cmd_train_prune(args) -> int:
     except (ValueError, TypeError) as err:
         raise UsageError(f"train-prune rejected the input: {err}") from err
     pruned = result.model.cpu()
-    ckpt_io.save_checkpoint(pruned, out, format=out_format)
+    # every output is staged, then all are renamed into place together (nettrim.cli.outputs)
+    staged = args.outputs.write(out, ckpt_io.checkpoint_writer(pruned, format=out_format))
     final = result.history[-1] if result.history else {}
     document = {
-        **report_head("train-prune", args, source, loaded, source_hash, out, out_format),
+        "command": "train-prune",
+        "nettrim_version": version(),
+        "argv": list(args.argv),
+        "input": {"path": str(source.resolve()), "format": loaded.format, "arch": args.arch,
+                  "sha256": source_hash},
+        "output": {"path": str(out.resolve()), "format": out_format, "sha256": sha256(staged)},
         "data": {"path": str(pathlib.Path(args.data).resolve()), "samples": int(x.shape[0]),
                  "available": int(n_available), "eval": None if eval_path is None else
                  str(pathlib.Path(eval_path).resolve())},
@@ -160,11 +161,12 @@ def cmd_train_prune(args) -> int:
         "plot": str(plot_file.resolve()),
         "seconds": time.perf_counter() - start,
     }
-    atomic_write(report_file, lambda tmp: pathlib.Path(tmp).write_text(
+    args.outputs.write(report_file, lambda tmp: pathlib.Path(tmp).write_text(
         format_json(document) + "\n", encoding="utf-8"))
     if result.history:
-        plot_training(result.history, plot_file,
-                      title=f"{args.method}: {source.name} -> {out.name}")
+        args.outputs.write(plot_file, lambda tmp: plot_training(
+            result.history, tmp, title=f"{args.method}: {source.name} -> {out.name}"))
+    commit(args)
     state_file.unlink(missing_ok=True)
     lines = [result.table(),
              f"final sparsity {1 - 1 / result.compression:.2%} ({result.compression:.1f}x)"

@@ -18,6 +18,9 @@ Checkpoint formats (:data:`FORMATS`)
     of supported operations (flatten, linear, conv2d, relu, max/avg pooling) is rebuilt as an
     ``nn.Sequential`` (:func:`sequential_from_program`). Saving re-exports the pruned module with an
     example input of the program's input shape (a dynamic batch dimension stays dynamic).
+    Parts of the archive that would run code as torch loads them (pickles of more than tensors,
+    such as crafted sample inputs; see :func:`nettrim.io.export.load_program`) are refused
+    unless ``trust_pickle=True``, whatever the file's suffix.
 ``safetensors``
     ``safetensors`` weights (no code runs) plus an architecture factory, like ``state_dict``.
 
@@ -31,10 +34,8 @@ with a one-line message naming it; writes are atomic (:func:`nettrim.io.files.at
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
-import logging
 import os
 import pathlib
 import pickle
@@ -48,7 +49,7 @@ import torch
 from torch import nn
 
 from ..inputs import model_device
-from .export import export_model, save_program, sequential_from_program
+from .export import export_model, load_program, save_program, sequential_from_program
 from .files import CheckpointError, atomic_write, one_line
 from .formats import FORMATS
 
@@ -57,6 +58,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "build_model",
+    "checkpoint_writer",
     "detect_format",
     "example_from_program",
     "fold_pruning_state_dict",
@@ -126,6 +128,24 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, format: str,
     Returns
     -------
     pathlib.Path
+
+    Raises
+    ------
+    nettrim.io.files.OutputError
+        The file could not be written (disk full, ...); nothing was left in place.
+    """
+    return atomic_write(path, checkpoint_writer(model, format=format, example_input=example_input,
+                                                dynamic_batch=dynamic_batch))
+
+
+def checkpoint_writer(model: nn.Module, *, format: str,
+                      example_input: Optional[torch.Tensor] = None,
+                      dynamic_batch: bool = False) -> Callable[[str], None]:
+    """What :func:`save_checkpoint` writes, as a function of the file name to write it to.
+
+    For outputs written together (:class:`nettrim.io.files.StagedFiles`). Everything but the
+    writing happens here, the export of ``format="export"`` included, so that an error of the
+    returned function is the file's (disk full, ...). Parameters as :func:`save_checkpoint`.
     """
     if format not in FORMATS:
         msg = f"format: expected one of {FORMATS}, got {format!r}"
@@ -133,20 +153,19 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, format: str,
     model = _on_cpu(model)
     if format == "state_dict":
         state = {k: v.detach() for k, v in model.state_dict().items()}
-        return atomic_write(path, lambda tmp: torch.save(state, tmp))
+        return lambda tmp: torch.save(state, tmp)
     if format == "safetensors":
         from safetensors.torch import save_file
         # clone: safetensors refuses tensors that share storage (tied weights)
         state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-        return atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        return lambda tmp: save_file(state, tmp, metadata={"format": "pt"})
     if format == "module":
-        return atomic_write(path, lambda tmp: torch.save(model, tmp))
+        return lambda tmp: torch.save(model, tmp)
     if example_input is None:
         msg = "example_input: a tensor is required to export a program (format='export')"
         raise ValueError(msg)
     program = export_model(model, example_input.cpu(), dynamic_batch=dynamic_batch)
-    # torch.export.save wants a name ending in .pt2
-    return atomic_write(path, lambda tmp: save_program(program, tmp))
+    return lambda tmp: save_program(program, tmp)   # torch.export.save wants a .pt2 name
 
 
 def _on_cpu(model: nn.Module) -> nn.Module:
@@ -260,7 +279,9 @@ def load_checkpoint(path: str | os.PathLike, *, arch: Optional[str] = None,
         ``safetensors`` files, optional for ``export`` programs (else the graph is rebuilt),
         ignored for pickled modules.
     trust_pickle : bool, default False
-        Allow unpickling a whole module (this runs code named in the file).
+        Allow unpickling a whole module, or the parts of a ``.pt2`` archive that are not plain
+        data (:func:`nettrim.io.export.unsafe_parts`): this runs code named in the file.
+        Without it such files are refused, whatever their suffix.
 
     Returns
     -------
@@ -275,7 +296,7 @@ def load_checkpoint(path: str | os.PathLike, *, arch: Optional[str] = None,
     kind = detect_format(path)
     notes: list[str] = []
     if kind == "export":
-        return _load_program(path, arch, notes)
+        return _load_program(path, arch, notes, trust_pickle)
     if kind == "safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -451,14 +472,12 @@ def fold_pruning_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str,
 
 
 # ---- torch.export programs ---------------------------------------------------------------------
-def _load_program(path: pathlib.Path, arch: Optional[str], notes: list) -> Checkpoint:
-    try:
-        with _quiet_logger("torch.export"):  # torch logs a traceback on a bad archive
-            program = torch.export.load(str(path))
-    except Exception as err:  # noqa: BLE001 - any failure means the archive is unusable
-        msg = (f"checkpoint {path}: not a loadable torch.export program "
-               f"({type(err).__name__}: {err})")
-        raise CheckpointError(one_line(msg)) from err
+def _load_program(path: pathlib.Path, arch: Optional[str], notes: list,
+                  trust_pickle: bool) -> Checkpoint:
+    program, unsafe = load_program(path, trust_pickle=trust_pickle)
+    if unsafe:
+        notes.append(f"loaded the program's parts that run code ({', '.join(unsafe)}) "
+                     "(--trust-pickle)")
     shape, dtype = _program_input(program, path)
     if arch is not None:
         model = build_model(arch)
@@ -518,14 +537,3 @@ def example_from_program(checkpoint: Checkpoint, x: torch.Tensor) -> tuple[torch
 def _short(items: list, limit: int = 4) -> str:
     shown = ", ".join(map(str, items[:limit]))
     return f"[{shown}{', ...' if len(items) > limit else ''}] ({len(items)})"
-
-
-@contextlib.contextmanager
-def _quiet_logger(name: str):
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)

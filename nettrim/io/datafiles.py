@@ -25,7 +25,7 @@ import torch
 from .datasets import read_idx
 from .files import CheckpointError, one_line
 
-__all__ = ["load_data"]
+__all__ = ["data_files", "load_data"]
 
 #: Names of the idx files in an MNIST-style directory: split -> (images, labels).
 _IDX_FILES = {
@@ -85,6 +85,22 @@ def load_data(path: str | os.PathLike, *, split: str = "train", integers: bool =
                "directory")
         raise CheckpointError(one_line(msg)) from err
     return _as_samples(x, y, path, integers)
+
+
+def data_files(path: str | os.PathLike, *, split: str = "train") -> list[pathlib.Path]:
+    """The files :func:`load_data` reads for ``path`` (what a command must never overwrite).
+
+    ``[path]`` for a file; for an idx directory, the ``split``'s images and labels files that
+    exist (``.gz`` or not); ``[]`` when ``path`` does not exist.
+    """
+    if split not in _IDX_FILES:
+        msg = f"split: expected one of {tuple(_IDX_FILES)}, got {split!r}"
+        raise ValueError(msg)
+    path = pathlib.Path(path)
+    if not path.is_dir():
+        return [path] if path.exists() else []
+    return [path / f"{stem}{gz}" for stem in _IDX_FILES[split] for gz in (".gz", "")
+            if (path / f"{stem}{gz}").is_file()]
 
 
 def _load_npz(path: pathlib.Path):

@@ -10,6 +10,8 @@ Epsilons are *relative* here (a fraction of ``||Y||_F``); :mod:`solvers` takes a
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import math
 import time
 from dataclasses import replace
@@ -18,20 +20,21 @@ from typing import Any, Optional
 import torch
 from tqdm.auto import tqdm
 
-from solvers import (INFEASIBLE, MAX_ITER, OPTIMAL, SUCCESS, ADMMSettings, NetTrimProblem,
+from solvers import (INFEASIBLE, MAX_ITER, OPTIMAL, SUCCESS, ADMMSettings, GramStats, NetTrimProblem,
                      NetTrimResult, solve_admm, solve_cvxpy)
-from solvers.problem import as_tensor, check_finite, safe_norm
 from solvers.refit import refit as refit_support
 from solvers.refit import reweighted_penalty
 
 from ..checks import check_fraction
+from ..resources import PeakMemory
 from ..results import LayerPruneResult
+from .data import COMPRESS_RATIO, layer_data
+from .program import PROGRAMS, choose_program, warm_start
 from .target_count import (PILOT_MAX_ITER, at_reached_epsilon, settled_pipeline, trim_to,
                            with_objective)
 
-__all__ = ["LINEAR_SOLVE_MAX_WEIGHTS", "PROGRAMS", "PROGRAM_MARGIN", "PROGRAM_TOL", "SOLVERS",
-           "SPARSITY_EPS_RANGE", "SPARSITY_MAX_SOLVES", "SPARSITY_TOL", "check_solver_and_target",
-           "prune_layer"]
+__all__ = ["COMPRESS_RATIO", "SOLVERS", "SPARSITY_EPS_RANGE", "SPARSITY_MAX_SOLVES",
+           "SPARSITY_TOL", "check_solver_and_target", "prune_layer"]
 
 SOLVERS = ("admm", "cvxpy")
 #: Sparsity mode: relative epsilons searched (log-bisection) within these bounds.
@@ -40,23 +43,6 @@ SPARSITY_EPS_RANGE = (1e-4, 1.0)
 SPARSITY_TOL = 0.005
 #: Sparsity mode: at most this many solves per layer.
 SPARSITY_MAX_SOLVES = 14
-#: ``program=`` of :func:`prune_layer` / :func:`prune` (a ReLU layer at a target sparsity):
-#: "auto" compares the ReLU program with the linear one by the post-activation calibration
-#: error, "best" always solves both, "relu" keeps the ReLU program (see :func:`prune_layer`).
-PROGRAMS = ("auto", "best", "relu")
-#: A linear candidate replaces the ReLU program only with a post-activation error at least
-#: this fraction lower (differences at rounding level, e.g. two exact fits, keep the ReLU one).
-PROGRAM_MARGIN = 0.01
-#: ... and (in relative-error units) this much lower: two exact fits are a tie.
-PROGRAM_TOL = 1e-6
-#: ``program="auto"``: the linear program is solved in full (after its refit on the ReLU
-#: program's support won) only on layers of at most this many weights, where it costs little
-#: next to the ReLU program. On small layers it wins: the benchmark ResNet's stem (144
-#: weights) 0.138 against 0.169 for the refit at 50%; every layer of bench_archs has at most
-#: 36,864 weights, so its measured choices stand. On LeNet-300-100's 784 -> 300 layer (235,200) at
-#: 90% it lost (0.146 against 0.138 for the refit) and took 12 s more than the 19.5 s of the
-#: rest. ``program="best"`` always solves it.
-LINEAR_SOLVE_MAX_WEIGHTS = 40_000
 
 
 def check_solver_and_target(solver: str, epsilon: Any, sparsity: Any) -> None:
@@ -88,10 +74,17 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
 
     Parameters
     ----------
-    X : ndarray or Tensor of shape (P, N)
+    X : ndarray or Tensor of shape (P, N), or solvers.GramStats
         Layer input, one row per sample (for a conv layer: unfolded patches). float32 or
         float64 (integers are promoted to float64); float16 and bfloat16 are refused, as
-        :class:`solvers.NetTrimProblem` refuses them: convert with ``.float()``.
+        :class:`solvers.NetTrimProblem` refuses them: convert with ``.float()``. A linear
+        layer may be given by the statistics of its rows instead (:class:`solvers.GramStats`
+        of ``X`` and ``Y - offset``, with a ones column last when ``bias=True``; then ``Y``
+        is None): its program needs nothing else (:mod:`solvers.gram`). A linear layer given
+        by rows with more than :data:`COMPRESS_RATIO` times as many rows as inputs is solved
+        on compressed rows the same way (the report's ``compressed_rows``): the same program,
+        its iterations costing ``O(N^2 M)`` whatever P is, its extra memory ``O(N^2 + N M)``
+        and one chunk of rows.
     Y : ndarray or Tensor of shape (P, M)
         Target outputs: post-ReLU when ``relu=True``.
     epsilon : float
@@ -132,27 +125,28 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
         Show a tqdm bar of ADMM iterations.
     program : {"auto", "best", "relu"}, default "auto"
         For a ReLU layer at a target ``sparsity`` (ignored otherwise): which program's weights
-        to return. The ReLU program's hard inequality on every inactive entry can cost more
-        than it gains where a neuron keeps few weights (measured on a ResNet stem, 9 inputs per
-        channel, at 50%: post-ReLU error 0.248 against 0.138 for the linear program on the
-        pre-activations). ``"auto"``: the ReLU program is solved, then the linear program is
-        refit on its support (least squares on the pre-activations ``pre``, cheap); if that
-        refit has the lower post-activation error ``||relu(X W^T + b + S) - Y||_F`` on the
-        calibration rows, the linear program is also solved at the same sparsity (on layers of
-        at most :data:`LINEAR_SOLVE_MAX_WEIGHTS` weights, where it is cheap), and the
-        weights with the lowest of the (two or three) errors are returned (a linear one only
-        if it is lower by :data:`PROGRAM_MARGIN`, 1%, and :data:`PROGRAM_TOL`). ``"best"``: the
-        linear program is always solved as well. ``"relu"``: the ReLU program's weights. The
-        report's ``program`` says which was kept (``"relu"``, ``"linear"``, ``"linear-refit"``:
-        the linear refit on the ReLU program's support) and ``program_errors`` the error of
-        each candidate tried; for a linear one, ``epsilon_abs`` is its residual on ``pre``,
-        which bounds the post-ReLU error (``epsilon`` is relative to ``||Y||_F`` as usual).
-        The returned error is never above the ReLU program's, nor (with ``"best"``, or when
-        the linear program was solved) above the linear program's divided by
-        ``1 - PROGRAM_MARGIN``. In epsilon mode both programs meet the same bound and the
-        ReLU program needs fewer weights, so it is kept. The comparison measures the error
-        after a ReLU; for a ReLU6 layer (its target clipped at 6) this overstates the linear candidates' error, so it
-        keeps the ReLU program at least as often.
+        to return, judged by the post-ReLU calibration error ``||relu(X W^T + b + S) - Y||_F``
+        (:mod:`nettrim.layer.program` lists the candidates). The ReLU program's hard
+        inequality on every inactive entry can cost more than it gains (measured on a ResNet
+        stem, 9 inputs per channel, at 50%: post-ReLU error 0.248 against 0.138 for the
+        linear program on the pre-activations), and the ReLU-aware refit on its support,
+        which charges an inactive pre-activation only for rising above 0, often beats both
+        (LeNet-300-100's 784 -> 300 layer at 90%: 0.131 against 0.144 for the ReLU program
+        and 0.139 for the linear refit). ``"auto"``: the ReLU program where its work
+        ``P N M`` is at most :data:`RELU_PROGRAM_MAX_WORK` (else the linear program on
+        compressed rows chooses the support), the least-squares refit on ``pre`` and the
+        ReLU-aware refit (where its work is at most :data:`SOFT_REFIT_MAX_WORK`) on that
+        support, and on small layers the linear program; a linear candidate is kept only
+        when lower than the ReLU-aware ones by :data:`PROGRAM_MARGIN`. ``"best"``: every
+        candidate. ``"relu"``: the ReLU program. The report's ``program`` says which was kept
+        (``"relu"``, ``"relu+soft"``, ``"linear-refit"``, ``"linear"``, ``"linear+soft"``),
+        ``program_errors`` the error of each candidate tried and ``note`` why a candidate was
+        skipped; ``epsilon_abs`` is the kept candidate's bound on its post-ReLU error (the
+        ReLU program's epsilon, a linear residual on ``pre``, or the root of twice the
+        ReLU-aware objective; ``epsilon`` is relative to ``||Y||_F`` as usual). In epsilon
+        mode the ReLU program is kept. For a ReLU6 layer (its target clipped at 6) the
+        comparison overstates the other candidates' errors, so it keeps the ReLU program at
+        least as often.
     pre : ndarray or Tensor of shape (P, M), optional
         Target of the linear alternative: the layer's pre-activations (offset excluded, so that
         the output is ``relu(pre + offset)``). Default ``X W0^T + b0`` (the original
@@ -165,30 +159,62 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
     LayerPruneResult
     """
     check_solver_and_target(solver, epsilon, sparsity)
+    if isinstance(X, GramStats) and relu:
+        msg = ("X is a GramStats, the statistics of a linear layer's rows: pass relu=False (a "
+               "ReLU program's inequalities need the rows)")
+        raise ValueError(msg)
     if program not in PROGRAMS:
         msg = f"program must be one of {PROGRAMS}, got {program!r}"
         raise ValueError(msg)
     if relu and sparsity is not None and program != "relu" and (pre is not None or W0 is not None):
         target = check_fraction(sparsity, "sparsity", upper_open=True)
         if target > 0.0:
-            return _choose_program(
-                X, Y, sparsity=target, bias=bias, V=V, offset=offset,
+            return choose_program(
+                prune_layer, X, Y, sparsity=target, bias=bias, V=V, offset=offset,
                 penalize_bias=penalize_bias, solver=solver, W0=W0, b0=b0, refit=refit,
                 reweight=reweight, solver_options=solver_options, progress=progress,
                 always=program == "best", pre=pre)
     if not isinstance(reweight, int) or reweight < 0:
         msg = f"reweight must be a nonnegative integer (rounds), got {reweight!r}"
         raise ValueError(msg)
-    X = as_tensor(X, name="X")
-    Y = as_tensor(Y, name="Y").to(device=X.device, dtype=X.dtype)
-    P, N = X.shape
-    M = Y.shape[1]
-    if Y.shape[0] != P:
-        msg = f"X has shape {tuple(X.shape)} and Y has shape {tuple(Y.shape)}: the row counts differ"
-        raise ValueError(msg)
-    W_start = None if W0 is None else _warm_start(W0, b0, bias, M, N, X)
+    data = layer_data(X, Y, relu=relu, bias=bias, V=V, offset=offset)
+    return _prune(data, epsilon=epsilon, sparsity=sparsity, bias=bias, absolute=absolute,
+                  penalize_bias=penalize_bias, solver=solver, W0=W0, b0=b0, refit=refit,
+                  reweight=reweight, solver_options=solver_options, progress=progress,
+                  program=program, pre=pre)
+
+
+def _measured(run):
+    """``prune_layer`` with the report's ``peak_memory_mb`` (:class:`nettrim.resources.
+    PeakMemory`: above the memory in use at the call, the inputs not counted), measured by the
+    outermost call only."""
+    @functools.wraps(run)
+    def wrapper(X, Y, **kwargs):
+        if _MEASURING.get():
+            return run(X, Y, **kwargs)
+        token = _MEASURING.set(True)
+        try:
+            device = getattr(X, "device", None)
+            with PeakMemory(device) as peak:
+                result = run(X, Y, **kwargs)
+        finally:
+            _MEASURING.reset(token)
+        result.report["peak_memory_mb"] = peak.megabytes
+        return result
+    return wrapper
+
+
+_MEASURING: contextvars.ContextVar = contextvars.ContextVar("nettrim_peak", default=False)
+prune_layer = _measured(prune_layer)
+
+
+def _prune(data, *, epsilon, sparsity, bias, absolute, penalize_bias, solver, W0, b0, refit,
+           reweight, solver_options, progress, program, pre) -> LayerPruneResult:
+    """:func:`prune_layer` on checked options and its data (:mod:`nettrim.layer.data`)."""
+    P, N, M = data.shape
+    W_start = None if W0 is None else warm_start(W0, b0, bias, M, N, data)
     target = None if sparsity is None else check_fraction(sparsity, "sparsity", upper_open=True)
-    dead = ~(X != 0).any(0)   # inputs zero on every row: no weight on them changes an output
+    dead = data.dead_inputs()   # inputs zero on every row: no weight on them changes an output
     n_live = N - int(dead.sum())
     if 0 < n_live < N and target != 0.0:
         # solve on the live inputs only (exact: a weight on a dead input only adds to sum|W|);
@@ -196,9 +222,9 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
         sub_target = None if target is None else 1.0 - (1.0 - target) * N / n_live
         if sub_target is None or sub_target > 0.0:
             live = ~dead
-            sub = prune_layer(
-                X[:, live], Y, epsilon=epsilon, sparsity=sub_target, relu=relu, bias=bias, V=V,
-                offset=offset, absolute=absolute, penalize_bias=penalize_bias, solver=solver,
+            sub = _prune(
+                data.restrict(live), epsilon=epsilon, sparsity=sub_target, bias=bias,
+                absolute=absolute, penalize_bias=penalize_bias, solver=solver,
                 W0=None if W_start is None else W_start[:, :N][:, live], b0=b0, refit=refit,
                 reweight=reweight, solver_options=solver_options, progress=progress,
                 program=program, pre=pre)
@@ -214,19 +240,21 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
             if target is not None:
                 report["target_sparsity"] = target
             return LayerPruneResult(weight=weight, bias=sub.bias, report=report)
-    Xa = torch.cat([X, torch.ones(P, 1, dtype=X.dtype, device=X.device)], 1) if bias else X
-    Na = Xa.shape[1]
+    Na = N + bool(bias)
     penalty = None
     if bias and not penalize_bias:
-        penalty = torch.ones(M, Na, dtype=X.dtype, device=X.device)
+        penalty = torch.ones(M, Na, dtype=data.dtype, device=data.device)
         penalty[:, -1] = 0.0
-    y_norm = float(safe_norm(Y))
-    y_max = float(Y.abs().max()) if Y.numel() else 0.0
+    y_norm = data.y_norm()
+    y_max = data.y_max()
     opts = dict(solver_options or {})
     t0 = time.perf_counter()
+    # the program at epsilon 0; a linear program with many rows on compressed rows
+    # (solvers.gram: the same program, its iterations O(N^2 M) whatever P is)
+    base, report_rows = data.problem(bias)
 
     def problem_for(eps_abs: float) -> NetTrimProblem:
-        return NetTrimProblem(Xa, Y, eps_abs, V=V, relu=relu, S=offset)
+        return replace(base, epsilon=eps_abs)
 
     def refit_on(problem: NetTrimProblem, result, max_iter=None, support=None):
         """(refit result, whether it may replace ``result``); support: W != 0 by default."""
@@ -244,7 +272,7 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
 
     l1_notes: list = []   # what the l1 solves have to say (a reweighting round that failed)
 
-    report: dict = {}
+    report: dict = dict(report_rows)
     eps_given = None
     if sparsity is None:
         eps_given = float(epsilon) if absolute else \
@@ -308,131 +336,17 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
     if l1_notes:
         report["note"] = "; ".join([n for n in [report.get("note")] if n]
                                    + sorted(set(l1_notes)))
-    W = torch.as_tensor(result.W, device=X.device, dtype=X.dtype)
+    W = torch.as_tensor(result.W, device=data.device, dtype=data.dtype)
     weight, b = (W[:, :N].contiguous(), W[:, N].contiguous()) if bias else (W, None)
     nonzeros = int((weight != 0).sum())
     report.update(
         nonzeros=nonzeros, total=M * N, sparsity=1.0 - nonzeros / (M * N),
         epsilon=eps_value / y_norm if y_norm > 0 else float("nan"), epsilon_abs=eps_value,
-        relative_error=_output_error(X, weight, b, offset, relu, Y),
+        relative_error=data.output_error(weight, b),
         status=result.status, iterations=iterations, seconds=time.perf_counter() - t0,
         solver=result.solver, objective=result.objective, residual=result.residual,
         violation=result.violation)
     return LayerPruneResult(weight=weight, bias=b, report=report)
-
-
-def _output_error(X, weight, b, offset, relu, Y) -> float:
-    """``||act(X W^T + b + offset) - Y||_F / ||Y||_F`` (act: ReLU or identity; 0 if Y = 0)."""
-    y_norm = float(safe_norm(Y))
-    if y_norm == 0:
-        return 0.0
-    out = X @ weight.T.to(X) + (0 if b is None else b.to(X))
-    if offset is not None:
-        out = out + as_tensor(offset, name="offset").to(out)
-    if relu:
-        out = torch.relu(out)
-    return float(safe_norm(out - Y)) / y_norm
-
-
-def _choose_program(X, Y, *, sparsity, bias, V, offset, penalize_bias, solver, W0, b0, refit,
-                    reweight, solver_options, progress, always, pre) -> LayerPruneResult:
-    """``program="auto" | "best"`` of :func:`prune_layer` for a ReLU layer at ``sparsity``:
-    the ReLU program, the linear program refit on its support, and (when that refit wins, or
-    ``always``) the linear program at the same sparsity; the lowest post-ReLU error wins."""
-    common = dict(sparsity=sparsity, bias=bias, penalize_bias=penalize_bias, solver=solver,
-                  W0=W0, b0=b0, refit=refit, reweight=reweight, solver_options=solver_options,
-                  progress=progress)
-    t0 = time.perf_counter()
-    chosen = prune_layer(X, Y, relu=True, V=V, offset=offset, program="relu", **common)
-    if chosen.report["status"] not in SUCCESS:   # reported as it is (status and note)
-        return chosen
-    X = as_tensor(X, name="X")
-    Y = as_tensor(Y, name="Y").to(X)
-    if pre is None:
-        Wb = _warm_start(W0, b0, bias, Y.shape[1], X.shape[1], X)
-        pre = X @ Wb[:, :X.shape[1]].T + (Wb[:, -1] if bias else 0)
-    else:
-        pre = as_tensor(pre, name="pre").to(X)
-        if tuple(pre.shape) != tuple(Y.shape):
-            msg = f"pre must have the shape of Y {tuple(Y.shape)}, got {tuple(pre.shape)}"
-            raise ValueError(msg)
-    err = lambda r: _output_error(X, r.weight, r.bias, offset, True, Y)  # noqa: E731
-    errors = {"relu": err(chosen)}
-    chosen.report["program"] = "relu"
-    iterations = chosen.report["iterations"]
-    candidates = [chosen]
-    # the linear program refit on the ReLU program's support: least squares on pre
-    Xa = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype, device=X.device)], 1) \
-        if bias else X
-    Wa = torch.cat([chosen.weight, chosen.bias[:, None]], 1) if bias else chosen.weight
-    support = Wa != 0
-    if bias:
-        support[:, -1] = True
-    linear = NetTrimProblem(Xa, pre, 0.0, relu=False)
-    refitted = refit_support(linear, support, W0=Wa)
-    iterations += refitted.iterations
-    W = torch.as_tensor(refitted.W, device=X.device, dtype=X.dtype)
-    if bool(torch.isfinite(W).all()):
-        result, eps_abs = at_reached_epsilon(lambda e: NetTrimProblem(Xa, pre, e, relu=False),
-                                             replace(refitted, W=W), refitted.status)
-        weight, b = (W[:, :-1].contiguous(), W[:, -1].contiguous()) if bias else (W, None)
-        report = dict(chosen.report, program="linear-refit", status=result.status,
-                      refit_status=refitted.status, epsilon_abs=eps_abs,
-                      residual=result.residual, violation=0.0,
-                      objective=float(weight.abs().sum()),
-                      nonzeros=int((weight != 0).sum()))
-        report["sparsity"] = 1.0 - report["nonzeros"] / report["total"]
-        candidates.append(LayerPruneResult(weight=weight, bias=b, report=report))
-        errors["linear-refit"] = err(candidates[-1])
-    better = lambda e: e + PROGRAM_TOL < (1.0 - PROGRAM_MARGIN) * errors["relu"]  # noqa: E731
-    # the full linear solve when its refit on the ReLU support is lower at all (the support
-    # was chosen for the ReLU program: the linear program's own does better, e.g. 0.527 vs
-    # a refit of 0.733 and 0.739 for the ReLU program on a 60-input layer at 90%)
-    small = Y.shape[1] * X.shape[1] <= LINEAR_SOLVE_MAX_WEIGHTS
-    if always or (small and errors.get("linear-refit", math.inf) + PROGRAM_TOL < errors["relu"]):
-        solved = prune_layer(X, pre, relu=False, **common)
-        iterations += solved.report["iterations"]
-        solved.report["program"] = "linear"
-        candidates.append(solved)
-        errors["linear"] = err(solved)
-    best = min(candidates, key=lambda r: errors[r.report["program"]])
-    if not better(errors[best.report["program"]]):
-        best = chosen
-    name = best.report["program"]
-    report = dict(best.report, program_errors=errors, relative_error=errors[name],
-                  iterations=iterations, seconds=time.perf_counter() - t0)
-    if name != "relu":
-        # the linear residual ||X W^T + b - pre||_F bounds the post-ReLU error (the ReLU is
-        # 1-Lipschitz): as the ReLU program's epsilon, it is relative to ||Y||_F
-        y_norm = float(safe_norm(Y))
-        report["epsilon"] = report["epsilon_abs"] / y_norm if y_norm > 0 else float("nan")
-    if name != "relu":
-        what = "linear program" if name == "linear" else \
-            "linear program refit on the ReLU program's support"
-        note = (f"{what} kept: post-ReLU calibration error {errors[name]:.4g} vs "
-                f"{errors['relu']:.4g} with the ReLU program")
-        report["note"] = "; ".join(n for n in (report.get("note"), note) if n)
-        report["program_note"] = note
-    return LayerPruneResult(weight=best.weight, bias=best.bias, report=report)
-
-
-def _warm_start(W0: Any, b0: Any, bias: bool, M: int, N: int, X: torch.Tensor) -> torch.Tensor:
-    """W0 (with b0 as a last column when ``bias``) checked for shape and finiteness."""
-    W = as_tensor(W0, name="W0").to(device=X.device, dtype=X.dtype)
-    if tuple(W.shape) != (M, N):
-        msg = f"W0 must have shape (M, N) = ({M}, {N}), got {tuple(W.shape)}"
-        raise ValueError(msg)
-    check_finite(W, "W0", what="weights")
-    if not bias:
-        return W
-    b = torch.zeros(M, dtype=X.dtype, device=X.device)
-    if b0 is not None:
-        b = torch.as_tensor(b0).detach().to(device=X.device, dtype=X.dtype)
-        if tuple(b.shape) != (M,):
-            msg = f"b0 must have shape (M,) = ({M},), got {tuple(b.shape)}"
-            raise ValueError(msg)
-        check_finite(b, "b0", what="weights")
-    return torch.cat([W, b[:, None]], 1)
 
 
 def _unpruned(problem_for, W: torch.Tensor, penalty) -> tuple[NetTrimResult, float]:

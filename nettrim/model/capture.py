@@ -17,6 +17,7 @@ offset (``relu(bn(conv(x)) + skip)``) is recorded per row by replaying the trace
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -29,12 +30,13 @@ from torch import nn
 from ..checks import check_model
 from ..inputs import forward_args, model_device, to_device
 from .graph import (ACTIVATION_NAMES, PRUNABLE, LayerPattern, ModelPlan, analyze,
-                    attention_projections, skipped_layers)
+                    attention_projections, describe_skipped, skipped_layers)
 from .rows import Reservoir, call_rows
 
 __all__ = ["LayerData", "Captured", "capture", "capture_cascade", "prunable_layers",
            "detect_activations", "layer_matrix", "group_blocks", "subsample_note",
-           "CalibrationWarning", "rows_needed", "SUPPORTED", "RELU_PROGRAM"]
+           "CalibrationWarning", "rows_needed", "SUPPORTED", "RELU_PROGRAM", "SOLVE_DTYPES",
+           "in_solver_dtype"]
 
 #: Module types Net-Trim prunes.
 SUPPORTED = PRUNABLE
@@ -43,6 +45,9 @@ SUPPORTED = PRUNABLE
 #: output closer: the ReLU program's bound ``||relu(X W^T) - Y|| <= epsilon`` holds for ReLU6.
 RELU_PROGRAM = ("relu", "relu6")
 _KINDS = ((nn.Linear, "linear"), (nn.Conv1d, "conv1d"), (nn.Conv2d, "conv2d"))
+#: dtypes the solvers take; records in other floating dtypes (float16, bfloat16) are solved in
+#: float32 (:func:`in_solver_dtype`).
+SOLVE_DTYPES = (torch.float32, torch.float64)
 
 
 class CalibrationWarning(UserWarning):
@@ -69,7 +74,9 @@ class LayerData:
         for ReLU6 captured with ``fold=True``), ``pre`` otherwise (other activations are solved
         with the linear program on their pre-activations).
     activation : str or None
-        What follows the layer (:data:`nettrim.graph.ACTIVATION_NAMES`).
+        What follows the layer (:data:`nettrim.graph.ACTIVATION_NAMES`), as the graph reads it
+        (:func:`detect_activations`); captured with ``fold=False``, None for a layer whose
+        activation comes after a BatchNorm or a residual add (its own output is linear).
     has_bias : bool
     weight_shape : tuple
         The module's weight shape; ``weight.reshape(weight_shape)`` maps an (M, N) matrix back
@@ -116,6 +123,17 @@ class Captured(dict):
     def __init__(self, data: Mapping, skipped: Mapping[str, str]):
         super().__init__(data)
         self.skipped = dict(skipped)
+
+
+def in_solver_dtype(data: LayerData) -> LayerData:
+    """``data`` with its records in a dtype the solvers take: float16 and bfloat16 records
+    become float32 (every driver solves such a layer in float32 and writes the solution back in
+    the layer's own dtype, saying so in the layer's note); float32 and float64 are kept."""
+    if data.X.dtype in SOLVE_DTYPES:
+        return data
+    return dataclasses.replace(
+        data, X=data.X.float(), pre=data.pre.float(), post=data.post.float(),
+        offset=None if data.offset is None else data.offset.float())
 
 
 # ---- which layers ------------------------------------------------------------------------------
@@ -181,7 +199,7 @@ def prunable_layers(model: nn.Module, layers: Any = None,
     if not selected:
         msg = "no prunable layers (nn.Linear / nn.Conv1d / nn.Conv2d) selected in the model"
         if skipped:
-            msg += f"; skipped: {skipped}"
+            msg += f"; skipped: {describe_skipped(model, skipped)}"
         raise ValueError(msg)
     return selected
 
@@ -411,6 +429,10 @@ def _run(models: Sequence[nn.Module], inputs: Any, names: Sequence[str], pattern
     for name in names:
         if name in missing:
             continue
+        if reservoirs[name].seen == 0:
+            msg = (f"inputs hold no rows: layer {name!r} received 0 calibration rows in "
+                   f"{batches} batch(es); give inputs with at least one sample")
+            raise ValueError(msg)
         kept = reservoirs[name].result()
         X, pre = kept[0], kept[1]
         S = kept[2] if len(kept) > 2 else None
@@ -468,7 +490,7 @@ def capture(model: nn.Module, inputs: Any, layers: Any = None, *,
             ignore: Iterable[str] = (), activations: Optional[Mapping[str, Optional[str]]] = None,
             max_samples: Optional[int] = None, seed: int = 0, device: Any = None,
             dtype: Optional[torch.dtype] = None, plan: Optional[ModelPlan] = None,
-            fold: bool = False) -> Captured:
+            fold: bool = True) -> Captured:
     """Record the input, pre- and post-activation output of each prunable layer.
 
     Parameters
@@ -496,12 +518,15 @@ def capture(model: nn.Module, inputs: Any, layers: Any = None, *,
         Where and in which dtype the records are kept (default: as the model produces them).
     plan : ModelPlan, optional
         The graph reading (:func:`nettrim.graph.analyze`) when the caller has it already.
-    fold : bool, default False
-        True: what :func:`nettrim.prune` solves, a BatchNorm after the layer folded in (``pre``
-        is its output), a residual add before the ReLU recorded as ``offset``, and a ReLU6
-        layer's target ``min(relu(pre), 6)`` for the ReLU program. False: every layer's own
-        output; a layer whose ReLU comes after a BatchNorm or an add is linear, and only
-        "relu" layers have ``post = relu(pre)``.
+    fold : bool, default True
+        True: what :func:`nettrim.prune` solves, read from the same graph
+        (:func:`nettrim.graph.analyze`, as :func:`detect_activations`): a BatchNorm after the
+        layer folded in (``pre`` is its output, ``norm`` its name), a residual add before the
+        ReLU recorded as ``offset``, and a ReLU6 layer's target ``min(relu(pre), 6)`` for the
+        ReLU program; ``activation`` is the one that follows the layer. False: every layer's
+        own output, for methods that work on the layer's weights alone (the baselines); a layer
+        whose activation comes after a BatchNorm or an add is then linear (``activation`` None),
+        and only "relu" layers have ``post = relu(pre)``.
 
     Returns
     -------
@@ -527,7 +552,7 @@ def capture_cascade(original: nn.Module, pruned: nn.Module, inputs: Any, name: s
                     activations: Optional[Mapping[str, Optional[str]]] = None,
                     max_samples: Optional[int] = None, seed: int = 0, device: Any = None,
                     dtype: Optional[torch.dtype] = None, plan: Optional[ModelPlan] = None,
-                    fold: bool = False) -> Optional[LayerData]:
+                    fold: bool = True) -> Optional[LayerData]:
     """One layer's cascade data: input ``X`` (and a residual offset) from ``pruned``, the
     target outputs from ``original``.
 

@@ -15,7 +15,10 @@ known before the ReLU (``offset``). ``nn.TransformerEncoderLayer`` is a leaf for
 
 Layers the toolkit cannot prune (``nn.MultiheadAttention``'s projections, which it applies
 functionally; ``Embedding``, recurrent layers, transposed and 3-D convolutions) are listed in
-:func:`skipped_layers` with the reason.
+:func:`skipped_layers` with the reason, and so are a layer whose weight is tied to another
+module's (the tensor is pruned once: :func:`tied_layers`) and the modules holding weights of a
+kind the toolkit does not know (:func:`unknown_weights`, named with their share of the weights
+by :func:`warn_unknown_weights`).
 
 When tracing fails (data-dependent control flow) the order inside ``nn.Sequential`` containers is
 used instead: it sees module activations and BatchNorms, but no functional ReLU and no residual
@@ -36,7 +39,9 @@ from torch import nn
 
 __all__ = ["LayerPattern", "ModelPlan", "GraphWarning", "analyze", "skipped_layers",
            "PRUNABLE", "ACTIVATION_NAMES", "batchnorm_affine", "flatten_sequential",
-           "takes_token_ids", "attention_projections"]
+           "takes_token_ids", "attention_projections", "UnknownWeightsWarning",
+           "owned_parameters", "parameter_counts", "shared_parameters", "tied_layers",
+           "unknown_weights", "describe_skipped", "warn_unknown_weights"]
 
 #: Module types Net-Trim prunes.
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -225,17 +230,21 @@ def _patterns_sequential(model: nn.Module) -> dict:
 
 
 def skipped_layers(model: nn.Module) -> dict[str, str]:
-    """``{name: reason}`` of the layers Net-Trim leaves as they are (see the module docstring).
+    """``{name: reason}`` of the layers Net-Trim leaves as they are (see the module docstring),
+    in model order: the unsupported layer types, the prunable layers whose weight is tied to
+    another module's (:func:`tied_layers`), and the modules holding weights of a kind Net-Trim
+    does not know (:func:`unknown_weights`).
 
     ``nn.MultiheadAttention``'s ``out_proj`` is not among them: it is captured at the module's
     own call (:func:`attention_projections`).
     """
+    tied, unknown = tied_layers(model), unknown_weights(model)
     skipped = {}
     for name, module in model.named_modules():
-        for kind, reason in _UNSUPPORTED:
-            if isinstance(module, kind):
-                skipped[name] = reason
-                break
+        reason = next((why for kind, why in _UNSUPPORTED if isinstance(module, kind)), None)
+        reason = reason or tied.get(name) or unknown.get(name, (0, None))[1]
+        if reason:
+            skipped[name] = reason
     return skipped
 
 
@@ -320,3 +329,152 @@ def takes_token_ids(model: nn.Module) -> bool:
     return first is not None and any(
         u.op == "call_module" and isinstance(modules.get(u.target), (nn.Embedding, nn.EmbeddingBag))
         for u in first.users)
+
+
+# ---- which weights: tied parameters and weights in modules the toolkit does not know ----------
+class UnknownWeightsWarning(UserWarning):
+    """Some of the model's weights sit in modules Net-Trim does not know how to prune (a custom
+    layer, transformers' ``Conv1D``): they stay dense. The message names them and their share."""
+
+
+def _storage(tensor: torch.Tensor) -> Any:
+    """Identity of the memory behind ``tensor``: two parameters with the same key share values
+    (without memory, a meta tensor say, the tensor object itself is the key)."""
+    try:
+        pointer = tensor.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):   # no storage (some tensor subclasses)
+        pointer = 0
+    return (pointer, tensor.device) if pointer else (id(tensor), "object")
+
+
+def owned_parameters(model: nn.Module) -> dict:
+    """``{module name: [(parameter name, tensor), ...]}`` in model order, each parameter (each
+    storage: tied weights, views of one tensor) listed once, under the first module holding it
+    directly. Modules owning nothing are left out."""
+    seen: set = set()
+    owned: dict = {}
+    for name, module in model.named_modules():
+        for pname, param in module.named_parameters(recurse=False):
+            key = _storage(param)
+            if param.numel() == 0 or key in seen:
+                continue
+            seen.add(key)
+            owned.setdefault(name, []).append((pname, param))
+    return owned
+
+
+def parameter_counts(model: nn.Module, names: Any = None) -> dict:
+    """``{module name: (nonzeros, total, shape, kind)}`` of the weights each module owns: its
+    parameters of 2 or more dimensions (biases and norm scales excluded, as the prune report
+    counts), each tensor for its first holder only (:func:`owned_parameters`: a layer whose
+    weight is tied to another's has 0 of 0). ``shape`` is that of its first direct parameter,
+    ``kind`` the module's type name in lower case.
+    ``names``: the modules wanted (default: every module holding a parameter)."""
+    owned = owned_parameters(model)
+    modules = dict(model.named_modules())
+    wanted = [n for n, m in modules.items() if next(m.parameters(recurse=False), None) is not None] \
+        if names is None else [n for n in names if n in modules]
+    counts = {}
+    for name in wanted:
+        params = [(p, t) for p, t in owned.get(name, []) if t.ndim >= 2]
+        first = next(modules[name].parameters(recurse=False), None)
+        counts[name] = (sum(int((p != 0).sum()) for _, p in params),
+                        sum(p.numel() for _, p in params),
+                        () if first is None else tuple(first.shape),
+                        type(modules[name]).__name__.lower())
+    return counts
+
+
+def shared_parameters(model: nn.Module) -> list[list[str]]:
+    """The groups of modules that hold one tensor (one storage) as a direct parameter, each
+    group in model order: ``b.weight = a.weight`` gives ``[["a", "b"]]``."""
+    holders: dict = {}   # storage -> [module names holding it directly, model order]
+    for name, module in model.named_modules():
+        for param in module.parameters(recurse=False):
+            if param.numel():
+                names = holders.setdefault(_storage(param), [])
+                if name not in names:
+                    names.append(name)
+    return [names for names in holders.values() if len(names) > 1]
+
+
+def tied_layers(model: nn.Module) -> dict[str, str]:
+    """``{layer: reason}`` of the prunable layers whose parameters share memory with another
+    module's (``b.weight = a.weight``, a language model's output layer tied to its embedding).
+
+    The shared tensor is pruned once: among layers that are all prunable, by the first in model
+    order, the later ones listed here; when a module that is not a prunable layer holds it too
+    (an ``nn.Embedding``), by none, since pruning it would change that module as well.
+    """
+    modules = dict(model.named_modules())
+    tied: dict = {}
+    for names in shared_parameters(model):
+        prunable = [n for n in names if isinstance(modules[n], PRUNABLE)]
+        other = [n for n in names if n not in prunable]
+        for name in prunable:
+            if other:
+                owner = other[0]
+                tied.setdefault(name, (
+                    f"its weight is tied to {owner!r} ({type(modules[owner]).__name__}, the same "
+                    f"tensor), which Net-Trim does not prune: pruning it would change {owner!r} "
+                    "too, so it is left as it is"))
+            elif name != prunable[0]:
+                tied.setdefault(name, (
+                    f"its weight is tied to {prunable[0]!r} (the same tensor): pruned once, as "
+                    f"{prunable[0]!r}, and counted in that row"))
+    return {n: tied[n] for n in modules if n in tied}
+
+
+def unknown_weights(model: nn.Module) -> dict[str, tuple[int, str]]:
+    """``{module name: (weights, reason)}`` of the modules that own weight parameters (2 or more
+    dimensions) Net-Trim does not know how to prune: neither a prunable layer nor a type of
+    :func:`skipped_layers`' list (a custom layer, transformers' ``Conv1D``, a bare
+    ``nn.Parameter`` of the model). Their weights stay dense."""
+    found = {}
+    for name, params in owned_parameters(model).items():
+        module = model.get_submodule(name)
+        if isinstance(module, PRUNABLE) or any(isinstance(module, k) for k, _ in _UNSUPPORTED):
+            continue
+        weights = [(p, t) for p, t in params if t.ndim >= 2]
+        if weights:
+            count = sum(t.numel() for _, t in weights)
+            shapes = ", ".join(f"{p} {'x'.join(map(str, t.shape))}" for p, t in weights)
+            found[name] = (count, f"{type(module).__name__} holds {count} weights ({shapes}) "
+                                  "that Net-Trim does not know how to prune: left dense")
+    return found
+
+
+def warn_unknown_weights(model: nn.Module, *, stacklevel: int = 3) -> dict:
+    """One :class:`UnknownWeightsWarning` naming the modules of :func:`unknown_weights` and their
+    share of the model's weights (the parameters of 2 or more dimensions, each tensor counted
+    once); returns ``{name: reason}`` (empty, and no warning, when there are none)."""
+    unknown = unknown_weights(model)
+    if not unknown:
+        return {}
+    total = sum(t.numel() for params in owned_parameters(model).values() for _, t in params
+                if t.ndim >= 2)
+    left = sum(count for count, _ in unknown.values())
+    modules = dict(model.named_modules())
+    shown = [f"{n or '(the model itself)'!s} ({type(modules[n]).__name__}, {count})"
+             for n, (count, _) in list(unknown.items())[:8]]
+    more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+    msg = (f"{left} of the model's {total} weights ({left / total:.1%}) sit in "
+           f"{len(unknown)} module(s) Net-Trim does not know how to prune and stay dense: "
+           f"{', '.join(shown)}{more}; they are reported as skipped")
+    warnings.warn(msg, UnknownWeightsWarning, stacklevel=stacklevel)
+    return {n: reason for n, (_, reason) in unknown.items()}
+
+
+def describe_skipped(model: nn.Module, skipped: Mapping[str, str]) -> str:
+    """``skipped`` (``{name: reason}``) in one line: each module with its reason, the modules of
+    :func:`unknown_weights` summed up by type (a language model has dozens)."""
+    unknown = unknown_weights(model)
+    said = [f"{n!r} ({why})" for n, why in skipped.items() if n not in unknown]
+    mine = [n for n in skipped if n in unknown]
+    if mine:
+        modules = dict(model.named_modules())
+        kinds = ", ".join(sorted({type(modules[n]).__name__ for n in mine}))
+        names = ", ".join(repr(n) for n in mine[:4]) + (", ..." if len(mine) > 4 else "")
+        said.append(f"{len(mine)} module(s) of type {kinds} holding weights Net-Trim does not "
+                    f"know how to prune ({names})")
+    return "; ".join(said)

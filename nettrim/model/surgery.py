@@ -26,7 +26,7 @@ from torch.nn.utils import prune as torch_prune
 
 from .capture import SUPPORTED
 from .dependency import compact_graph, eval_output, keep_indices, max_change, remove_units_graph
-from .graph import flatten_sequential
+from .graph import flatten_sequential, shared_parameters
 
 __all__ = ["set_layer_weight", "apply_masks", "remove_masks", "count_parameters",
            "count_nonzeros", "consumer", "remove_units", "compact", "CompactResult",
@@ -99,9 +99,16 @@ def apply_masks(model: nn.Module, names: Optional[Iterable[str]] = None) -> nn.M
 
     After this, ``module.weight = weight_orig * weight_mask``: gradients still flow into
     ``weight_orig`` but the masked entries stay zero in every forward pass, so any optimiser
-    can fine-tune. Returns ``model``.
+    can fine-tune. A layer whose weight is tied to a named one's (the same tensor) gets the same
+    mask, so that fine-tuning keeps them one tensor. Returns ``model``.
     """
-    for module in _selected(model, names).values():
+    selected = _selected(model, names)
+    modules = dict(model.named_modules())
+    for group in shared_parameters(model):
+        if any(n in selected for n in group):
+            selected.update({n: modules[n] for n in group if isinstance(modules[n], SUPPORTED)
+                             and not hasattr(modules[n], "weight_orig")})
+    for module in selected.values():
         mask = (module.weight.detach() != 0)
         torch_prune.custom_from_mask(module, "weight", mask)
     return model
