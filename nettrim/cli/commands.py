@@ -132,6 +132,21 @@ def _load(path: str, args) -> ckpt_io.Checkpoint:
     return ckpt_io.load_checkpoint(path, arch=args.arch, trust_pickle=args.trust_pickle)
 
 
+def report_head(command: str, args, source: pathlib.Path, loaded, source_hash: str,
+                output: tuple, out_format: str) -> dict:
+    """The first entries of a command's JSON report: the command, the version, argv, the input
+    checkpoint (with its SHA-256) and the output, ``(destination, staged file)``, with its own."""
+    out, staged = output
+    return {
+        "command": command,
+        "nettrim_version": version(),
+        "argv": list(args.argv),
+        "input": {"path": str(source.resolve()), "format": loaded.format, "arch": args.arch,
+                  "sha256": source_hash},
+        "output": {"path": str(out.resolve()), "format": out_format, "sha256": _sha256(staged)},
+    }
+
+
 # ---- prune --------------------------------------------------------------------------------------
 def cmd_prune(args) -> int:
     import torch
@@ -212,12 +227,7 @@ def cmd_prune(args) -> int:
         summary["accuracy_original"] = _accuracy(loaded.model.cpu(), x, y)  # prune copied it
         summary["accuracy_pruned"] = _accuracy(pruned, x, y)
     document = {
-        "command": "prune",
-        "nettrim_version": version(),
-        "argv": list(args.argv),
-        "input": {"path": str(source.resolve()), "format": loaded.format, "arch": args.arch,
-                  "sha256": source_hash},
-        "output": {"path": str(out.resolve()), "format": out_format, "sha256": _sha256(staged)},
+        **report_head("prune", args, source, loaded, source_hash, (out, staged), out_format),
         "data": {"path": str(pathlib.Path(args.data).resolve()), "samples": int(x.shape[0]),
                  "available": int(n_available), "sample_shape": list(x.shape[1:]),
                  "labels": y is not None},

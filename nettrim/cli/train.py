@@ -17,9 +17,9 @@ import sys
 import time
 import warnings
 
-from .commands import (check_fits, cli_options, format_from_suffix, load_data, load_model, sha256,
-                       show_warning)
-from .common import EXIT_OK, UsageError, report_path_for, say, version
+from .commands import (check_fits, cli_options, format_from_suffix, load_data, load_model,
+                       report_head, sha256, show_warning)
+from .common import EXIT_OK, UsageError, report_path_for, say
 from .outputs import check_writable, commit, input_paths, refuse_collisions
 
 __all__ = ["cmd_train_prune", "parse_sparsity", "state_path_for", "plot_path_for"]
@@ -142,12 +142,8 @@ def cmd_train_prune(args) -> int:
     staged = args.outputs.write(out, ckpt_io.checkpoint_writer(pruned, format=out_format))
     final = result.history[-1] if result.history else {}
     document = {
-        "command": "train-prune",
-        "nettrim_version": version(),
-        "argv": list(args.argv),
-        "input": {"path": str(source.resolve()), "format": loaded.format, "arch": args.arch,
-                  "sha256": source_hash},
-        "output": {"path": str(out.resolve()), "format": out_format, "sha256": sha256(staged)},
+        **report_head("train-prune", args, source, loaded, source_hash, (out, staged),
+                      out_format),
         "data": {"path": str(pathlib.Path(args.data).resolve()), "samples": int(x.shape[0]),
                  "available": int(n_available), "eval": None if eval_path is None else
                  str(pathlib.Path(eval_path).resolve())},
