@@ -274,6 +274,21 @@ def test_pruner_state_round_trip_and_bad_arguments():
         pruner.step()
 
 
+def test_dns_re_solves_its_threshold_every_refresh_iterations():
+    every = DNSPruner(mlp(), 0.6, seed=3, refresh=1, gamma=0.0)   # gamma 0: every step updates
+    held = DNSPruner(mlp(), 0.6, seed=3, refresh=1000, gamma=0.0)
+    third = DNSPruner(mlp(), 0.6, seed=3, refresh=3, gamma=0.0)
+    for _ in range(5):
+        for pruner in (every, held, third):
+            pruner.step()
+    last = every.iteration - 1
+    assert all(it == last for it, _ in every.solved.values())
+    assert all(it == 0 for it, _ in held.solved.values())
+    assert all(it == 3 for it, _ in third.solved.values())
+    with pytest.raises(ValueError, match="refresh must be an int >= 1"):
+        DNSPruner(mlp(), 0.6, refresh=0)
+
+
 # ---- the whole loop -------------------------------------------------------------------------
 @pytest.mark.parametrize("method", METHODS)
 def test_train_prune_reaches_its_sparsity(method):
@@ -333,6 +348,8 @@ def test_train_prune_bad_arguments():
         train_prune(mlp(), (x, y), "obd")
     with pytest.raises(ValueError, match="rounds \\(4\\) must not exceed epochs \\(2\\)"):
         train_prune(mlp(), (x, y), "han", epochs=2, options={"rounds": 4})
+    with pytest.raises(ValueError, match="2 rounds every 2 epoch\\(s\\) do not fit in 2 epochs"):
+        train_prune(mlp(), (x, y), "nettrim", epochs=2, options={"rounds": 2, "round_epochs": 2})
     with pytest.raises(ValueError, match="lr must be a finite number > 0"):
         train_prune(mlp(), (x, y), "gradual", lr=0.0)
     with pytest.raises(ValueError, match="sparsity names unknown layers"):
