@@ -5,11 +5,14 @@ Models, trained here (Adam, seeded): LeNet-300-100 on MNIST and a plain CNN on M
 Linear(128,10)``). At each fraction f, structured Net-Trim
 (``nettrim.prune(..., sparsity=f, structured=True)``: f of every prunable layer's input units
 removed, the layer before shrunk) is compared with :func:`nettrim.baselines.prune_structured`
-(L1 norm, APoZ, first-order Taylor) removing exactly the same number of units from the same
-layers, so the parameter counts match. Reported: test accuracy without fine-tuning, parameters,
-MACs per sample and median CPU latency (one thread) at batch 1 and 256, seconds.
+(L1 norm, APoZ, first-order Taylor, the oracle, information gain, mean activation) removing
+exactly the same number of units from the same layers, so the parameter counts match. Reported:
+test accuracy without fine-tuning, parameters, MACs per sample and median CPU latency (one
+thread) at batch 1 and 256, seconds. ``--no-nettrim`` runs only the criteria, each removing
+``round(f * M)`` units of every layer but the last (what their costs are measured with).
 
     python benchmarks/bench_structured.py [--models lenet cnn] [--fractions 0.5 0.75 0.9]
+                                          [--criteria ...] [--no-nettrim]
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def plain_cnn() -> nn.Sequential:
 
 
 MODELS = {"lenet": (lenet_300_100, 3), "cnn": (plain_cnn, 2)}
-CRITERIA = ("l1", "apoz", "taylor")
+CRITERIA = nettrim.baselines.STRUCTURED_CRITERIA
 
 
 def trained(name: str, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
@@ -58,6 +61,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-rows", type=int, default=8000,
                    help="rows kept per layer (conv layers: image patches)")
     p.add_argument("--max-iter", type=int, default=1500, help="group-l1 ADMM cap per solve")
+    p.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=list(CRITERIA))
+    p.add_argument("--no-nettrim", action="store_true",
+                   help="only the criteria, round(f * M) units of every layer but the last")
     add_data_and_out(p, "bench_structured")
     args = p.parse_args(argv)
     quiet_single_thread()
@@ -96,17 +102,21 @@ def main(argv=None) -> int:
                   if isinstance(m, (nn.Linear, nn.Conv2d))}
         record(name, 0.0, "dense", model, 0.0, widths)
         for f in args.fractions:
-            t0 = time.perf_counter()
-            res = nettrim.prune(model, calib, sparsity=f, structured=True,
-                                max_samples=args.max_rows,
-                                solver_options={"max_iter": args.max_iter})
-            seconds = time.perf_counter() - t0
-            removed = res.options["removed_count"]
-            units = {n: m.weight.shape[0] for n, m in res.model.named_modules()
-                     if isinstance(m, (nn.Linear, nn.Conv2d))}
-            record(name, f, "nettrim", res.model, seconds, units)
+            if args.no_nettrim:
+                removed = {n: int(f * w + 0.5) for n, w in list(widths.items())[:-1]}
+                units = {n: w - removed.get(n, 0) for n, w in widths.items()}
+            else:
+                t0 = time.perf_counter()
+                res = nettrim.prune(model, calib, sparsity=f, structured=True,
+                                    max_samples=args.max_rows,
+                                    solver_options={"max_iter": args.max_iter})
+                seconds = time.perf_counter() - t0
+                removed = res.options["removed_count"]
+                units = {n: m.weight.shape[0] for n, m in res.model.named_modules()
+                         if isinstance(m, (nn.Linear, nn.Conv2d))}
+                record(name, f, "nettrim", res.model, seconds, units)
             fraction = {n: k / widths[n] for n, k in removed.items()}
-            for crit in CRITERIA:
+            for crit in args.criteria:
                 t0 = time.perf_counter()
                 base = nettrim.prune_structured(model, [(calib, calib_y)], crit, fraction,
                                                 layers=list(fraction))

@@ -14,9 +14,10 @@ How the code is organised (imports run one way, down this list; ``tests/test_lay
 the floors): :mod:`solvers` (the numerical core, arrays only); ``checks``, ``inputs``,
 ``tables`` and ``io/`` (argument checks, calibration batches, text tables, files);
 ``results`` (the shared vocabulary); ``model/`` (what a model is and how it changes);
-``layer/`` and ``training/`` (one layer's program; masked fine-tuning); ``budget``,
-``structured`` and ``baselines/``; ``prune`` (the model driver); ``models``, ``report``,
-``plots``; ``cli/``.
+``layer/`` and ``training/`` (one layer's program; masked fine-tuning and the pruning
+schedules); ``budget``, ``structured`` and ``baselines/``; ``prune`` (the model driver);
+``models``, ``report``, ``plots``, ``iterative`` and ``train_prune`` (iterative Net-Trim and the
+training loop); ``cli/``.
 """
 
 import importlib
@@ -45,9 +46,13 @@ _EXPORTS = {
     "set_layer_weight": "model.surgery",
     "sparsify": "model.sparse", "save_sparse": "model.sparse", "load_sparse": "model.sparse",
     "RayExecutor": "executors", "InProcessExecutor": "executors",
+    "train_prune": "train_prune", "TrainPruneResult": "train_prune", "training": "training",
+    "NetTrimPruner": "iterative", "HanPruner": "training.han", "GradualPruner": "training.gradual",
+    "DNSPruner": "training.dns", "PolynomialDecay": "training.schedules",
+    "ConstantSparsity": "training.schedules", "adjust_dropout": "training.schedules",
 }
 #: Public names that are modules (the others are attributes of their module).
-_MODULES = frozenset({"baselines", "budget", "graph"})
+_MODULES = frozenset({"baselines", "budget", "graph", "training"})
 #: Module paths of earlier versions -> the module that holds their names now. ``import
 #: nettrim.capture`` gives the module object ``nettrim.model.capture`` itself (not a copy
 #: re-exporting it), so code, pickles and ``--arch`` specs written for the flat layout work.

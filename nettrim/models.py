@@ -10,6 +10,7 @@ builder                        layers                                      data
 ``lenet_300_100()``            784-300-100-10                              MNIST
 ``fc_784_300_1000_100_10()``   784-300-1000-100-10                         MNIST / Fashion
 ``lenet_cnn()``                conv32-pool-conv64-pool-512-10              MNIST
+``lenet5()``                   conv20-pool-conv50-pool-500-10 (Caffe)      MNIST
 ``spiral_net(hidden)``         2-hidden-hidden-2                           two spirals
 =============================  ==========================================  ===============
 
@@ -43,6 +44,7 @@ __all__ = [
     "fc_784_300_1000_100_10",
     "lenet_300_100",
     "lenet_cnn",
+    "lenet5",
     "mlp",
     "pretrained",
     "pretrained_path",
@@ -148,6 +150,29 @@ def lenet_cnn() -> nn.Sequential:
         nn.Linear(64 * 7 * 7, 512),
         nn.ReLU(),
         nn.Linear(512, _MNIST_CLASSES),
+    )
+
+
+def lenet5() -> nn.Sequential:
+    """LeNet-5 as in Caffe's MNIST example (the "20-50-500-10" net of Han et al. 2015 and
+    Guo et al. 2016), as one flat Sequential.
+
+    ``Conv2d(1, 20, 5), MaxPool2d(2), Conv2d(20, 50, 5), MaxPool2d(2), Flatten,
+    Linear(800, 500), ReLU, Linear(500, 10)``: 430,500 weights. As in Caffe, the convolutions
+    have no ReLU (max pooling follows them directly), so Net-Trim prunes them with the linear
+    program.
+
+    Input (batch, 1, 28, 28) -> logits (batch, 10).
+    """
+    return nn.Sequential(
+        nn.Conv2d(1, 20, kernel_size=5),
+        nn.MaxPool2d(2),
+        nn.Conv2d(20, 50, kernel_size=5),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(50 * 4 * 4, 500),
+        nn.ReLU(),
+        nn.Linear(500, _MNIST_CLASSES),
     )
 
 
@@ -302,6 +327,7 @@ PRETRAINED: Mapping[str, PretrainedSpec] = MappingProxyType(
         "lenet_300_100": PretrainedSpec(lenet_300_100, "mnist", epochs=10),
         "fc_784_300_1000_100_10": PretrainedSpec(fc_784_300_1000_100_10, "mnist", epochs=10),
         "lenet_cnn": PretrainedSpec(lenet_cnn, "mnist", epochs=3),
+        "lenet5": PretrainedSpec(lenet5, "mnist", epochs=10),
         "fashion_fc_784_300_1000_100_10": PretrainedSpec(
             fc_784_300_1000_100_10, "fashion-mnist", epochs=10
         ),
@@ -349,7 +375,7 @@ def pretrained(name: str, *, data_root: str | os.PathLike | None = None,
 
     Parameters
     ----------
-    name : {"lenet_300_100", "fc_784_300_1000_100_10", "lenet_cnn", \
+    name : {"lenet_300_100", "fc_784_300_1000_100_10", "lenet_cnn", "lenet5", \
             "fashion_fc_784_300_1000_100_10"}
         The last is the FC net trained on Fashion-MNIST; the others train on MNIST.
     data_root : str or path-like, optional

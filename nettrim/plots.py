@@ -1,4 +1,5 @@
-"""PNG plots of a per-layer report: sparsity bars and, when measured, relative errors.
+"""PNG plots of a per-layer report (sparsity bars and, when measured, relative errors) and of a
+training run (accuracy and sparsity per epoch).
 
 Figures are drawn with matplotlib's object API on an Agg canvas (no pyplot state, no display
 needed) and written atomically (a temporary file renamed into place).
@@ -14,7 +15,8 @@ from typing import Any
 
 from .io.files import atomic_write
 
-__all__ = ["REPORT_FILES", "plot_relative_error", "plot_report", "plot_sparsity"]
+__all__ = ["REPORT_FILES", "plot_relative_error", "plot_report", "plot_sparsity",
+           "plot_training"]
 
 #: Figure size in inches per layer (width) and the minimum width.
 _INCH_PER_LAYER = 0.7
@@ -150,3 +152,54 @@ def plot_report(rows: Sequence[Any], directory: str | os.PathLike, *,
     if any(v is not None and math.isfinite(float(v)) for v in errors):
         written.append(plot_relative_error(rows, directory / f"{prefix}{error_file}"))
     return written
+
+
+def plot_training(history: Sequence[Mapping[str, Any]], path: str | os.PathLike, *,
+                  title: str = "") -> pathlib.Path:
+    """Accuracy and sparsity over a training run (:func:`nettrim.train_prune`'s history).
+
+    Parameters
+    ----------
+    history : sequence of dict
+        One entry per epoch with ``epoch``, ``sparsity`` (a fraction), ``compression`` and
+        ``accuracy`` (a fraction, or None when nothing was evaluated).
+    path : str or path-like
+        Where the PNG goes (written atomically).
+    title : str, optional
+        A title above both panels.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    if not history or not all(isinstance(h, Mapping) and "epoch" in h and "sparsity" in h
+                              for h in history):
+        msg = "history: expected epochs as dicts with 'epoch' and 'sparsity', got none or other"
+        raise ValueError(msg)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(8.0, _HEIGHT), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    accuracy = [h.get("accuracy") for h in history]
+    if any(a is not None for a in accuracy):
+        left.plot([e for e, a in zip(epochs, accuracy) if a is not None],
+                  [100.0 * a for a in accuracy if a is not None], marker="o", color="tab:green")
+        left.set_ylabel("accuracy (%)")
+    else:
+        left.text(0.5, 0.5, "no evaluation data", ha="center", va="center",
+                  transform=left.transAxes)
+    left.set_xlabel("epoch")
+    left.set_title("Accuracy")
+    right.plot(epochs, [100.0 * h["sparsity"] for h in history], marker="o", color="tab:blue")
+    right.set_xlabel("epoch")
+    right.set_ylabel("zero weights (%)")
+    right.set_ylim(0, 100)
+    compression = history[-1].get("compression")
+    right.set_title("Sparsity" + (f" (final {compression:.1f}x)" if compression else ""))
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

@@ -519,7 +519,8 @@ def test_hptd_global_keeps_its_zeros_through_fine_tuning():
 def test_registry_lists_the_methods():
     assert set(BASELINES) == {"random", "magnitude", "obd", "lobs", "sparsegpt", "wanda", "alps"}
     assert "global_magnitude" in B.METHODS
-    assert B.STRUCTURED_CRITERIA == ("l1", "apoz", "taylor")
+    assert B.STRUCTURED_CRITERIA == ("l1", "apoz", "taylor", "oracle", "infogain",
+                                    "mean_activation")
     assert all(callable(f) for f in BASELINES.values())
 
 

@@ -32,7 +32,7 @@ FLOORS = {
     "nettrim.results": 2,      # the shared vocabulary: results, errors, output discrepancy
     "nettrim.model": 3,        # what a model is and how it changes: graph, capture, surgery
     "nettrim.layer": 4,        # one layer's program (arrays in, weights out)
-    "nettrim.training": 4,     # masked fine-tuning
+    "nettrim.training": 4,     # masked fine-tuning and the pruning schedules
     "nettrim.budget": 5,       # a global budget split over layers
     "nettrim.allocation": 5,   # the loss-aware split: per-layer ladders and the loss search
     "nettrim.structured": 5,   # group-l1 Net-Trim: whole units removed
@@ -43,6 +43,8 @@ FLOORS = {
     "nettrim.models": 7,       # the model zoo
     "nettrim.report": 7,       # per-layer reports of a model
     "nettrim.plots": 7,        # PNG plots of a report
+    "nettrim.iterative": 7,    # iterative Net-Trim: rounds of nettrim.prune and retraining
+    "nettrim.train_prune": 7,  # pruning during training: the whole loop
     "nettrim.cli": 8,          # the command line
     "nettrim": 9,              # the package: its public names, imported lazily by name
 }

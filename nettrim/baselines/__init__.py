@@ -41,8 +41,10 @@ Model level: :func:`prune_baseline` captures the layers' inputs with :func:`nett
 runs a layer method on each layer (``sequential=True``: each layer sees the inputs produced by
 the already-pruned layers before it, as SparseGPT does) and writes the weights back.
 :func:`prune_structured` removes whole neurons / channels ranked by ``l1`` norm, ``apoz``
-(average percentage of zeros, Hu et al. 2016) or first-order ``taylor`` (Molchanov et al. 2017)
-through :func:`nettrim.model.surgery.remove_units`. :func:`hptd` is Han et al.'s
+(average percentage of zeros, Hu et al. 2016), first-order ``taylor`` (Molchanov et al. 2017),
+the ``oracle`` (the loss change measured with the unit removed), ``infogain`` (mutual
+information between the unit's activation and the label) or ``mean_activation``, through
+:func:`nettrim.model.surgery.remove_units`. :func:`hptd` is Han et al.'s
 prune-then-retrain: magnitude pruning (global or per layer) followed by masked fine-tuning
 (:func:`nettrim.finetune`).
 
@@ -51,7 +53,8 @@ One module per family, and the drivers:
 * :mod:`.magnitude_family`: ``random_prune``, ``magnitude``, ``wanda``, ``global_magnitude``;
 * :mod:`.obs_family`: ``obd``, ``lobs``, ``sparsegpt`` (second order);
 * :mod:`.alps`: ``alps`` (l0-constrained reconstruction by ADMM, Meng et al. 2024);
-* :mod:`.units`: the structured criteria ``l1``, ``apoz``, ``taylor`` (``prune_structured``);
+* :mod:`.units`: the structured criteria ``l1``, ``apoz``, ``taylor``, ``oracle``,
+  ``infogain``, ``mean_activation`` (``prune_structured``);
 * :mod:`.driver`: ``prune_baseline`` (and the global rules, :data:`GLOBAL_SCORES`);
 * :mod:`.retrain`: ``hptd``;
 * :mod:`.masks`: the argument checks and mask selection the layer methods share.
@@ -64,11 +67,12 @@ from .driver import BASELINES, GLOBAL_SCORES, METHODS, prune_baseline
 from .magnitude_family import global_magnitude, magnitude, random_prune, wanda
 from .obs_family import DEFAULT_BLOCKSIZE, DEFAULT_DAMP, lobs, obd, sparsegpt
 from .retrain import hptd
-from .units import STRUCTURED_CRITERIA, prune_structured, unit_scores
+from .units import STRUCTURED_CRITERIA, information_gain, prune_structured, unit_scores
 
 __all__ = [
     "BASELINES", "METHODS", "STRUCTURED_CRITERIA", "GLOBAL_SCORES", "DEFAULT_DAMP",
     "DEFAULT_BLOCKSIZE",
     "random_prune", "magnitude", "obd", "lobs", "sparsegpt", "wanda",
     "global_magnitude", "alps", "prune_baseline", "prune_structured", "unit_scores", "hptd",
+    "information_gain",
 ]

@@ -1,8 +1,10 @@
 """Structured baselines: whole neurons / channels ranked by a criterion and removed.
 
 ``l1`` (the unit's weight norm, Li et al. 2017), ``apoz`` (average percentage of zeros of its
-output, Hu et al. 2016) or first-order ``taylor`` (Molchanov et al. 2017); the units go through
-:func:`nettrim.model.surgery.remove_units`, so the model shrinks.
+output, Hu et al. 2016), first-order ``taylor`` (Molchanov et al. 2017), the ``oracle`` (the
+loss change when the unit is removed, measured), ``infogain`` (the mutual information between
+the unit's activation and the label) or ``mean_activation`` (Molchanov et al. 2017's baseline);
+the units go through :func:`nettrim.model.surgery.remove_units`, so the model shrinks.
 """
 
 from __future__ import annotations
@@ -20,16 +22,23 @@ from solvers.status import OPTIMAL
 from ..checks import check_model, check_sparsity
 from ..inputs import batches, reiterable
 from ..model.capture import capture, layer_matrix, prunable_layers
+from ..model.graph import analyze
 from ..model.surgery import remove_units
 from ..results import LayerReport, PruneResult, output_discrepancy
 from .masks import n_zeros, smallest_mask
 
-__all__ = ["STRUCTURED_CRITERIA", "prune_structured", "unit_scores"]
+__all__ = ["INFOGAIN_BINS", "ORACLE_MAX_ENTRIES", "STRUCTURED_CRITERIA", "information_gain",
+           "prune_structured", "unit_scores"]
 
 #: Rows per forward pass when a model is scored on a tensor of inputs.
 _BATCH_ROWS = 512
 #: Unit criteria: the units with the LOWEST score are removed.
-STRUCTURED_CRITERIA = ("l1", "apoz", "taylor")
+STRUCTURED_CRITERIA = ("l1", "apoz", "taylor", "oracle", "infogain", "mean_activation")
+#: Oracle: the most activation entries one forward pass holds when several units are removed at
+#: once (replicas of the calibration batch past the layer): 2^25 float32 entries, 128 MiB.
+ORACLE_MAX_ENTRIES = 1 << 25
+#: Information gain: equal-frequency bins of each unit's activation.
+INFOGAIN_BINS = 16
 
 
 def _split(batch: Any):
@@ -104,6 +113,211 @@ def _taylor_scores(model: nn.Module, inputs: Any, modules: Mapping[str, nn.Modul
     return {name: v / count for name, v in sums.items()}
 
 
+def _unit_outputs(model: nn.Module, modules: Mapping[str, nn.Module],
+                  activations: Optional[dict]) -> dict:
+    """``{layer: (module whose output carries the layer's units, activation name)}``: the
+    eval-mode BatchNorm after the layer when there is one (a unit removed by
+    :func:`remove_units` takes its BatchNorm entry with it), else the layer itself."""
+    plan = analyze(model, warn=False)
+    named = dict(model.named_modules())
+    out = {}
+    for name, module in modules.items():
+        pattern = plan.patterns.get(name)
+        norm = pattern.norm if pattern is not None else None
+        act = pattern.activation if pattern is not None else None
+        if activations and name in activations:
+            act = activations[name]
+        out[name] = (named[norm] if norm else module, act)
+    return out
+
+
+@contextlib.contextmanager
+def _units_removed(module: nn.Module, state: dict):
+    """While active, ``module``'s output (B, M, ...) is replaced by ``state["g"]`` copies
+    stacked along the batch, copy ``i`` with unit ``state["start"] + i`` set to zero."""
+    def hook(_module, _inputs, output):
+        g, start = state["g"], state["start"]
+        copies = output.unsqueeze(0).repeat(g, *[1] * output.ndim)
+        index = torch.arange(g, device=output.device)
+        copies[index, :, start + index] = 0
+        state["entries"] = output.numel()
+        return copies.flatten(0, 1)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield state
+    finally:
+        handle.remove()
+
+
+def _removal_losses(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
+                    module: nn.Module, units: int, entries: int) -> torch.Tensor:
+    """Summed cross-entropy of the batch with each unit of ``module``'s output removed, shape
+    (units,). Several units per forward pass (copies of the batch past the layer, at most
+    :data:`ORACLE_MAX_ENTRIES` entries); the first group is checked against a one-unit pass,
+    and a model whose later layers do not take the stacked copies as a batch (a skip from
+    before the layer, a batch size read early) is run one unit at a time."""
+    losses = torch.empty(units, dtype=torch.float64)
+    batch = x.shape[0]
+    group = max(1, min(units, ORACLE_MAX_ENTRIES // max(1, entries)))
+    state = {"g": 1, "start": 0}
+
+    def run(start: int, g: int) -> torch.Tensor:
+        state.update(g=g, start=start)
+        out = model(x)
+        per = nn.functional.cross_entropy(out, labels.repeat(g), reduction="none")
+        return per.view(g, batch).sum(1).to(torch.float64).cpu()
+
+    with _units_removed(module, state):
+        start = 0
+        while start < units:
+            g = min(group, units - start)
+            if g > 1 and start == 0:
+                try:
+                    first = run(0, g)
+                    ok = bool(torch.allclose(first[:1], run(0, 1), rtol=1e-4, atol=1e-4))
+                except RuntimeError:
+                    ok = False
+                if not ok:
+                    group = g = 1
+                else:
+                    losses[:g] = first
+                    start = g
+                    continue
+            losses[start:start + g] = run(start, g)
+            start += g
+    return losses
+
+
+def _oracle_scores(model: nn.Module, inputs: Any, modules: Mapping[str, nn.Module],
+                   device: Any, activations: Optional[dict]) -> dict:
+    """The oracle: ``L(without unit k) - L`` per unit, the summed cross-entropy on the
+    calibration batches (against the labels, else the model's own predictions) with the unit's
+    output set to zero, divided by the number of samples. Units whose removal lowers the loss
+    score below zero and go first."""
+    targets = _unit_outputs(model, modules, activations)
+    sums: dict = {name: None for name in modules}
+    count = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches(inputs, _BATCH_ROWS):
+                x, y = _split(batch)
+                if device is not None:
+                    x = x.to(device)
+                sizes: dict = {}
+                handles = [target.register_forward_hook(
+                    lambda _m, _i, out, name=name: sizes.__setitem__(name, out.numel()))
+                    for name, (target, _) in targets.items()]
+                try:
+                    out = model(x)
+                finally:
+                    for h in handles:
+                        h.remove()
+                labels = out.argmax(1) if y is None else y.to(out.device)
+                base = float(nn.functional.cross_entropy(out, labels, reduction="sum"))
+                for name, (target, _) in targets.items():
+                    units = layer_matrix(modules[name]).shape[0]
+                    delta = _removal_losses(model, x, labels, target, units, sizes[name]) - base
+                    sums[name] = delta if sums[name] is None else sums[name] + delta
+                count += x.shape[0]
+    finally:
+        model.train(was_training)
+    if count == 0:
+        msg = "inputs gave no batches"
+        raise ValueError(msg)
+    return {name: v / count for name, v in sums.items()}
+
+
+def _unit_activations(model: nn.Module, inputs: Any, modules: Mapping[str, nn.Module],
+                      device: Any, activations: Optional[dict], *, magnitude: bool):
+    """Per sample and unit, the unit's activation averaged over positions (conv), shape
+    (n, M) per layer, and the labels (None when the batches carry none). The activation is
+    ``relu(z)`` (``min(relu(z), 6)``) for a layer followed by a ReLU (ReLU6), with ``z`` the
+    layer's (BatchNorm's) output; otherwise ``z``, or ``|z|`` with ``magnitude``."""
+    targets = _unit_outputs(model, modules, activations)
+    store: dict = {name: [] for name in modules}
+    labels: list = []
+
+    def make(name, act):
+        def hook(_module, _inputs, output):
+            a = output.detach()
+            if act == "relu":
+                a = a.clamp(min=0)
+            elif act == "relu6":
+                a = a.clamp(0, 6)
+            elif magnitude:
+                a = a.abs()
+            a = a.flatten(2).mean(2) if a.ndim > 2 else a
+            store[name].append(a.to(torch.float64).cpu())
+        return hook
+
+    was_training = model.training
+    model.eval()
+    handles = []
+    try:
+        for name, (target, act) in targets.items():
+            handles.append(target.register_forward_hook(make(name, act)))
+        with torch.no_grad():
+            for batch in batches(inputs, _BATCH_ROWS):
+                x, y = _split(batch)
+                model(x if device is None else x.to(device))
+                labels.append(None if y is None else y.detach().cpu().long())
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if not labels:
+        msg = "inputs gave no batches"
+        raise ValueError(msg)
+    y = None if any(t is None for t in labels) else torch.cat(labels)
+    return {name: torch.cat(parts) for name, parts in store.items()}, y
+
+
+def information_gain(activation: torch.Tensor, labels: torch.Tensor, *,
+                     bins: int = INFOGAIN_BINS) -> torch.Tensor:
+    """Mutual information ``I(a_k; y)`` (nats) between each unit's activation and the label.
+
+    ``I = H(y) - H(y | a_k) = sum_{b, c} p(b, c) log(p(b, c) / (p(b) p(c)))`` with ``a_k``
+    discretised into ``bins`` equal-frequency bins (the unit's own quantiles; tied edges merge
+    bins, so a unit that is zero on most samples has few bins).
+
+    Parameters
+    ----------
+    activation : Tensor of shape (n, M)
+        One row per sample, one column per unit.
+    labels : Tensor of shape (n,), integer class labels >= 0
+    bins : int, default 16
+
+    Returns
+    -------
+    Tensor of shape (M,), float64, >= 0
+    """
+    if activation.ndim != 2 or labels.ndim != 1 or labels.shape[0] != activation.shape[0]:
+        msg = (f"activation must be (n, M) and labels (n,), got {tuple(activation.shape)} and "
+               f"{tuple(labels.shape)}")
+        raise ValueError(msg)
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
+        msg = f"bins must be an int >= 2, got {bins!r}"
+        raise ValueError(msg)
+    a = activation.to(torch.float64)
+    y = labels.long()
+    n, units = a.shape
+    classes = int(y.max()) + 1
+    q = torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1]
+    edges = torch.quantile(a, q, dim=0)                                  # (bins - 1, M)
+    which = (a.unsqueeze(0) > edges.unsqueeze(1)).sum(0)                 # (n, M) in [0, bins)
+    joint = torch.zeros(units, bins * classes, dtype=torch.float64)
+    joint.scatter_add_(1, (which * classes + y.unsqueeze(1)).T,
+                       torch.ones(units, n, dtype=torch.float64))
+    p = (joint / n).view(units, bins, classes)
+    pb = p.sum(2, keepdim=True)
+    pc = p.sum(1, keepdim=True)
+    ratio = torch.where(p > 0, p / (pb * pc).clamp_min(1e-300), torch.ones_like(p))
+    return (p * ratio.log()).sum((1, 2)).clamp_min(0.0)
+
+
 def unit_scores(model: nn.Module, inputs: Any, criterion: str, *, layers: Any = None,
                 ignore: Iterable[str] = (), activations: Optional[dict] = None,
                 max_samples: Optional[int] = None, seed: int = 0, device: Any = None) -> dict:
@@ -113,13 +327,20 @@ def unit_scores(model: nn.Module, inputs: Any, criterion: str, *, layers: Any = 
     ----------
     model : nn.Module
     inputs : Tensor or iterable of batches
-        Calibration data (not needed by ``"l1"``); ``"taylor"`` uses ``(x, y)`` labels when
-        the batches have them.
-    criterion : {"l1", "apoz", "taylor"}
+        Calibration data (not needed by ``"l1"``); ``"taylor"`` and ``"oracle"`` use
+        ``(x, y)`` labels when the batches have them, ``"infogain"`` needs them.
+    criterion : {"l1", "apoz", "taylor", "oracle", "infogain", "mean_activation"}
         ``l1``: ``sum_j |W_kj|`` of the unit's (flattened) weights (Li et al. 2017).
         ``apoz``: the negated average percentage of zeros of the unit's post-activation over
         samples (and positions) (Hu et al. 2016). ``taylor``: first-order Taylor estimate of
-        the loss change (Molchanov et al. 2017).
+        the loss change (Molchanov et al. 2017). ``oracle``: the loss change measured with
+        the unit removed, ``(L(without k) - L) / n`` on the calibration batches (cross-entropy
+        against the labels, else the model's predictions; its output, after its BatchNorm,
+        set to zero; several units per forward pass). ``infogain``: the mutual information
+        between the unit's activation (averaged over positions) and the label
+        (:func:`information_gain`; needs labels). ``mean_activation``: the unit's mean
+        post-ReLU activation over samples and positions (mean ``|z|`` without a ReLU)
+        (Molchanov et al. 2017's baseline).
     layers, ignore, activations, max_samples, seed, device
         As in :func:`nettrim.capture`.
 
@@ -139,6 +360,18 @@ def unit_scores(model: nn.Module, inputs: Any, criterion: str, *, layers: Any = 
         data = capture(model, inputs, layers=list(selected), activations=activations,
                        max_samples=max_samples, seed=seed, device=device, fold=False)
         return {n: -(data[n].post <= 0).to(torch.float64).mean(0).cpu() for n in selected}
+    if criterion == "oracle":
+        return _oracle_scores(model, inputs, selected, device, activations)
+    if criterion in ("infogain", "mean_activation"):
+        acts, labels = _unit_activations(model, inputs, selected, device, activations,
+                                         magnitude=criterion == "mean_activation")
+        if criterion == "mean_activation":
+            return {n: a.mean(0) for n, a in acts.items()}
+        if labels is None:
+            msg = ("criterion 'infogain' needs labelled batches (x, y): the information gain "
+                   "is between a unit's activation and the label")
+            raise ValueError(msg)
+        return {n: information_gain(a, labels) for n, a in acts.items()}
     return _taylor_scores(model, inputs, selected, device)
 
 
@@ -159,7 +392,8 @@ def prune_structured(model: nn.Module, inputs: Any, criterion: str, fraction: An
     model : nn.Module
         A flat ``nn.Sequential``-like model (what ``remove_units`` supports).
     inputs : Tensor or iterable of batches
-    criterion : {"l1", "apoz", "taylor"}
+    criterion : {"l1", "apoz", "taylor", "oracle", "infogain", "mean_activation"}
+        See :func:`unit_scores`.
     fraction : float in [0, 1) or dict of {layer: float}
         Fraction of each layer's units to remove (at least one unit always stays).
     layers, ignore, activations, max_samples, seed, device, inplace

@@ -35,6 +35,8 @@ LIBRARY = {
                  "nettrim.tables"),
     "demo": ("nettrim.io.checkpoint", "nettrim.io.datasets", "nettrim.models", "nettrim.prune",
              "nettrim.tables"),
+    "train-prune": ("nettrim.io.checkpoint", "nettrim.io.datafiles", "nettrim.train_prune",
+                    "nettrim.tables", "nettrim.plots"),
 }
 
 #: Rows pushed through a model to check that the data fits it.
@@ -130,6 +132,21 @@ def _load(path: str, args) -> ckpt_io.Checkpoint:
     return ckpt_io.load_checkpoint(path, arch=args.arch, trust_pickle=args.trust_pickle)
 
 
+def report_head(command: str, args, source: pathlib.Path, loaded, source_hash: str,
+                output: tuple, out_format: str) -> dict:
+    """The first entries of a command's JSON report: the command, the version, argv, the input
+    checkpoint (with its SHA-256) and the output, ``(destination, staged file)``, with its own."""
+    out, staged = output
+    return {
+        "command": command,
+        "nettrim_version": version(),
+        "argv": list(args.argv),
+        "input": {"path": str(source.resolve()), "format": loaded.format, "arch": args.arch,
+                  "sha256": source_hash},
+        "output": {"path": str(out.resolve()), "format": out_format, "sha256": _sha256(staged)},
+    }
+
+
 # ---- prune --------------------------------------------------------------------------------------
 def cmd_prune(args) -> int:
     import torch
@@ -222,12 +239,7 @@ def cmd_prune(args) -> int:
         summary["accuracy_original"] = _accuracy(loaded.model.cpu(), x, y)  # prune copied it
         summary["accuracy_pruned"] = _accuracy(pruned, x, y)
     document = {
-        "command": "prune",
-        "nettrim_version": version(),
-        "argv": list(args.argv),
-        "input": {"path": str(source.resolve()), "format": loaded.format, "arch": args.arch,
-                  "sha256": source_hash},
-        "output": {"path": str(out.resolve()), "format": out_format, "sha256": _sha256(staged)},
+        **report_head("prune", args, source, loaded, source_hash, (out, staged), out_format),
         "data": {"path": str(pathlib.Path(args.data).resolve()), "samples": int(x.shape[0]),
                  "available": int(n_available), "sample_shape": list(x.shape[1:]),
                  "labels": y is not None},
@@ -549,3 +561,13 @@ def cmd_demo(args) -> int:
     for path in plots:
         print(f"wrote {path}")
     return EXIT_OK
+
+
+# ---- shared with the other command modules (public names: no module imports private ones) -----
+sha256 = _sha256
+load_model = _load
+load_data = _load_data
+check_fits = _check_fits
+cli_options = _cli_options
+show_warning = _show_warning
+format_from_suffix = _format_from_suffix

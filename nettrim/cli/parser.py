@@ -10,6 +10,7 @@ import argparse
 
 from ..io.formats import FORMATS
 from .commands import cmd_demo, cmd_evaluate, cmd_prune, cmd_report
+from .train import cmd_train_prune
 from .common import (DEFAULT_EPSILON, DEFAULT_THREADS, DEMO_EPOCHS, DEMO_SAMPLES, DEMO_SPARSITY,
                      EXIT_USAGE, version)
 
@@ -28,6 +29,12 @@ COMMANDS = {
     "evaluate": ("compare a pruned checkpoint with its original on data",
                  "Accuracy (when the data has labels), nonzeros and the relative output "
                  "discrepancy ||f_pruned(x) - f(x)||_F / ||f(x)||_F."),
+    "train-prune": ("prune a checkpoint while training it on labelled data",
+                    "Train CHECKPOINT on labelled data while pruning it with one schedule (han, "
+                    "gradual, dns or nettrim); write the pruned model to OUT, a JSON report "
+                    "(OUT's stem + .report.json) and a plot of accuracy and sparsity per epoch "
+                    "(OUT's stem + .training.png). A state file written after every epoch lets "
+                    "an interrupted run resume: run the same command again."),
     "demo": ("train LeNet-300-100 on MNIST briefly, prune it, report",
              "Train LeNet-300-100 on MNIST for a couple of epochs, prune it in cascade mode to 90% "
              "sparsity (or --epsilon) on 5,000 calibration samples, print test accuracy before "
@@ -93,6 +100,14 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "you trust)")
 
 
+def _add_input_output(p: argparse.ArgumentParser, checkpoint_help: str, data_metavar: str,
+                      data_help: str) -> None:
+    """CHECKPOINT, --data and --out of a command that writes a pruned model."""
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help=checkpoint_help)
+    p.add_argument("--data", required=True, metavar=data_metavar, help=data_help)
+    p.add_argument("--out", required=True, metavar="OUT", help="where to write the pruned model")
+
+
 def _add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive_int, metavar="N", default=DEFAULT_THREADS,
                    help=f"torch CPU threads (default {DEFAULT_THREADS}: measured fastest for "
@@ -125,7 +140,8 @@ def _subcommand(sub, name: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of the ``nettrim`` command (subcommands prune, report, evaluate, demo)."""
+    """The parser of the ``nettrim`` command (subcommands prune, report, evaluate, train-prune,
+    demo)."""
     parser = _Parser(prog="nettrim", description="Net-Trim: prune trained ReLU networks by convex "
                      "optimisation, layer by layer.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
@@ -133,13 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = _subcommand(sub, "prune")
-    p.add_argument("checkpoint", metavar="CHECKPOINT",
-                   help="state_dict (.pt, with --arch), safetensors (with --arch), torch.export "
-                        "program (.pt2) or pickled module (with --trust-pickle)")
-    p.add_argument("--data", required=True, metavar="CALIB",
-                   help="calibration data: .npz (x, optional y), .pt (tensor or {x, y}) or an "
-                        "MNIST-style idx directory (train split)")
-    p.add_argument("--out", required=True, metavar="OUT", help="where to write the pruned model")
+    _add_input_output(p, "state_dict (.pt, with --arch), safetensors (with --arch), torch.export "
+                         "program (.pt2) or pickled module (with --trust-pickle)", "CALIB",
+                      "calibration data: .npz (x, optional y), .pt (tensor or {x, y}) or an "
+                      "MNIST-style idx directory (train split)")
     _add_model_options(p)
     goal = p.add_mutually_exclusive_group()
     goal.add_argument("--epsilon", type=_nonneg_float, metavar="E",
@@ -238,6 +251,69 @@ def build_parser() -> argparse.ArgumentParser:
     _add_table_format(p)
     _add_threads(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = _subcommand(sub, "train-prune")
+    _add_input_output(p, "the trained model: state_dict or safetensors (with --arch), or a "
+                         "pickled module (with --trust-pickle)", "LABELLED",
+                      "training data with labels: .npz (x, y), .pt ({x, y}) or an MNIST-style "
+                      "idx directory (train split; its test split is evaluated after every "
+                      "epoch unless --eval-data)")
+    _add_model_options(p)
+    p.add_argument("--method", choices=("han", "gradual", "dns", "nettrim"), default="gradual",
+                   help="han: prune-retrain rounds (Han et al. 2015); gradual: cubic schedule "
+                        "(Zhu & Gupta 2017); dns: prune and splice (Guo et al. 2016); nettrim: "
+                        "rounds of cascade Net-Trim and retraining (default gradual)")
+    p.add_argument("--sparsity", nargs="+", default=["0.9"], metavar="S",
+                   help="final fraction of zero weights per layer: one S for every layer, or "
+                        "NAME=S pairs naming every pruned layer (default 0.9)")
+    p.add_argument("--epochs", type=_positive_int, default=10, help="epochs (default 10)")
+    p.add_argument("--eval-data", metavar="TEST",
+                   help="labelled data evaluated after every epoch (idx directories: the test "
+                        "split)")
+    p.add_argument("--eval-samples", type=_positive_int, metavar="N",
+                   help="evaluate on N samples of it (seeded subset); default all")
+    p.add_argument("--samples", type=_positive_int, metavar="N",
+                   help="train on N samples (seeded subset); default all")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                   help="SGD with momentum (default, Caffe's LeNet solver) or Adam")
+    p.add_argument("--lr", type=_nonneg_float, metavar="LR",
+                   help="learning rate (default 0.01 for SGD, 1e-3 for Adam; han retrains at "
+                        "LR x --lr-factor)")
+    p.add_argument("--momentum", type=_nonneg_float, default=0.9, help="SGD momentum (0.9)")
+    p.add_argument("--weight-decay", type=_nonneg_float, default=5e-4,
+                   help="L2 weight decay (default 5e-4)")
+    p.add_argument("--lr-policy", choices=("inv", "constant"), default="inv",
+                   help="inv: LR (1 + 1e-4 t)^-0.75 (Caffe's LeNet, default) or constant")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="batch size (64)")
+    for flag, kind, metavar, text in (   # the schedules' own options (default: the method's)
+            ("--rounds", _positive_int, "K", "han and nettrim: prune / retrain rounds (3)"),
+            ("--lr-factor", _nonneg_float, "F", "han: retraining rate as a fraction of --lr (0.1)"),
+            ("--pruning-fraction", _fraction, "F",
+             "gradual and dns: fraction of the steps during which masks change (0.75)"),
+            ("--frequency", _positive_int, "STEPS", "gradual: steps between mask updates (100)"),
+            ("--dns-gamma", _nonneg_float, "G", "dns: update probability (1 + G t)^-1 (1e-4)"),
+            ("--calibration-samples", _positive_int, "N",
+             "nettrim: calibration samples for each round (2000)"),
+            ("--max-rows", _positive_int, "R",
+             "nettrim: at most R rows per layer's program (conv patches); default all")):
+        p.add_argument(flag, type=kind, metavar=metavar, help=text)
+    _add_selection(p)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the data order, the subsets and DNS's draws (default 0)")
+    p.add_argument("--state", metavar="STATE",
+                   help="training state file (default OUT's stem + .train-state.pt), written "
+                        "after every epoch and removed at the end")
+    p.add_argument("--restart", action="store_true",
+                   help="ignore an existing state file and start over")
+    p.add_argument("--format", dest="out_format", choices=("state_dict", "module", "safetensors"),
+                   help="output format (default: safetensors for .safetensors, else the input's)")
+    p.add_argument("--report", metavar="REPORT.json",
+                   help="where to write the JSON report (default: OUT's stem + .report.json)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow --out to be the input checkpoint itself (replaced atomically)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no table")
+    _add_threads(p)
+    p.set_defaults(func=cmd_train_prune)
 
     p = _subcommand(sub, "demo")
     p.add_argument("--data-root", metavar="DIR", help="directory holding mnist/ (idx .gz files)")

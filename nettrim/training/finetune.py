@@ -23,7 +23,7 @@ from ..checks import check_model
 from ..inputs import model_device
 from ..io.datasets import data_loader
 
-__all__ = ["finetune", "FinetuneResult", "as_loader"]
+__all__ = ["finetune", "FinetuneResult", "as_loader", "train_batch"]
 
 _PRUNABLE = (nn.Linear, nn.Conv2d)
 #: The optimizers :func:`finetune` takes (``torch.optim`` classes).
@@ -74,6 +74,21 @@ def as_loader(loader: Any, *, batch_size: int = 128, seed: int = 0) -> Iterable:
     msg = ("loader must be a DataLoader of (x, y) batches, a list of (x, y) batches or an "
            f"(x, y) pair of tensors with the same number of rows, got {type(loader).__name__}")
     raise TypeError(msg)
+
+
+def train_batch(model: nn.Module, batch: Any, optimizer: torch.optim.Optimizer,
+                loss_fn: Callable, device: torch.device) -> tuple:
+    """One optimizer step on an ``(x, y)`` batch: ``(mean loss, rows)``."""
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        msg = "loader must yield (x, y) batches (labels are needed to train)"
+        raise TypeError(msg)
+    xb = batch[0].to(device)
+    yb = batch[1].to(device)
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(xb), yb)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach()), xb.shape[0]
 
 
 def _masked_modules(model: nn.Module, layers: Optional[Iterable[str]]) -> dict:
@@ -180,20 +195,12 @@ def finetune(model: nn.Module, loader: Any, *, epochs: int = 1, lr: float = 1e-3
             for epoch in range(epochs):
                 total_loss, seen = 0.0, 0
                 for batch in data:
-                    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                        msg = "loader must yield (x, y) batches (labels are needed to train)"
-                        raise TypeError(msg)
-                    xb = batch[0].to(device)
-                    yb = batch[1].to(device)
-                    step.zero_grad(set_to_none=True)
-                    loss = loss_fn(model(xb), yb)
-                    loss.backward()
-                    step.step()
-                    total_loss += float(loss.detach()) * xb.shape[0]
-                    seen += xb.shape[0]
+                    loss, rows = train_batch(model, batch, step, loss_fn, device)
+                    total_loss += loss * rows
+                    seen += rows
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.4f}")
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}")
                 if seen == 0:
                     msg = "loader yielded no batches"
                     raise ValueError(msg)
