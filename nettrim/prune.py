@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
+import time
 import warnings
 from typing import Any, Iterable, Mapping, Optional, Union
 
@@ -29,6 +30,8 @@ from .inputs import reiterable
 from .layer import PROGRAMS, check_solver_and_target, prune_layer
 from .model.capture import (RELU_PROGRAM, SOLVE_DTYPES, LayerData, capture, capture_cascade,
                             group_blocks, in_solver_dtype, prunable_layers)
+from .model.calibration import target_sparsity
+from .resume import load_state, run_fingerprint, save_state
 from .model.graph import (UnknownWeightsWarning, analyze, batchnorm_affine, parameter_counts,
                           skipped_layers, warn_unknown_weights)
 from .model.surgery import apply_masks, set_layer_weight
@@ -39,6 +42,10 @@ from .structured import prune_units
 __all__ = ["prune", "MODES"]
 
 MODES = ("parallel", "cascade")
+#: With ``progress="lines"`` (the CLI's ``-q``), a finished layer is printed once this many
+#: seconds have passed since the start or the last line printed: a long run says where it is
+#: about once a minute, a run of a few seconds stays as quiet as ``-q`` always was.
+QUIET_LINE_S = 60.0
 
 
 def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any = None, *,
@@ -50,7 +57,7 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
           solver_options: Optional[dict] = None, scope: str = "layer",
           structured: bool = False, min_per_unit: Optional[int] = None,
           allocation: str = "epsilon", fold_bn: bool = False,
-          program: str = "auto") -> PruneResult:
+          program: str = "auto", resume: Any = None) -> PruneResult:
     """Prune a model's Linear, Conv1d and Conv2d layers with Net-Trim.
 
     What follows each layer is read from the traced graph (:mod:`nettrim.graph`): a ReLU
@@ -109,8 +116,17 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         writes plain weights that load into a fresh model with ``strict=True``.
     strict : bool
         Raise :class:`PruningError` instead of warning on a non-optimal solver status.
-    progress : bool
-        tqdm bars per layer (and per ADMM solve).
+    resume : str or path-like, optional
+        A run state file (:mod:`nettrim.resume`), written atomically after each finished
+        layer (per-layer path). When it exists, from an interrupted run with the same options
+        and layers, the layers it lists are restored (weights and report rows) and only the
+        layers after them are solved. The file stays after the run; delete it when done. Not
+        with ``fold_bn=True``, ``scope="global"`` or ``structured=True``.
+    progress : bool or "lines"
+        tqdm bars per layer (and per ADMM solve); ``"lines"``: no bars, a line on stderr for a
+        finished layer once ``QUIET_LINE_S`` seconds have passed since the start or the last
+        line (so a long run is never silent for long, a short one prints nothing; per-layer
+        path only: the global and structured paths print nothing).
     refit, reweight, solver_options
         Passed to :func:`prune_layer`.
     scope : {"layer", "global"}
@@ -166,7 +182,7 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         raise ValueError(msg)
     hooked = dict(mode=mode, solver=solver, layers=layers, ignore=ignore,
                   activations=activations, max_samples=max_samples, seed=seed, device=device,
-                  inplace=inplace, strict=strict, progress=progress, refit=refit,
+                  inplace=inplace, strict=strict, progress=progress is True, refit=refit,
                   reweight=reweight, solver_options=solver_options)
     if not isinstance(fold_bn, bool):
         msg = f"fold_bn must be True or False, got {fold_bn!r}"
@@ -182,6 +198,9 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         raise ValueError(msg)
     before = parameter_counts(model)   # before any write: the "before" of skipped rows
     warn_unknown_weights(model)
+    if resume is not None and (structured or scope == "global" or fold_bn):
+        msg = "resume= is an option of the per-layer program (not structured, global or fold_bn)"
+        raise ValueError(msg)
     if structured:
         out = prune_units(model, inputs, epsilon, sparsity=sparsity, scope=scope, masks=masks,
                           **hooked)
@@ -201,6 +220,11 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
     selected = list(prunable_layers(model, layers, ignore))
     eps_of = None if epsilon is None else per_layer(epsilon, selected, "epsilon")
     spars_of = None if sparsity is None else per_layer(sparsity, selected, "sparsity")
+    if spars_of is not None and set(selected) - set(spars_of):
+        msg = (f"sparsity: a dict names layers {sorted(spars_of)}, not the selected "
+               f"{sorted(set(selected) - set(spars_of))}: give every selected layer a value, "
+               "or select only these (layers=...)")
+        raise ValueError(msg)
     options = dict(epsilon=epsilon, sparsity=sparsity, mode=mode, solver=solver, gamma=gamma,
                    kappa=kappa, max_samples=max_samples, seed=seed, refit=refit,
                    reweight=reweight, solver_options=solver_options, layers=selected,
@@ -209,22 +233,42 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
     plan = analyze(model)   # one reading of the graph (and one warning when it fails)
     cap = dict(activations=activations, max_samples=max_samples, seed=seed, device=device,
                plan=plan, fold=True)
-    original = capture(model, inputs, layers=selected, **cap) if mode == "parallel" else None
+    with target_sparsity(spars_of):   # a CalibrationWarning speaks of the run's own target
+        original = capture(model, inputs, layers=selected, **cap) if mode == "parallel" else None
     skipped = dict(plan.skipped) if original is None else dict(original.skipped)
     modules = dict(target.named_modules())
 
     rows = []
+    fingerprint = None if resume is None else run_fingerprint(
+        {**options, "activations": activations}, model, inputs)
+    state = None if resume is None else load_state(resume, fingerprint)
+    done = set() if state is None else set(state.done)
+    if state is not None:   # an interrupted run: its finished layers as they were
+        target.load_state_dict(state.state)
+        rows = list(state.rows)
+        skipped.update(state.skipped)
     folded: dict = {}
     names = selected
-    log_lines = progress and not _is_terminal(sys.stderr)
-    if progress:   # a layer bar with an ETA on a terminal; one line per layer in a log file
+    if progress not in (True, False, "lines"):
+        msg = f"progress must be True, False or 'lines', got {progress!r}"
+        raise ValueError(msg)
+    lines_only = progress == "lines"
+    log_lines = lines_only or (progress and not _is_terminal(sys.stderr))
+    progress = progress is True
+    last_line = time.perf_counter() if lines_only else 0.0
+    if progress and not lines_only:   # a layer bar with an ETA on a terminal; lines in a log
         names = tqdm(selected, desc=f"Net-Trim ({mode})", unit="layer", disable=None)
-    first = True
+    first = not done
     for index, name in enumerate(names):
+        if name in done:
+            if mode == "parallel":
+                original.pop(name, None)
+            continue
         if mode == "parallel":
             data = original.pop(name, None)  # free each layer's records once used
         else:  # inputs from the pruned copy, outputs from the original, in one pass
-            data = capture_cascade(model, target, inputs, name, **cap)
+            with target_sparsity(spars_of):
+                data = capture_cascade(model, target, inputs, name, **cap)
             if data is None:
                 skipped[name] = "not called by the model's forward pass (used functionally?)"
         if data is None:
@@ -265,7 +309,10 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
             solver=rep["solver"], note="; ".join(notes), program=block.program,
             rows=data.X.shape[0], rows_seen=data.rows_seen,
             peak_memory_mb=rep.get("peak_memory_mb")))
-        if log_lines:
+        if resume is not None:
+            save_state(resume, fingerprint, rows, skipped, target)
+        if log_lines and (not lines_only or time.perf_counter() - last_line >= QUIET_LINE_S):
+            last_line = time.perf_counter()
             print(f"Net-Trim ({mode}) layer {index + 1}/{len(selected)} {name}: "
                   f"{100 * rep['sparsity']:.1f}% sparse, {rep['status']}, "
                   f"{rep['iterations']} iterations, {rep['seconds']:.1f} s", file=sys.stderr,

@@ -38,6 +38,7 @@ FLOORS = {
     "nettrim.baselines": 5,    # the comparison methods and their driver
     # (executors, in-process or Ray, that solve a driver's layers: floor 5, below the drivers)
     "nettrim.prune": 6,        # the model driver: parallel / cascade, write-back
+    "nettrim.resume": 5,       # a driver's per-layer run state, to continue an interrupted run
     "nettrim.models": 7,       # the model zoo
     "nettrim.report": 7,       # per-layer reports of a model
     "nettrim.plots": 7,        # PNG plots of a report

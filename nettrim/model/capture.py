@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from ..checks import check_model
 from ..inputs import forward_args, model_device, to_device
 from .graph import (ACTIVATION_NAMES, PRUNABLE, LayerPattern, ModelPlan, analyze,
                     attention_projections, describe_skipped, skipped_layers)
+from .calibration import rows_needed, run_sparsity
 from .rows import Reservoir, call_rows
 
 __all__ = ["LayerData", "Captured", "capture", "capture_cascade", "prunable_layers",
@@ -449,24 +449,17 @@ def _check_finite(name: str, X: torch.Tensor, pre: torch.Tensor) -> None:
             raise ValueError(msg)
 
 
-def rows_needed(N: int, keep: float = 0.1) -> int:
-    """Calibration rows the sample-complexity results of Net-Trim ask for, ``s log(N / s)`` with
-    ``s = keep * N`` nonzero weights per neuron (Aghasi et al.: O(s log(N/s)) samples recover an
-    s-sparse neuron), rounded up; at least ``s``."""
-    s = max(1.0, keep * N)
-    return int(math.ceil(max(s, s * math.log(N / s))))
-
-
 def _check_rows(data: LayerData) -> None:
     P = data.X.shape[0]
     N = data.X.shape[1] // data.groups
     if P < N:
+        target, at = run_sparsity(data.name)
         msg = (f"layer {data.name!r} has {P} calibration rows for {N} inputs per neuron "
                f"(ratio {P / N:.3g}): its program is underdetermined and can return a very "
                f"sparse layer that fits only these rows. Rows needed: {N} for a determined fit; "
                f"Net-Trim's sample complexity O(s log(N/s)) for s nonzero weights per neuron is "
-               f"about {rows_needed(N)} at 90% sparsity. Give more calibration data (or a "
-               "larger max_samples / --max-rows)")
+               f"about {rows_needed(N, keep=1.0 - target)} {at}. Give more calibration data "
+               "(or a larger max_samples / --max-rows)")
         warnings.warn(msg, CalibrationWarning, stacklevel=3)
 
 
