@@ -398,3 +398,40 @@ def test_sparsify_decides_a_slow_layer_in_bounded_time():
     fast = nettrim.sparsify(model, torch.randn(4, 8))   # 30 repeats of the slow layer: 6 s
     assert time.perf_counter() - t0 < 4 * LATENCY_BUDGET_S + 1.0
     assert fast.nettrim_sparse["0"]["dense_ms"] >= 200
+
+
+# ---- 6, 7: a head tied to an embedding; the same totals and skipped on every path ----------------
+class TiedLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.fc1 = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 20, bias=False)
+        self.head.weight = self.emb.weight   # GPT-2's lm_head / wte
+
+    def forward(self, ids):
+        return self.head(torch.relu(self.fc1(self.emb(ids).mean(1))))
+
+
+def test_tied_head_and_totals_agree_on_every_path():
+    from nettrim.tables import totals
+
+    torch.manual_seed(0)
+    model, ids = TiedLM().eval(), torch.randint(0, 20, (200, 5))
+    embedding = model.emb.weight.detach().clone()
+    runs = {"prune": nettrim.prune(model, ids, sparsity=0.5),
+            "global": nettrim.prune(model, ids, sparsity=0.5, scope="global"),
+            "baseline": nettrim.prune_baseline(model, ids, "magnitude", 0.5)}
+    seen = set()
+    for name, result in runs.items():
+        rows = [r.as_dict() for r in result.report]
+        t = totals(rows)
+        seen.add((t["nonzeros_before"], t["nonzeros"], tuple(sorted(result.skipped))))
+        assert torch.equal(result.model.emb.weight, embedding), name   # never zeroed
+        head = next(r for r in rows if r["name"] == "head")
+        assert head["status"] == "SKIPPED" and "tied to 'emb'" in head["note"], name
+        emb = next(r for r in rows if r["name"] == "emb")
+        assert emb["nonzeros_before"] == embedding.numel() == emb["nonzeros_after"], name
+    assert len(seen) == 1, seen   # the same totals and skipped layers on every path
+    with pytest.raises((TypeError, ValueError), match="tied to 'emb'"):   # named: refused
+        nettrim.prune(model, ids, sparsity=0.5, layers=["fc1", "head"])
