@@ -435,3 +435,32 @@ def test_tied_head_and_totals_agree_on_every_path():
     assert len(seen) == 1, seen   # the same totals and skipped layers on every path
     with pytest.raises((TypeError, ValueError), match="tied to 'emb'"):   # named: refused
         nettrim.prune(model, ids, sparsity=0.5, layers=["fc1", "head"])
+
+
+# ---- 8: structured=True bounded in time, the best point back with its status --------------------
+def test_structured_search_is_bounded_and_returns_a_model(monkeypatch):
+    import importlib
+    import time
+    from dataclasses import replace
+
+    from nettrim.results import PruningWarning
+
+    structured = importlib.import_module("nettrim.structured")
+    real = structured._Solver.solve
+    solves = []
+
+    def failing(self, eps_rel, W_start=None):   # a solver that never gets anywhere, slowly
+        time.sleep(0.3)
+        solves.append(eps_rel)
+        return replace(real(self, eps_rel, W_start), status="SOLVER_ERROR")
+
+    monkeypatch.setattr(structured._Solver, "solve", failing)
+    monkeypatch.setattr(structured, "SEARCH_SECONDS", 0.5)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3))
+    x = torch.randn(100, 6)
+    with pytest.warns(PruningWarning, match="give an epsilon instead of a sparsity"):
+        result = nettrim.prune(model, x, sparsity=0.5, structured=True, layers=["2"])
+    assert len(solves) <= 3   # not MAX_SOLVES = 12: stopped by the time bound
+    assert result.model(x).shape == (100, 3)   # a model came back
+    assert torch.allclose(result.model(x), model(x), atol=1e-5)   # the layer as it was
