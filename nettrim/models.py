@@ -36,6 +36,7 @@ from .checks import check_xy
 from .inputs import model_device
 from .io.datasets import data_loader, load_mnist
 from .io.files import atomic_write
+from .results import model_logits
 
 __all__ = [
     "PRETRAINED",
@@ -248,7 +249,7 @@ def train_classifier(
                     xb = xb.to(device, non_blocking=True)
                     yb = yb.to(device, non_blocking=True)
                     optimizer.zero_grad(set_to_none=True)
-                    loss = loss_fn(model(xb), yb)
+                    loss = loss_fn(model_logits(model(xb)), yb)
                     loss.backward()
                     optimizer.step()
                     bar.update(1)
@@ -292,7 +293,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
     try:
         with torch.no_grad():
             for xb, yb in data_loader(x, y, batch_size=batch_size):
-                logits = model(xb.to(device))
+                logits = model_logits(model(xb.to(device)))
                 correct += int((logits.argmax(dim=1).cpu() == yb).sum())
     finally:
         model.train(was_training)

@@ -16,12 +16,15 @@ from typing import Any
 from .io.files import atomic_write
 
 __all__ = ["REPORT_FILES", "plot_relative_error", "plot_report", "plot_sparsity",
-           "plot_training"]
+           "plot_training", "wrap_name"]
 
-#: Figure size in inches per layer (width) and the minimum width.
-_INCH_PER_LAYER = 0.7
-_MIN_WIDTH = 4.0
+#: Horizontal bars, one per layer: figure height in inches per layer (plus a margin), the
+#: minimum height, the width; layer names longer than _LABEL_CHARS are wrapped at their dots.
+_INCH_PER_LAYER = 0.28
+_MARGIN = 1.2
 _HEIGHT = 3.2
+_WIDTH = 7.0
+_LABEL_CHARS = 28
 _DPI = 120
 #: The files :func:`plot_report` writes (after its ``prefix``): sparsity, relative error.
 REPORT_FILES = ("sparsity.png", "relative_error.png")
@@ -42,22 +45,63 @@ def _rows(rows: Sequence[Any]) -> list[dict]:
     return out
 
 
-def _figure(n_layers: int):
+def wrap_name(name: str, width: int = _LABEL_CHARS) -> str:
+    """A layer name broken into lines of at most about ``width`` characters, at its dots
+    (``transformer.h.11.mlp.c_fc`` stays whole when it fits; a part longer than ``width`` is
+    cut into pieces)."""
+    lines, line = [], ""
+    for part in name.split("."):
+        piece = part if not line else "." + part
+        if line and len(line) + len(piece) > width:
+            lines.append(line)
+            line, piece = "", "." + part
+        line += piece
+        while len(line) > width:
+            lines.append(line[:width])
+            line = line[width:]
+    lines.append(line)
+    return "\n".join(lines)
+
+
+def _figure(n_layers: int, lines_per_label: int = 1):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(max(_MIN_WIDTH, _INCH_PER_LAYER * n_layers + 1.5), _HEIGHT), dpi=_DPI)
+    height = max(_HEIGHT, _MARGIN + _INCH_PER_LAYER * n_layers * max(1, lines_per_label))
+    fig = Figure(figsize=(_WIDTH, height), dpi=_DPI)
     FigureCanvasAgg(fig)
     return fig
 
 
 def _save(fig, path: str | os.PathLike) -> pathlib.Path:
     fig.tight_layout()
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
+
+
+def _bar_chart(names: Sequence[str], values: Sequence[float], labels: Sequence[str], *,
+               color: str, xlabel: str, title: str, xmax: float):
+    """One horizontal bar per layer, top to bottom in the model's order, each with its value."""
+    wrapped = [wrap_name(n) for n in names]
+    fig = _figure(len(names), max(w.count("\n") + 1 for w in wrapped))
+    ax = fig.add_subplot()
+    positions = range(len(names))
+    bars = ax.barh(positions, values, color=color)
+    for bar, label in zip(bars, labels):
+        ax.annotate(f" {label}", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                    ha="left", va="center", fontsize=8)
+    ax.set_yticks(positions, wrapped, fontsize=8)
+    ax.invert_yaxis()   # the first layer on top
+    ax.set_xlim(0, xmax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("layer")
+    ax.set_title(title)
+    return fig
 
 
 def plot_sparsity(rows: Sequence[Any], path: str | os.PathLike, *, title: str = "") -> pathlib.Path:
-    """Bar chart of each layer's weight sparsity (percent of zero weights).
+    """Horizontal bar chart of each layer's weight sparsity (percent of zero weights).
+
+    The figure grows with the number of layers; long layer names are wrapped at their dots.
 
     Parameters
     ----------
@@ -72,26 +116,17 @@ def plot_sparsity(rows: Sequence[Any], path: str | os.PathLike, *, title: str = 
     pathlib.Path
     """
     rows = _rows(rows)
-    names = [str(r["name"]) for r in rows]
     values = [100.0 * float(r["sparsity"]) for r in rows]
-    fig = _figure(len(rows))
-    ax = fig.add_subplot()
-    bars = ax.bar(range(len(rows)), values, color="tab:blue")
-    for bar, value in zip(bars, values):
-        ax.annotate(f"{value:.1f}%", (bar.get_x() + bar.get_width() / 2, value),
-                    ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(rows)), names, rotation=30 if len(rows) > 6 else 0, ha="right"
-                  if len(rows) > 6 else "center")
-    ax.set_ylim(0, 105)
-    ax.set_ylabel("zero weights (%)")
-    ax.set_xlabel("layer")
-    ax.set_title(title or "Sparsity per layer")
+    fig = _bar_chart([str(r["name"]) for r in rows], values, [f"{v:.1f}%" for v in values],
+                     color="tab:blue", xlabel="zero weights (%)",
+                     title=title or "Sparsity per layer", xmax=115)
     return _save(fig, path)
 
 
 def plot_relative_error(rows: Sequence[Any], path: str | os.PathLike, *,
                         title: str = "") -> pathlib.Path:
-    """Bar chart of each layer's relative error (``relative_error`` key, NaN bars omitted).
+    """Horizontal bar chart of each layer's relative error (``relative_error`` key; a NaN
+    bar is drawn empty and labelled n/a).
 
     Returns
     -------
@@ -103,26 +138,16 @@ def plot_relative_error(rows: Sequence[Any], path: str | os.PathLike, *,
         No row has a finite ``relative_error``.
     """
     rows = _rows(rows)
-    names = [str(r["name"]) for r in rows]
     values = [r.get("relative_error") for r in rows]
     values = [float(v) if v is not None else math.nan for v in values]
     if not any(math.isfinite(v) for v in values):
         msg = "rows: no layer has a finite 'relative_error' to plot"
         raise ValueError(msg)
-    fig = _figure(len(rows))
-    ax = fig.add_subplot()
     shown = [v if math.isfinite(v) else 0.0 for v in values]
-    bars = ax.bar(range(len(rows)), shown, color="tab:orange")
-    for bar, value in zip(bars, values):
-        label = f"{value:.3g}" if math.isfinite(value) else "n/a"
-        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(rows)), names, rotation=30 if len(rows) > 6 else 0, ha="right"
-                  if len(rows) > 6 else "center")
-    ax.set_ylim(0, max(shown) * 1.2 or 1.0)
-    ax.set_ylabel("||a - a0||_F / ||a0||_F")
-    ax.set_xlabel("layer")
-    ax.set_title(title or "Relative error per layer")
+    fig = _bar_chart([str(r["name"]) for r in rows], shown,
+                     [f"{v:.3g}" if math.isfinite(v) else "n/a" for v in values],
+                     color="tab:orange", xlabel="||a - a0||_F / ||a0||_F",
+                     title=title or "Relative error per layer", xmax=max(shown) * 1.25 or 1.0)
     return _save(fig, path)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import sys
+import time
 import warnings
 from typing import Any, Iterable, Mapping, Optional, Union
 
@@ -30,10 +31,12 @@ from .folded import LayerProgram, fold_into, rows_note
 from .layer import PROGRAMS, check_solver_and_target
 from .layer.nm import check_nm_layers
 from .model.blocks import BlockRunner
+from .model.calibration import target_sparsity
 from .model.capture import SOLVE_DTYPES, capture, capture_cascade, prunable_layers
 from .model.graph import (UnknownWeightsWarning, analyze, parameter_counts, skipped_layers,
                           warn_unknown_weights)
 from .model.surgery import apply_masks
+from .resume import load_state, run_fingerprint, save_state
 from .results import (FAILED, MAX_ITER_HINT, SKIPPED, LayerReport, PruneResult, PruningError,
                       PruningWarning, output_discrepancy, skipped_rows)
 from .structured import prune_units
@@ -41,6 +44,10 @@ from .structured import prune_units
 __all__ = ["prune", "MODES"]
 
 MODES = ("parallel", "cascade")
+#: With ``progress="lines"`` (the CLI's ``-q``), a finished layer is printed once this many
+#: seconds have passed since the start or the last line printed: a long run says where it is
+#: about once a minute, a run of a few seconds stays as quiet as ``-q`` always was.
+QUIET_LINE_S = 60.0
 
 
 def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any = None, *,
@@ -53,7 +60,7 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
           structured: bool = False, min_per_unit: Optional[int] = None,
           allocation: str = "loss", fold_bn: bool = False,
           program: str = "auto", statistics: bool = False, executor: Any = None,
-          targets: Any = None) -> PruneResult:
+          targets: Any = None, resume: Any = None) -> PruneResult:
     """Prune a model's Linear, Conv1d and Conv2d layers with Net-Trim.
 
     What follows each layer is read from the traced graph (:mod:`nettrim.graph`): a ReLU
@@ -114,8 +121,17 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         writes plain weights that load into a fresh model with ``strict=True``.
     strict : bool
         Raise :class:`PruningError` instead of warning on a non-optimal solver status.
-    progress : bool
-        tqdm bars per layer (and per ADMM solve).
+    resume : str or path-like, optional
+        A run state file (:mod:`nettrim.resume`), written atomically after each finished
+        layer (per-layer path). When it exists, from an interrupted run with the same options
+        and layers, the layers it lists are restored (weights and report rows) and only the
+        layers after them are solved. The file stays after the run; delete it when done. Not
+        with ``fold_bn=True``, ``scope="global"`` or ``structured=True``.
+    progress : bool or "lines"
+        tqdm bars per layer (and per ADMM solve); ``"lines"``: no bars, a line on stderr for a
+        finished layer once ``QUIET_LINE_S`` seconds have passed since the start or the last
+        line (so a long run is never silent for long, a short one prints nothing; per-layer
+        path only: the global and structured paths print nothing).
     refit, reweight, solver_options
         Passed to :func:`prune_layer`.
     scope : {"layer", "global"}
@@ -205,7 +221,7 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         raise ValueError(msg)
     hooked = dict(mode=mode, solver=solver, layers=layers, ignore=ignore,
                   activations=activations, max_samples=max_samples, seed=seed, device=device,
-                  inplace=inplace, strict=strict, progress=progress, refit=refit,
+                  inplace=inplace, strict=strict, progress=progress is True, refit=refit,
                   reweight=reweight, solver_options=solver_options)
     if not isinstance(fold_bn, bool):
         msg = f"fold_bn must be True or False, got {fold_bn!r}"
@@ -255,6 +271,9 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         return out
     before = parameter_counts(model)   # before any write: the "before" of skipped rows
     warn_unknown_weights(model)
+    if resume is not None and (structured or scope == "global" or fold_bn):
+        msg = "resume= is an option of the per-layer program (not structured, global or fold_bn)"
+        raise ValueError(msg)
     if structured:
         out = prune_units(model, inputs, epsilon, sparsity=sparsity, scope=scope, masks=masks,
                           **hooked)
@@ -273,6 +292,11 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
     selected = list(prunable_layers(model, layers, ignore))
     eps_of = None if epsilon is None else per_layer(epsilon, selected, "epsilon")
     spars_of = None if sparsity is None else per_layer(sparsity, selected, "sparsity")
+    if spars_of is not None and set(selected) - set(spars_of):
+        msg = (f"sparsity: a dict names layers {sorted(spars_of)}, not the selected "
+               f"{sorted(set(selected) - set(spars_of))}: give every selected layer a value, "
+               "or select only these (layers=...)")
+        raise ValueError(msg)
     if spars_of is not None:
         check_nm_layers(model, spars_of)   # N:M patterns fit every layer, before solving
     options = dict(epsilon=epsilon, sparsity=sparsity, mode=mode, solver=solver, gamma=gamma,
@@ -287,24 +311,44 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
     blocks = BlockRunner.for_model(model, target if mode == "cascade" else None, inputs,
                                    selected, **cap)
     rest = [n for n in selected if blocks is None or not blocks.covers(n)]
-    original = capture(model, inputs, layers=rest, **cap) if mode == "parallel" and rest \
-        else None
+    with target_sparsity(spars_of):   # a CalibrationWarning speaks of the run's own target
+        original = capture(model, inputs, layers=rest, **cap) if mode == "parallel" and rest \
+            else None
     skipped = {n: r for n, r in (plan.skipped if original is None else original.skipped).items()
                if n not in selected}
     modules = dict(target.named_modules())
 
     rows = []
+    fingerprint = None if resume is None else run_fingerprint(
+        {**options, "activations": activations}, model, inputs)
+    state = None if resume is None else load_state(resume, fingerprint)
+    finished = set() if state is None else set(state.done)
+    if state is not None:   # an interrupted run: its finished layers as they were
+        target.load_state_dict(state.state)
+        rows = list(state.rows)
+        skipped.update(state.skipped)
     folded: dict = {}
-    log_lines = progress and not _is_terminal(sys.stderr)
+    if progress not in (True, False, "lines"):
+        msg = f"progress must be True, False or 'lines', got {progress!r}"
+        raise ValueError(msg)
+    lines_only = progress == "lines"
+    log_lines = lines_only or (progress and not _is_terminal(sys.stderr))
+    progress = progress is True
+    last_line = time.perf_counter() if lines_only else 0.0
     # with an executor of several workers, parallel mode solves the layers concurrently (their
     # tasks interleave on the workers); results are written back in order either way
     together = executor is not None and mode == "parallel" and executor.workers > 1
     names = selected
-    if progress and not together:   # a layer bar (ETA) on a terminal; a line per layer in a log
+    if progress and not together:   # a layer bar (ETA) on a terminal; lines in a log
         names = tqdm(selected, desc=f"Net-Trim ({mode})", unit="layer", disable=None)
 
     def prepare(index, name, first):
-        """(data, block, solve) of a layer, or None when the forward pass never calls it."""
+        """(data, block, solve) of a layer, or None when the forward pass never calls it (or
+        the interrupted run being resumed solved it)."""
+        if name in finished:
+            if original is not None:
+                original.pop(name, None)
+            return None
         if blocks is not None and blocks.covers(name):
             data = blocks.data(name)
             if data is None:
@@ -312,7 +356,8 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         elif mode == "parallel":
             data = original.pop(name, None)  # free each layer's records once used
         else:  # inputs from the pruned copy, outputs from the original, in one pass
-            data = capture_cascade(model, target, inputs, name, **cap)
+            with target_sparsity(spars_of):
+                data = capture_cascade(model, target, inputs, name, **cap)
             if data is None:
                 skipped[name] = "not called by the model's forward pass (used functionally?)"
         if data is None:
@@ -337,7 +382,7 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         solved = concurrently(executor, [p[2] for _, _, p in layers_])
         done = [(i, name, p, result) for (i, name, p), result in zip(layers_, solved)]
     else:
-        done = _one_by_one(names, prepare)
+        done = _one_by_one(names, prepare, first=not finished)
     for index, name, (data, block, _), result in done:
         module, bn = modules[name], block.bn
         if isinstance(result, TaskFailed):   # the layer's tasks could not be run
@@ -376,7 +421,10 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
             solver=rep["solver"], note="; ".join(notes), program=block.program,
             rows=data.rows, rows_seen=data.rows_seen,
             peak_memory_mb=rep.get("peak_memory_mb")))
-        if log_lines:
+        if resume is not None:
+            save_state(resume, fingerprint, rows, skipped, target)
+        if log_lines and (not lines_only or time.perf_counter() - last_line >= QUIET_LINE_S):
+            last_line = time.perf_counter()
             print(f"Net-Trim ({mode}) layer {index + 1}/{len(selected)} {name}: "
                   f"{100 * rep['sparsity']:.1f}% sparse, {rep['status']}, "
                   f"{rep['iterations']} iterations, {rep['seconds']:.1f} s", file=sys.stderr,
@@ -412,10 +460,10 @@ def _finish(out: PruneResult, model: nn.Module, skipped: Mapping[str, str],
     return out
 
 
-def _one_by_one(names, prepare):
+def _one_by_one(names, prepare, first=True):
     """Each layer prepared and solved in turn (a generator: cascade captures a layer's inputs
-    after the layers before it are written back)."""
-    first = True
+    after the layers before it are written back); ``first``: whether the first layer solved
+    is the network's first (not when a run resumes)."""
     for index, name in enumerate(names):
         prepared = prepare(index, name, first)
         if prepared is None:

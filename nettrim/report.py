@@ -24,6 +24,7 @@ from torch import nn
 
 from .model.capture import prunable_layers
 from .model.graph import analyze
+from .results import model_logits
 
 __all__ = ["add_layer_errors", "layer_errors", "layer_rows"]
 
@@ -103,7 +104,8 @@ def layer_errors(reference: nn.Module, model: nn.Module, x: torch.Tensor, *,
     errors : dict
         ``{layer: ||a_l(model) - a_l(reference)||_F / ||a_l(reference)||_F}``.
     output_error : float
-        The same ratio for the final outputs.
+        The same ratio for the final outputs (their logits: a ``ModelOutput``'s ``.logits``,
+        see :func:`nettrim.results.model_logits`).
 
     Raises
     ------
@@ -142,6 +144,7 @@ def layer_errors(reference: nn.Module, model: nn.Module, x: torch.Tensor, *,
                     a_ref, a = torch.relu(a_ref), torch.relu(a)
                 num[name] += float(torch.linalg.vector_norm(a - a_ref)) ** 2
                 den[name] += float(torch.linalg.vector_norm(a_ref)) ** 2
+            y, y_ref = model_logits(y), model_logits(y_ref)   # a ModelOutput: its .logits
             out_num += float(torch.linalg.vector_norm(y - y_ref)) ** 2
             out_den += float(torch.linalg.vector_norm(y_ref)) ** 2
     finally:

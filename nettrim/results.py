@@ -22,7 +22,7 @@ from .inputs import forward_args, to_device
 from .tables import format_prune_table
 
 __all__ = ["MAX_ITER_HINT", "SKIPPED", "FAILED", "LayerPruneResult", "LayerReport", "PruneResult",
-           "PruningError", "PruningWarning", "layer_result", "output_discrepancy",
+           "PruningError", "PruningWarning", "layer_result", "model_logits", "output_discrepancy",
            "output_tensors", "pre_activation", "report_row", "skipped_rows"]
 
 #: How a PruningWarning/PruningError says to raise the iteration cap (the CLI names its flag).
@@ -207,6 +207,39 @@ def output_tensors(out: Any) -> list[torch.Tensor]:
     if isinstance(out, (tuple, list)):
         return [t for o in out for t in output_tensors(o)]
     return []
+
+
+def model_logits(out: Any) -> torch.Tensor:
+    """The tensor a classifier's output stands for (accuracy, the default fine-tuning loss).
+
+    The output itself when it is a tensor; else its ``logits`` (a Hugging Face ``ModelOutput``,
+    or any dict or object with that entry); else the first floating tensor it holds (the order
+    of :func:`output_tensors`: a tuple's first item, a dict's first value).
+
+    Parameters
+    ----------
+    out : Tensor of shape (batch, n_classes), or a ModelOutput / dict / tuple holding one
+
+    Returns
+    -------
+    Tensor of shape (batch, n_classes)
+
+    Raises
+    ------
+    TypeError
+        When ``out`` holds no floating tensor.
+    """
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = out.get("logits") if isinstance(out, Mapping) else getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    found = output_tensors(out)
+    if not found:
+        msg = (f"the model's output: expected a tensor, or a ModelOutput / dict / tuple holding "
+               f"one (its .logits or its first tensor), got a {type(out).__name__} without one")
+        raise TypeError(msg)
+    return found[0]
 
 
 @torch.no_grad()

@@ -51,6 +51,9 @@ __all__ = ["prune_units", "unit_groups", "count_flops", "model_cost"]
 
 #: Sparsity mode: at most this many group-l1 solves per layer.
 MAX_SOLVES = 12
+#: Seconds one layer's search for a sparsity may take: the search stops after the solve that
+#: passes it and keeps the best point found so far.
+SEARCH_SECONDS = 120.0
 #: Relative epsilons searched in sparsity mode.
 EPS_RANGE = (1e-3, 1.0)
 
@@ -207,9 +210,13 @@ class _Solver:
         best = None   # (removed, result, eps) with removed <= want, most removed
         fewest = None  # fewest units removed by a usable solve (all too many when best is None)
         warm = None
+        deadline = time.perf_counter() + SEARCH_SECONDS
+        last = None
         for _ in range(MAX_SOLVES):
+            if last is not None and time.perf_counter() > deadline:
+                break   # bounded in time: the best point so far (or the fallback below)
             mid = 0.5 * (lo + hi)
-            result = self.solve(math.exp(mid), warm)
+            result = last = self.solve(math.exp(mid), warm)
             usable = result.status in SUCCESS or result.status == MAX_ITER  # refit decides
             removed = int(self.zero_groups(result.W).sum()) if usable else -1
             if usable:
@@ -229,10 +236,8 @@ class _Solver:
                    "on its inputs on these calibration rows (constant or dead inputs?): check "
                    "the calibration data, or give epsilon instead of a sparsity")
             raise RuntimeError(msg)
-        if best is None:
-            msg = (f"no epsilon in {EPS_RANGE} gave a solved group-l1 program removing at most "
-                   f"{want} units; raise max_iter through solver_options")
-            raise RuntimeError(msg)
+        if best is None:   # no usable solve: the layer as it was, with the solver's status
+            return replace(last, W=self.W0.clone()), math.exp(0.5 * (lo + hi))
         removed, result, eps = best
         if removed < want:  # drop the weakest remaining groups to reach the count exactly
             W = torch.as_tensor(result.W).clone()
@@ -359,8 +364,11 @@ def prune_units(model: nn.Module, inputs: Any, epsilon: Any = None, *, sparsity:
             result = _refit(s, eps, result)
         if result.status not in SUCCESS:
             msg = (f"layer {name!r}: group-l1 solver status {result.status} after "
-                   f"{s.iterations} iterations; raise max_iter through solver_options or "
-                   "loosen epsilon")
+                   f"{s.iterations} iterations and {time.perf_counter() - t_layer:.0f} s "
+                   f"(a sparsity's search stops after {SEARCH_SECONDS:.0f} s with its best "
+                   "point; no usable point leaves the layer as it was); give an epsilon "
+                   "instead of a sparsity (one solve per layer), fewer rows (max_samples), or "
+                   "a larger iteration cap through solver_options={'max_iter': ...}")
             if strict:
                 raise PruningError(msg)
             warnings.warn(msg, PruningWarning, stacklevel=3)

@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
@@ -25,6 +26,7 @@ __all__ = [
     "COLUMNS",
     "INSPECT_COLUMNS",
     "PRUNE_COLUMNS",
+    "PRUNE_LEGEND",
     "format_csv",
     "format_json",
     "format_prune_table",
@@ -65,6 +67,17 @@ COLUMNS: Mapping[str, tuple] = {
 INSPECT_COLUMNS = ("name", "kind", "shape", "nonzeros", "total", "sparsity", "relative_error")
 PRUNE_COLUMNS = ("name", "shape", "program", "nonzeros", "sparsity", "epsilon", "relative_error",
                  "status", "iterations", "seconds")
+
+#: Lines under a prune table, each shown when a row has the status named ("*": any solved row).
+PRUNE_LEGEND = (
+    ("epsilon: the tolerance the layer's new weights meet, ||residual||_F / ||Y||_F of the "
+     "program solved (a linear(...) program's on the pre-activations); rel.err: the layer's "
+     "output error ||a - a0||_F / ||a0||_F on the calibration rows, equal for a linear layer "
+     "and lower after a ReLU, which can only shrink the residual", "*"),
+    ("OPTIMAL_INACCURATE is the normal outcome at a target sparsity: the l1 solves stop once "
+     "the kept weights have settled, the refit fits their values, and the weights are checked "
+     "to meet the program at the epsilon shown", "OPTIMAL_INACCURATE"),
+)
 
 
 def _num(value: Any, pattern: str) -> str:
@@ -178,6 +191,10 @@ def format_prune_table(rows: Sequence[Any], output_error: float = float("nan")) 
     note = f"output rel. error {_num(output_error, '{:.4f}')}"
     columns = [c for c in PRUNE_COLUMNS if c != "program" or any(r.get("program") for r in shown)]
     table = format_table(shown, columns, footer=foot, note=note)
+    legend = [line for line, shows in PRUNE_LEGEND
+              if any(r.get("status") == shows or shows == "*" and r.get("status") != "SKIPPED"
+                     for r in shown)]
+    table += "".join("\n" + textwrap.fill(line, width=100) for line in legend)
     skipped = [f"  {r['name']}: {r.get('note', '')}" for r in shown if r.get("status") == "SKIPPED"]
     return table + ("\nnot pruned:\n" + "\n".join(skipped) if skipped else "")
 

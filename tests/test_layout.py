@@ -40,6 +40,7 @@ FLOORS = {
     "nettrim.executors": 1,    # where the solves run: in process or Ray tasks (layer/ sends them)
     "nettrim.folded": 5,       # a model layer's program, BatchNorm folded, and its write-back
     "nettrim.prune": 6,        # the model driver: parallel / cascade, write-back
+    "nettrim.resume": 5,       # a driver's per-layer run state, to continue an interrupted run
     "nettrim.models": 7,       # the model zoo
     "nettrim.report": 7,       # per-layer reports of a model
     "nettrim.plots": 7,        # PNG plots of a report

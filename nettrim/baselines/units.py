@@ -20,7 +20,7 @@ from torch import nn
 from solvers.status import OPTIMAL
 
 from ..checks import check_model, check_sparsity
-from ..inputs import batches, reiterable
+from ..inputs import batches, forward_args, reiterable
 from ..model.capture import capture, layer_matrix, prunable_layers
 from ..model.graph import analyze
 from ..model.surgery import remove_units
@@ -375,6 +375,17 @@ def unit_scores(model: nn.Module, inputs: Any, criterion: str, *, layers: Any = 
     return _taylor_scores(model, inputs, selected, device)
 
 
+def _example_input(inputs: Any) -> Optional[torch.Tensor]:
+    """The first batch's tensor input of re-iterable ``inputs`` (None for a one-shot iterator,
+    or a batch fed as several arguments or keywords)."""
+    if not reiterable(inputs):
+        return None
+    for args, kwargs in forward_args(inputs):
+        one = len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor)
+        return args[0] if one else None
+    return None
+
+
 def prune_structured(model: nn.Module, inputs: Any, criterion: str, fraction: Any, *,
                      layers: Any = None, ignore: Iterable[str] = (),
                      activations: Optional[dict] = None, max_samples: Optional[int] = None,
@@ -435,6 +446,7 @@ def prune_structured(model: nn.Module, inputs: Any, criterion: str, fraction: An
     reference = copy.deepcopy(model) if inplace else model
     target = model if inplace else copy.deepcopy(model)
     before = {n: layer_matrix(m).clone() for n, m in target.named_modules() if n in names}
+    example = _example_input(inputs)   # traces the graph of a model that is no plain chain
     removed = {}
     for name in names:
         M = scores[name].numel()
@@ -444,7 +456,13 @@ def prune_structured(model: nn.Module, inputs: Any, criterion: str, fraction: An
         drop = smallest_mask(scores[name], k)
         keep = torch.nonzero(~drop).flatten()
         if k > 0:
-            remove_units(target, name, keep)
+            if example is None and not isinstance(target, nn.Sequential):
+                msg = ("inputs: removing units of this "
+                       f"{type(target).__name__} traces its graph on an example batch, and a "
+                       "one-shot iterator of batches was used up by the scores; pass a tensor, "
+                       "a list of batches or a DataLoader")
+                raise ValueError(msg)
+            remove_units(target, name, keep, example_input=example)
         removed[name] = k
     modules = dict(target.named_modules())
     rows = []

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from .common import (DEFAULT_EPSILON, DEMO_SPARSITY, EXIT_OK, UsageError, report_path_for, say,
                      version)
 from .outputs import check_writable, commit, input_paths, plot_outputs, refuse_collisions
+from .recipe import recipe_of
 
 if TYPE_CHECKING:  # imported lazily at run time (see the module docstring)
     import torch
@@ -71,19 +72,35 @@ def _subset(x: torch.Tensor, y: Optional[torch.Tensor], samples: Optional[int], 
 
 
 def _load_data(path: str, split: str, samples: Optional[int], seed: int,
-               integers: bool = False):
+               integers: bool = False, normalize: Optional[tuple] = None):
     from ..io.datafiles import load_data
 
     x, y = load_data(path, split=split, integers=integers)
     n_available = x.shape[0]
     x, y = _subset(x, y, samples, seed)
+    if normalize is not None and x.is_floating_point():
+        x = _normalized(x, *normalize)
     return x, y, n_available
+
+
+def _normalized(x: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
+    """``(x - mean) / std``, one value for all entries or one per channel (dim 1)."""
+    import torch
+
+    if len(mean) > 1 and (x.ndim < 2 or x.shape[1] != len(mean)):
+        raise UsageError(f"--normalize gives {len(mean)} channels, the data's samples have shape "
+                         f"{tuple(x.shape[1:])} (channels first expected)")
+    shape = (1, len(mean)) + (1,) * (x.ndim - 2) if len(mean) > 1 else ()
+    m = torch.tensor(mean, dtype=x.dtype).reshape(shape)
+    s = torch.tensor(std, dtype=x.dtype).reshape(shape)
+    return (x - m) / s
 
 
 def _check_fits(model: torch.nn.Module, x: torch.Tensor, what: str, many: bool = False) -> Any:
     """Run the model on a couple of rows; a failure is a shape mismatch between data and model,
-    a non-finite output a model (or data) that gives no usable measurement. With ``many``, a
-    tuple or dict of outputs is accepted (each tensor checked)."""
+    a non-finite output a model (or data) that gives no usable measurement. Returns the output
+    (with ``many``) or its logits (:func:`nettrim.results.model_logits`: a Hugging Face
+    ``ModelOutput``'s ``.logits``, or the first tensor of a tuple or dict)."""
     import torch
 
     from ..inputs import model_device
@@ -100,15 +117,16 @@ def _check_fits(model: torch.nn.Module, x: torch.Tensor, what: str, many: bool =
         raise UsageError(msg) from err
     finally:
         model.train(was_training)
-    from ..results import output_tensors
+    from ..results import model_logits, output_tensors
 
-    if not isinstance(out, torch.Tensor) and not (many and output_tensors(out)):
-        msg = f"the model returns a {type(out).__name__}, not a tensor: nettrim needs one output"
+    if not output_tensors(out):
+        msg = (f"the model returns a {type(out).__name__} holding no floating tensor: nettrim "
+               "needs a tensor, or a ModelOutput / dict / tuple with .logits or a first tensor")
         raise UsageError(msg)
     if any(not bool(torch.isfinite(t).all()) for t in output_tensors(out)):
         msg = f"the model's output on {what} has NaN/Inf entries: nothing can be measured on it"
         raise UsageError(msg)
-    return out
+    return out if many else model_logits(out)
 
 
 def _select(model: torch.nn.Module, layers, ignore) -> list[str]:
@@ -149,27 +167,35 @@ def report_head(command: str, args, source: pathlib.Path, loaded, source_hash: s
 
 # ---- prune --------------------------------------------------------------------------------------
 def cmd_prune(args) -> int:
-    import torch
-
     from ..io import checkpoint as ckpt_io
     from ..model.graph import takes_token_ids
     from ..prune import prune
     from ..tables import format_json, format_prune_table, totals
 
     start = time.perf_counter()
+    args.quiet = args.quiet or args.silent
+    if args.recipe:
+        from .recipe import apply_recipe, read_recipe
+        apply_recipe(args, read_recipe(args.recipe))
     source = pathlib.Path(args.checkpoint)
     out = pathlib.Path(args.out)
     report_file = pathlib.Path(args.report) if args.report else report_path_for(out)
     ckpt_io.detect_format(source)  # missing, a directory, empty: one line before any work
-    report_flag = "--report" if args.report else "the report (OUT's stem + .report.json)"
+    report_flag = "--report" if args.report else f"the report ({report_file.name})"
+    if not args.report:
+        _refuse_foreign_report(report_file, out)
     outputs = [("--out", out), (report_flag, report_file)]
     refuse_collisions(outputs + (plot_outputs(args.plot) if args.plot else []),
-                      [("checkpoint", source), *input_paths("--data", args.data)],
+                      [("checkpoint", source), *input_paths("--data", args.data),
+                       *([("--recipe", pathlib.Path(args.recipe))] if args.recipe else [])],
                       overwrite=args.overwrite)
     check_writable(out, "--out")
     check_writable(report_file, "--report")
     if args.plot:
         check_writable(pathlib.Path(args.plot), "--plot", is_dir=True)
+    if args.resume and args.global_budget:
+        raise UsageError("--resume keeps the state of per-layer runs: not with --global")
+    resume_file = out.with_name(out.name + ".resume") if args.resume else None
     if (args.global_budget or args.min_per_unit is not None) and args.sparsity is None:
         raise UsageError("--global and --min-per-unit need --sparsity (the model-wide fraction)")
     if args.min_per_unit is not None and not args.global_budget:
@@ -180,10 +206,12 @@ def cmd_prune(args) -> int:
     loaded = _load(args.checkpoint, args)
     out_format = args.out_format or _format_from_suffix(out) or loaded.format
     x, y, n_available = _load_data(args.data, "train", args.samples, args.seed,
-                                   integers=takes_token_ids(loaded.model))
+                                   integers=takes_token_ids(loaded.model),
+                                   normalize=args.normalize)
     device = _device(args.device)
     model = loaded.model.to(device)
-    one_output = isinstance(_check_fits(model, x, f"data {args.data}", many=True), torch.Tensor)
+    from ..results import model_logits
+    classifies = model_logits(_check_fits(model, x, f"data {args.data}", many=True)).ndim == 2
     selected = _select(model, args.layers, args.ignore)
     example, dynamic = None, False
     notes = list(loaded.notes)
@@ -199,7 +227,7 @@ def cmd_prune(args) -> int:
     global_options = {}
     if args.global_budget:   # the labels (when the data has them) feed the loss allocation
         global_options["allocation"] = args.allocation or "loss"
-        if y is not None and one_output and global_options["allocation"] == "loss":
+        if y is not None and classifies and global_options["allocation"] == "loss":
             global_options["targets"] = y.to(device)
     epsilon = args.epsilon if args.sparsity is None and args.epsilon is not None else (
         DEFAULT_EPSILON if args.sparsity is None else None)
@@ -215,10 +243,10 @@ def cmd_prune(args) -> int:
                 model, x.to(device), epsilon, sparsity=args.sparsity, mode=args.mode,
                 solver=args.solver, layers=selected, seed=args.seed, device=device,
                 max_samples=args.max_rows, gamma=args.gamma, strict=not args.lenient,
-                progress=not args.quiet, solver_options=solver_options, refit=args.refit,
+                progress=_progress(args), solver_options=solver_options, refit=args.refit,
                 reweight=args.reweight, scope="global" if args.global_budget else "layer",
                 min_per_unit=args.min_per_unit, program=args.program, executor=executor,
-                **global_options)
+                resume=resume_file, **global_options)
     except (ValueError, TypeError) as err:
         # prune validates its options and the model structure; anything it rejects is ours
         from ..results import PruningError
@@ -235,7 +263,7 @@ def cmd_prune(args) -> int:
         pruned, format=out_format, example_input=example, dynamic_batch=dynamic))
     rows = [r.as_dict() for r in result.report]
     summary: dict = {}
-    if y is not None and one_output:
+    if y is not None and classifies:   # (batch, classes) logits, a tensor's or .logits
         summary["accuracy_original"] = _accuracy(loaded.model.cpu(), x, y)  # prune copied it
         summary["accuracy_pruned"] = _accuracy(pruned, x, y)
     document = {
@@ -244,6 +272,7 @@ def cmd_prune(args) -> int:
                  "available": int(n_available), "sample_shape": list(x.shape[1:]),
                  "labels": y is not None},
         "options": {**_cli_options(args), "epsilon_used": epsilon, "prune": result.options},
+        "recipe": recipe_of(args),   # read back by --recipe: the same options again
         "notes": notes,
         "layers": rows,
         "totals": totals(rows),
@@ -256,6 +285,8 @@ def cmd_prune(args) -> int:
         format_json(document) + "\n", encoding="utf-8"))
     plots = _stage_plots(args, rows)
     commit(args)
+    if resume_file is not None:   # the outputs are in place: the run state has served
+        resume_file.unlink(missing_ok=True)
     lines = [format_prune_table(result.report, result.output_error)]
     if result.options.get("scope") == "global":
         from ..budget import format_allocation
@@ -293,6 +324,32 @@ def _ray_executor(args):
         print(f"ray: {executor.describe()} (ready in {executor.start_seconds:.1f} s)",
               file=sys.stderr, flush=True)
     return executor
+
+
+def _refuse_foreign_report(report_file: pathlib.Path, out: pathlib.Path) -> None:
+    """UsageError when the default report file is the report of another output that still
+    exists (it would be replaced silently): pass --report to name another."""
+    import json
+
+    try:
+        recorded = json.loads(report_file.read_text(encoding="utf-8"))["output"]["path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    other = pathlib.Path(str(recorded))
+    if other != out.resolve() and other.is_file():
+        msg = (f"{report_file} is the report of another output, {other}; pass --report FILE "
+               "to write this run's report elsewhere")
+        raise UsageError(msg)
+
+
+def _progress(args):
+    """prune's ``progress``: bars; ``"lines"`` with -q (a finished layer now and then on
+    stderr, so a long run is never silent); nothing with --silent."""
+    if getattr(args, "silent", False):
+        return False
+    if not args.quiet:
+        return True
+    return "lines" if not args.global_budget else False
 
 
 def _check_exportable(model, example, dynamic: bool, args) -> None:
@@ -346,10 +403,16 @@ def _original_from_report(path: pathlib.Path) -> tuple[Optional[str], Optional[s
     import json
 
     report_file = report_path_for(path)
+    if not report_file.is_file():   # a report written before reports kept the output's suffix
+        report_file = path.with_name(path.stem + ".report.json")
     if not report_file.is_file():
         return None, None
     try:
         doc = json.loads(report_file.read_text(encoding="utf-8"))
+        written = doc.get("output", {}).get("path") if isinstance(doc.get("output"), dict) \
+            else None
+        if written is not None and pathlib.Path(str(written)) != path.resolve():
+            return None, None   # the report of another output
         source, arch = doc["input"]["path"], doc["input"].get("arch")
         return (source if pathlib.Path(source).is_file() else None), \
             (arch if isinstance(arch, str) else None)
@@ -396,7 +459,8 @@ def cmd_report(args) -> int:
     rows = layer_rows(model, args.layers, args.ignore)
     summary: dict = {"checkpoint": str(args.checkpoint), "format": loaded.format}
     if args.data:
-        x, y, _ = _load_data(args.data, args.split, args.samples, args.seed)
+        x, y, _ = _load_data(args.data, args.split, args.samples, args.seed,
+                             normalize=args.normalize)
         _check_fits(model, x, f"data {args.data}")
         if original is None and y is None:
             raise UsageError(f"--data {args.data} has no labels and no original model was found "
@@ -441,8 +505,10 @@ def _latency(args, model) -> dict:
     if not args.data:
         raise UsageError("--latency needs --data: a batch of inputs gives the input shape")
     from ..model.sparse import latency_report
-    x, _, _ = _load_data(args.data, getattr(args, "split", "train"), 8, args.seed)
-    return {"latency": latency_report(model.cpu(), x[:8].cpu())}
+    x, _, _ = _load_data(args.data, getattr(args, "split", "train"), 8, args.seed,
+                         normalize=getattr(args, "normalize", None))
+    return {"latency": latency_report(model.cpu(), x[:8].cpu(),
+                                      progress=not getattr(args, "quiet", False))}
 
 
 # ---- evaluate -----------------------------------------------------------------------------------
@@ -453,7 +519,8 @@ def cmd_evaluate(args) -> int:
 
     original = _load(args.original, args).model
     pruned = _load(args.pruned, args).model
-    x, y, _ = _load_data(args.data, args.split, args.samples, args.seed)
+    x, y, _ = _load_data(args.data, args.split, args.samples, args.seed,
+                         normalize=args.normalize)
     out_a = _check_fits(original, x, f"data {args.data}")
     out_b = _check_fits(pruned, x, f"data {args.data}")
     if out_a.shape != out_b.shape:

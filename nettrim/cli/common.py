@@ -55,6 +55,8 @@ def say(args, *lines: str) -> None:
 
 
 def report_path_for(out: str | os.PathLike) -> pathlib.Path:
-    """Default report file of an output checkpoint: ``OUT``'s stem + ``.report.json``, beside it."""
+    """Default report file of an output checkpoint, beside it: ``x.pt`` -> ``x.report.json``,
+    any other name keeps its suffix (``x.safetensors`` -> ``x.safetensors.report.json``,
+    ``x.pt2`` -> ``x.pt2.report.json``), so outputs of different formats never share one."""
     out = pathlib.Path(out)
-    return out.with_name(out.stem + ".report.json")
+    return out.with_name((out.stem if out.suffix == ".pt" else out.name) + ".report.json")

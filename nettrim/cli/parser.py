@@ -20,8 +20,8 @@ __all__ = ["COMMANDS", "build_parser"]
 COMMANDS = {
     "prune": ("prune a checkpoint on calibration data",
               "Prune CHECKPOINT with Net-Trim on calibration data; write the pruned model to OUT "
-              "(same format as the input unless --format) and a report (OUT's stem + "
-              ".report.json unless --report)."),
+              "(same format as the input unless --format) and a report beside it (x.pt -> "
+              "x.report.json, x.safetensors -> x.safetensors.report.json) unless --report."),
     "report": ("per-layer shapes, nonzeros and sparsity of a checkpoint",
                "Show CHECKPOINT's prunable layers; with --data also the accuracy (when labels are "
                "given) and, against the original model (--original, or the one named in the "
@@ -129,6 +129,30 @@ def _add_subset(p: argparse.ArgumentParser, samples_help: str) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the sample subset (default 0)")
 
 
+def _mean_std(text: str) -> tuple:
+    """``MEAN,STD``: two numbers, or per-channel lists joined by '/' (``0.5/0.4,0.2/0.3``)."""
+    parts = text.split(",")
+    try:
+        mean, std = ([float(v) for v in part.split("/")] for part in parts) if len(parts) == 2 \
+            else (None, None)
+    except ValueError:
+        mean = std = None
+    if mean is None or len(mean) != len(std) or not all(v > 0 for v in std):
+        msg = (f"expected MEAN,STD (e.g. 0.1307,0.3081; per channel 0.49/0.48/0.45,0.25/0.24/"
+               f"0.26) with STD > 0, got {text!r}")
+        raise argparse.ArgumentTypeError(msg)
+    return tuple(mean), tuple(std)
+
+
+def _add_normalize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--normalize", type=_mean_std, metavar="MEAN,STD",
+                   help="feed (x - MEAN) / STD (per channel with '/'-joined lists, channels on "
+                        "dim 1). The loader reads float data as stored and scales uint8 data "
+                        "(idx images) by 1/255 into [0, 1]; integer data for a model whose "
+                        "input enters an nn.Embedding stays token ids (not normalized). "
+                        "Default: no normalization")
+
+
 def _add_table_format(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", dest="fmt", choices=("table", "json", "csv"), default="table",
                    help="output format (default table)")
@@ -208,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output format (default: export for an OUT ending in .pt2, safetensors "
                         "for .safetensors, else the input's)")
     p.add_argument("--report", metavar="REPORT.json",
-                   help="where to write the JSON report (default: OUT's stem + .report.json)")
+                   help="where to write the JSON report (default beside OUT: x.pt -> "
+                        "x.report.json, other suffixes kept: x.safetensors.report.json)")
     p.add_argument("--plot", metavar="DIR", help="write sparsity and error plots (PNG) into DIR")
     p.add_argument("--latency", action="store_true",
                    help="add a 'latency' section to the report: the pruned model's CPU latency "
@@ -220,7 +245,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "run (no ADDRESS), or on a running cluster (--ray=ADDRESS: auto, "
                         "host:6379 or ray://host:10001); prints the cluster size it got; needs "
                         "pip install 'nettrim[ray]'")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no table")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars, no table; a long run prints a finished layer's line "
+                        "on stderr about once a minute")
+    p.add_argument("--recipe", metavar="FILE",
+                   help="read the pruning options (sparsity or epsilon, per layer as "
+                        "{layer: value}; layers, ignore, mode, program, ...) from a JSON file, "
+                        "YAML when PyYAML is installed, or a run's report (every report records "
+                        "its run's recipe); flags given here win")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the run's state after each finished layer in OUT.resume (written "
+                        "atomically, removed once the outputs are written); rerun the same "
+                        "command after an interruption and it continues after the last "
+                        "finished layer (per-layer runs, not --global)")
+    p.add_argument("--silent", action="store_true",
+                   help="print nothing but warnings and errors (implies -q)")
+    _add_normalize(p)
     _add_threads(p)
     p.set_defaults(func=cmd_prune)
 
@@ -231,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--original", metavar="ORIGINAL",
                    help="the unpruned checkpoint to compare with (same --arch)")
     _add_subset(p, "use N samples of the data (seeded random subset)")
+    _add_normalize(p)
     _add_selection(p)
     _add_table_format(p)
     p.add_argument("--plot", metavar="DIR", help="write sparsity (and error) plots into DIR")
@@ -248,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test data (.npz, .pt or idx directory)")
     _add_model_options(p)
     _add_subset(p, "use N samples (seeded random subset)")
+    _add_normalize(p)
     _add_table_format(p)
     _add_threads(p)
     p.set_defaults(func=cmd_evaluate)

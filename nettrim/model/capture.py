@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from ..checks import check_model
 from ..inputs import forward_args, model_device, reiterable, to_device
 from .graph import (ACTIVATION_NAMES, PRUNABLE, LayerPattern, ModelPlan, analyze,
                     attention_projections, default_skipped, describe_skipped, skipped_layers)
+from .calibration import rows_needed, run_sparsity
 from .hooks import Replay, eval_mode, forward_replay, plain_attention, record_calls
 from .kinds import TransposedLinear, weight_matrix
 from .rows import Reservoir, StatisticsSink, call_rows, check_records
@@ -389,23 +389,18 @@ def _run(models: Sequence[nn.Module], streams: Sequence[Any], names: Sequence[st
     return out, missing
 
 
-def rows_needed(N: int, keep: float = 0.1) -> int:
-    """Calibration rows the sample-complexity results of Net-Trim ask for, ``s log(N / s)`` with
-    ``s = keep * N`` nonzero weights per neuron (Aghasi et al.: O(s log(N/s)) samples recover an
-    s-sparse neuron), rounded up; at least ``s``."""
-    s = max(1.0, keep * N)
-    return int(math.ceil(max(s, s * math.log(N / s))))
 
 
 def _check_rows(data: LayerData) -> None:
     P, N = data.rows, data.inputs
     if P < N:
+        target, at = run_sparsity(data.name)
         msg = (f"layer {data.name!r} has {P} calibration rows for {N} inputs per neuron "
                f"(ratio {P / N:.3g}): its program is underdetermined and can return a very "
                f"sparse layer that fits only these rows. Rows needed: {N} for a determined fit; "
                f"Net-Trim's sample complexity O(s log(N/s)) for s nonzero weights per neuron is "
-               f"about {rows_needed(N)} at 90% sparsity. Give more calibration data (or a "
-               "larger max_samples / --max-rows)")
+               f"about {rows_needed(N, keep=1.0 - target)} {at}. Give more calibration data "
+               "(or a larger max_samples / --max-rows)")
         warnings.warn(msg, CalibrationWarning, stacklevel=3)
 
 

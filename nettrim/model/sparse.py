@@ -26,6 +26,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..checks import check_model
 from ..io.checkpoint import fold_pruning_state_dict
@@ -199,7 +200,8 @@ def _median_ms(module: nn.Module, x: torch.Tensor, repeats: int) -> float:
 
 
 def sparsify(model: nn.Module, example_input: Optional[torch.Tensor] = None, *,
-             batch_size: int = 1, repeats: int = DECIDE_REPEATS) -> nn.Module:
+             batch_size: int = 1, repeats: int = DECIDE_REPEATS,
+             progress: bool = False) -> nn.Module:
     """A copy of ``model`` whose pruned layers run on CSR kernels where measured faster.
 
     Parameters
@@ -213,7 +215,11 @@ def sparsify(model: nn.Module, example_input: Optional[torch.Tensor] = None, *,
     batch_size : int, default 1
         Rows of the random inputs when ``example_input`` is None.
     repeats : int
-        Timed forward passes per candidate (the median is compared).
+        Timed forward passes per candidate (the median is compared); fewer once they take
+        :data:`nettrim.model.surgery.LATENCY_BUDGET_S` seconds, so a layer is decided in a
+        few seconds at most.
+    progress : bool, default False
+        A tqdm bar over the layers timed (on stderr).
 
     Returns
     -------
@@ -234,7 +240,8 @@ def sparsify(model: nn.Module, example_input: Optional[torch.Tensor] = None, *,
         raise ValueError(msg)
     inputs = _layer_inputs(work, example_input, names) if example_input is not None else {}
     info = {}
-    for name in names:
+    for name in tqdm(names, desc="sparsify", unit="layer", disable=None if progress else True,
+                     leave=False):
         module = work.get_submodule(name)
         weight = module.weight.detach()
         sparsity = 1.0 - int((weight != 0).sum()) / weight.numel()
@@ -261,8 +268,11 @@ def sparsify(model: nn.Module, example_input: Optional[torch.Tensor] = None, *,
 
 
 def latency_report(model: nn.Module, example_input: torch.Tensor, *,
-                   batches: tuple = (1, 256), repeats: int = 20) -> dict:
-    """Median CPU latency (ms) of the model dense, compacted and sparsified, per batch size.
+                   batches: tuple = (1, 256), repeats: int = 20,
+                   progress: bool = False) -> dict:
+    """Median CPU latency (ms) of the model dense, compacted and sparsified, per batch size
+    (each timing bounded as :func:`nettrim.model.surgery.measure_latency` says; ``progress``:
+    a tqdm bar per batch size and per layer decided, on stderr).
 
     Returns ``{"batch_1": {"dense": ms, "compacted": ms or None, "sparse": ms,
     "sparse_layers": [converted layers]}, ..., "notes": [...]}``. A model compaction
@@ -272,7 +282,8 @@ def latency_report(model: nn.Module, example_input: torch.Tensor, *,
     out: dict = {"notes": []}
     dense = remove_masks(copy.deepcopy(model)).eval()
     rows = example_input.shape[0]
-    for b in batches:
+    for b in tqdm(batches, desc="latency", unit="batch size",
+                  disable=None if progress else True, leave=False):
         reps = -(-b // rows)
         x = example_input.repeat((reps,) + (1,) * (example_input.ndim - 1))[:b]
         entry = {"dense": measure_latency(dense, x, repeats=repeats)}
@@ -283,7 +294,7 @@ def latency_report(model: nn.Module, example_input: torch.Tensor, *,
             entry["compacted"] = None
             if not any("compact" in n for n in out["notes"]):
                 out["notes"].append(f"compacted: not measured ({err})")
-        fast = sparsify(dense, x, repeats=repeats)
+        fast = sparsify(dense, x, repeats=repeats, progress=progress)
         entry["sparse"] = measure_latency(fast, x, repeats=repeats)
         entry["sparse_layers"] = [n for n, v in fast.nettrim_sparse.items() if v["converted"]]
         out[f"batch_{b}"] = entry

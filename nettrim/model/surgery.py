@@ -299,8 +299,17 @@ def _dead_units(chain, index) -> torch.Tensor:
     return no_input | no_output
 
 
-def measure_latency(model: nn.Module, example_input: torch.Tensor, *, repeats: int = 20) -> float:
-    """Median milliseconds of one forward pass of ``example_input`` (eval mode, no grad, CPU timer)."""
+#: Seconds of timed passes after which :func:`measure_latency` stops (once it has at least
+#: ``MIN_REPEATS`` of them): a slow model is timed a few times, not ``repeats`` times.
+LATENCY_BUDGET_S = 1.0
+MIN_REPEATS = 3
+
+
+def measure_latency(model: nn.Module, example_input: torch.Tensor, *, repeats: int = 20,
+                    budget_s: float = LATENCY_BUDGET_S) -> float:
+    """Median milliseconds of one forward pass of ``example_input`` (eval mode, no grad, CPU
+    timer): ``repeats`` timed passes after a warm-up, fewer once they have taken ``budget_s``
+    seconds (at least ``MIN_REPEATS``, and at most ``3 * budget_s`` seconds past the first)."""
     was = model.training
     model.eval()
     times = []
@@ -311,6 +320,10 @@ def measure_latency(model: nn.Module, example_input: torch.Tensor, *, repeats: i
                 t0 = time.perf_counter()
                 model(example_input)
                 times.append(time.perf_counter() - t0)
+                spent = sum(times)
+                if spent >= budget_s and (len(times) >= MIN_REPEATS
+                                          or spent - times[0] >= 3 * budget_s):
+                    break
     finally:
         model.train(was)
     times.sort()

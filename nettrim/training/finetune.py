@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from ..checks import check_model
 from ..inputs import model_device
 from ..io.datasets import data_loader
+from ..results import model_logits
 
 __all__ = ["finetune", "FinetuneResult", "as_loader", "train_batch"]
 
@@ -111,6 +112,12 @@ def _has_mask(module: nn.Module) -> bool:
     return hasattr(module, "weight_mask") and hasattr(module, "weight_orig")
 
 
+def cross_entropy_on_logits(outputs: Any, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the model's logits (:func:`nettrim.results.model_logits`) and
+    ``targets`` of shape (batch,), int64: :func:`finetune`'s default ``loss_fn``."""
+    return nn.functional.cross_entropy(model_logits(outputs), targets)
+
+
 def finetune(model: nn.Module, loader: Any, *, epochs: int = 1, lr: float = 1e-3,
              weight_decay: float = 0.0, batch_size: int = 128, seed: int = 0,
              loss_fn: Optional[Callable] = None, layers: Optional[Iterable[str]] = None,
@@ -137,7 +144,10 @@ def finetune(model: nn.Module, loader: Any, *, epochs: int = 1, lr: float = 1e-3
         Used only when ``loader`` is a pair of tensors.
     seed : int, default 0
     loss_fn : callable, optional
-        ``loss_fn(outputs, targets) -> scalar``; default cross-entropy.
+        ``loss_fn(outputs, targets) -> scalar``, called with what the model returns as it is.
+        Default: cross-entropy on the logits, read as :func:`nettrim.results.model_logits`
+        says (the output itself when it is a tensor, else its ``.logits``, e.g. a Hugging Face
+        ``ModelOutput``, else its first tensor).
     layers : iterable of str, optional
         Names of the Linear / Conv2d modules whose zeros are held (default: all of them).
     progress : bool, default False
@@ -170,7 +180,7 @@ def finetune(model: nn.Module, loader: Any, *, epochs: int = 1, lr: float = 1e-3
         raise TypeError(msg)
     data = as_loader(loader, batch_size=batch_size, seed=seed)
     targets = _masked_modules(model, layers)
-    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    loss_fn = loss_fn or cross_entropy_on_logits
     device = model_device(model)
 
     added = []
