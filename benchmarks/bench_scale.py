@@ -168,7 +168,7 @@ def table(cells, layers, methods):
         N, M, relu, _ = LAYERS[layer]
         lines.append(f"\n{layer} ({N} -> {M}, {'ReLU' if relu else 'linear'}, sparsity "
                      f"{SPARSITY:.0%}): seconds / peak MB above the inputs / error (held out)")
-        head = f"{'P':>8}" + "".join(f"{m:>30}" for m in methods) + \
+        head = f"{'P':>8}" + "".join(f"{m:>34}" for m in methods) + \
             f"{'nt/sgpt time':>14}{'nt/sgpt err':>13}"
         lines.append(head)
         for P in rows:
@@ -176,10 +176,10 @@ def table(cells, layers, methods):
             for m in methods:
                 c = by.get((layer, P, m))
                 if c is None or "failed" in c:
-                    line += f"{'failed' if c else '-':>30}"
+                    line += f"{'failed' if c else '-':>34}"
                     continue
-                line += f"{c['seconds']:>9.2f} {c['peak_mb']:>7.0f} {c['error']:.4f} " \
-                        f"({c['heldout']:.4f})"[:30].rjust(30)
+                line += f"{c['seconds']:>9.2f} {c['peak_mb']:>6.0f} {c['error']:.4f} " \
+                        f"({c['heldout']:.4f})".rjust(34)
             nt, sg = by.get((layer, P, "nettrim")), by.get((layer, P, "sparsegpt"))
             if nt and sg and "failed" not in nt and "failed" not in sg:
                 line += f"{nt['seconds'] / sg['seconds']:>13.1f}x" \
