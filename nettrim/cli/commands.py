@@ -18,6 +18,7 @@ from .common import (DEFAULT_EPSILON, DEMO_SPARSITY, EXIT_OK, UsageError, report
                      version)
 from .outputs import check_writable, commit, input_paths, plot_outputs, refuse_collisions
 from .recipe import recipe_of
+from .runs import progress_of, ray_executor, refuse_foreign_report
 
 if TYPE_CHECKING:  # imported lazily at run time (see the module docstring)
     import torch
@@ -183,7 +184,7 @@ def cmd_prune(args) -> int:
     ckpt_io.detect_format(source)  # missing, a directory, empty: one line before any work
     report_flag = "--report" if args.report else f"the report ({report_file.name})"
     if not args.report:
-        _refuse_foreign_report(report_file, out)
+        refuse_foreign_report(report_file, out)
     outputs = [("--out", out), (report_flag, report_file)]
     refuse_collisions(outputs + (plot_outputs(args.plot) if args.plot else []),
                       [("checkpoint", source), *input_paths("--data", args.data),
@@ -235,7 +236,7 @@ def cmd_prune(args) -> int:
     if args.max_iter:   # the ADMM's cap, or the conic solver's (Clarabel's max_iter) for cvxpy
         solver_options = {"max_iter": args.max_iter} if args.solver == "admm" else \
             {"solver_options": {"max_iter": args.max_iter}}
-    executor = _ray_executor(args)
+    executor = ray_executor(args)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -243,7 +244,7 @@ def cmd_prune(args) -> int:
                 model, x.to(device), epsilon, sparsity=args.sparsity, mode=args.mode,
                 solver=args.solver, layers=selected, seed=args.seed, device=device,
                 max_samples=args.max_rows, gamma=args.gamma, strict=not args.lenient,
-                progress=_progress(args), solver_options=solver_options, refit=args.refit,
+                progress=progress_of(args), solver_options=solver_options, refit=args.refit,
                 reweight=args.reweight, scope="global" if args.global_budget else "layer",
                 min_per_unit=args.min_per_unit, program=args.program, executor=executor,
                 resume=resume_file, **global_options)
@@ -299,57 +300,6 @@ def cmd_prune(args) -> int:
     lines += [f"wrote {p}" for p in plots]
     say(args, *lines)
     return EXIT_OK
-
-
-def _ray_executor(args):
-    """``--ray [ADDRESS]``: a started :class:`nettrim.executors.RayExecutor` (its cluster size
-    printed on stderr), or None without the flag."""
-    if getattr(args, "ray", None) is None:
-        return None
-    from ..executors import RayExecutor, ray_available
-
-    if not ray_available():
-        raise UsageError("--ray needs Ray: pip install 'nettrim[ray]' (or pip install ray)")
-    if args.device != "cpu":
-        raise UsageError("--ray runs the solves on the workers' CPUs: leave --device at cpu")
-    executor = RayExecutor(address=args.ray or None, threads=args.threads)
-    try:
-        executor.start()
-    except Exception as err:  # noqa: BLE001 - ray.init's errors: an address, a version, ...
-        executor.close()
-        where = f"the cluster at {args.ray}" if args.ray else "a local instance"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"--ray: could not start or join {where}: {first}") from err
-    if not args.quiet:
-        print(f"ray: {executor.describe()} (ready in {executor.start_seconds:.1f} s)",
-              file=sys.stderr, flush=True)
-    return executor
-
-
-def _refuse_foreign_report(report_file: pathlib.Path, out: pathlib.Path) -> None:
-    """UsageError when the default report file is the report of another output that still
-    exists (it would be replaced silently): pass --report to name another."""
-    import json
-
-    try:
-        recorded = json.loads(report_file.read_text(encoding="utf-8"))["output"]["path"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    other = pathlib.Path(str(recorded))
-    if other != out.resolve() and other.is_file():
-        msg = (f"{report_file} is the report of another output, {other}; pass --report FILE "
-               "to write this run's report elsewhere")
-        raise UsageError(msg)
-
-
-def _progress(args):
-    """prune's ``progress``: bars; ``"lines"`` with -q (a finished layer now and then on
-    stderr, so a long run is never silent); nothing with --silent."""
-    if getattr(args, "silent", False):
-        return False
-    if not args.quiet:
-        return True
-    return "lines" if not args.global_budget else False
 
 
 def _check_exportable(model, example, dynamic: bool, args) -> None:
