@@ -333,7 +333,7 @@ def test_yaml_recipe_or_a_clear_error(env, capsys):
 def test_resume_continues_an_interrupted_cascade(env, capsys, monkeypatch):
     root = env["root"]
     import importlib
-    program = importlib.import_module("nettrim.prune")._LayerProgram
+    program = importlib.import_module("nettrim.folded").LayerProgram
     real_solve = program.solve
     calls = []
 
