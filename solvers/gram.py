@@ -39,7 +39,7 @@ import torch
 
 from .problem import NetTrimProblem, as_tensor, check_finite
 
-__all__ = ["GramStats", "compress", "compress_problem", "CHUNK_BYTES", "RANK_RTOL"]
+__all__ = ["GramStats", "check_stats", "compress", "compress_problem", "CHUNK_BYTES", "RANK_RTOL"]
 
 #: Memory of one chunk's float64 copy when statistics are accumulated from a tensor: the
 #: rows per GEMM are this over 8 (N + M) bytes (at least CHUNK_MIN_ROWS).
@@ -209,6 +209,17 @@ def _factor_rows(G: torch.Tensor) -> tuple[torch.Tensor, Any]:
     return root[:, None] * U.T, lambda C: (U.T @ C) / root[:, None]
 
 
+def check_stats(stats: Any) -> GramStats:
+    """``stats`` if it is a :class:`GramStats` holding rows; TypeError / ValueError otherwise."""
+    if not isinstance(stats, GramStats):
+        msg = f"stats must be solvers.GramStats, got {type(stats).__name__}"
+        raise TypeError(msg)
+    if stats.rows == 0:
+        msg = "stats hold no rows: accumulate some with update() first"
+        raise ValueError(msg)
+    return stats
+
+
 def compress(stats: GramStats, epsilon: float, *, dtype: Optional[torch.dtype] = None
              ) -> NetTrimProblem:
     """The linear program ``||X W^T - T||_F <= epsilon`` of ``stats`` on compressed rows.
@@ -230,12 +241,7 @@ def compress(stats: GramStats, epsilon: float, *, dtype: Optional[torch.dtype] =
         docstring): every solver of this package solves it as the original program, and its
         ``residual(W)`` is the original residual.
     """
-    if not isinstance(stats, GramStats):
-        msg = f"stats must be GramStats, got {type(stats).__name__}"
-        raise TypeError(msg)
-    if stats.rows == 0:
-        msg = "stats hold no rows: accumulate some with update() first"
-        raise ValueError(msg)
+    check_stats(stats)
     dt = dtype or stats.dtype or torch.float64
     # inputs zero on every row (a zero diagonal) are left out of the factor: their columns of R
     # are 0, and the rest factors by Cholesky instead of the eigh fallback

@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 
 from solvers import GramStats, NetTrimProblem, compress
+from solvers.gram import check_stats
 from solvers.problem import as_tensor, safe_norm
 
 __all__ = ["COMPRESS_RATIO", "ERROR_CHUNK_ROWS", "LayerRows", "LayerStats", "layer_data"]
@@ -111,13 +112,7 @@ class LayerStats:
     relu = False
 
     def __init__(self, stats: GramStats):
-        if not isinstance(stats, GramStats):
-            msg = f"stats must be solvers.GramStats, got {type(stats).__name__}"
-            raise TypeError(msg)
-        if stats.rows == 0:
-            msg = "stats hold no rows"
-            raise ValueError(msg)
-        self.stats = stats
+        self.stats = check_stats(stats)
 
     @property
     def shape(self) -> tuple[int, int, int]:
