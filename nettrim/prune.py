@@ -44,10 +44,6 @@ from .structured import prune_units
 __all__ = ["prune", "MODES"]
 
 MODES = ("parallel", "cascade")
-#: With ``progress="lines"`` (the CLI's ``-q``), a finished layer is printed once this many
-#: seconds have passed since the start or the last line printed: a long run says where it is
-#: about once a minute, a run of a few seconds stays as quiet as ``-q`` always was.
-QUIET_LINE_S = 60.0
 
 
 def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any = None, *,
@@ -128,10 +124,8 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
         layers after them are solved. The file stays after the run; delete it when done. Not
         with ``fold_bn=True``, ``scope="global"`` or ``structured=True``.
     progress : bool or "lines"
-        tqdm bars per layer (and per ADMM solve); ``"lines"``: no bars, a line on stderr for a
-        finished layer once ``QUIET_LINE_S`` seconds have passed since the start or the last
-        line (so a long run is never silent for long, a short one prints nothing; per-layer
-        path only: the global and structured paths print nothing).
+        tqdm bars per layer (and per ADMM solve); ``"lines"``: no bars, one line on stderr per
+        finished layer (per-layer path only: the global and structured paths print nothing).
     refit, reweight, solver_options
         Passed to :func:`prune_layer`.
     scope : {"layer", "global"}
@@ -334,7 +328,6 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
     lines_only = progress == "lines"
     log_lines = lines_only or (progress and not _is_terminal(sys.stderr))
     progress = progress is True
-    last_line = time.perf_counter() if lines_only else 0.0
     # with an executor of several workers, parallel mode solves the layers concurrently (their
     # tasks interleave on the workers); results are written back in order either way
     together = executor is not None and mode == "parallel" and executor.workers > 1
@@ -421,10 +414,14 @@ def prune(model: nn.Module, inputs: Union[torch.Tensor, Iterable], epsilon: Any 
             solver=rep["solver"], note="; ".join(notes), program=block.program,
             rows=data.rows, rows_seen=data.rows_seen,
             peak_memory_mb=rep.get("peak_memory_mb")))
-        if resume is not None:
-            save_state(resume, fingerprint, rows, skipped, target)
-        if log_lines and (not lines_only or time.perf_counter() - last_line >= QUIET_LINE_S):
-            last_line = time.perf_counter()
+        if resume is not None:   # a safety net: a state that cannot be written stops nothing
+            try:
+                save_state(resume, fingerprint, rows, skipped, target)
+            except OSError as err:
+                warnings.warn(f"resume: could not write the run state {resume} ({err}); the "
+                              "run goes on without it", PruningWarning, stacklevel=2)
+                resume = None
+        if log_lines:
             print(f"Net-Trim ({mode}) layer {index + 1}/{len(selected)} {name}: "
                   f"{100 * rep['sparsity']:.1f}% sparse, {rep['status']}, "
                   f"{rep['iterations']} iterations, {rep['seconds']:.1f} s", file=sys.stderr,

@@ -9,6 +9,7 @@ never copy their code.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 import tempfile
@@ -310,6 +311,8 @@ NOTEBOOKS = {
 def build(name: str) -> nbformat.NotebookNode:
     """The notebook ``name`` (a key of :data:`NOTEBOOKS`), without outputs."""
     nb = new_notebook(cells=NOTEBOOKS[name])
+    for index, cell in enumerate(nb.cells):   # stable ids: a rerun rewrites the same files
+        cell.id = hashlib.sha256(f"{name}:{index}".encode()).hexdigest()[:8]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}

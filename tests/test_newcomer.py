@@ -226,11 +226,8 @@ def test_normalize_changes_what_the_model_sees(env, capsys):
     assert "--normalize" in capsys.readouterr().err
 
 
-# ---- 17: -q keeps a line per finished layer on a long run; --silent prints nothing ----------------
-def test_quiet_prints_layer_lines_and_silent_nothing(env, capsys, monkeypatch):
-    import importlib
-    prune_module = importlib.import_module("nettrim.prune")
-    monkeypatch.setattr(prune_module, "QUIET_LINE_S", 0.0)   # every layer counts as "long"
+# ---- 17: -q keeps one line per finished layer; --silent prints nothing ---------------------------
+def test_quiet_prints_layer_lines_and_silent_nothing(env, capsys):
     common = ["--arch", "newcomerarch:mlp", "--data", "data.npz", "--threads", "1"]
     assert main(["prune", "mlp.pt", "--out", "q.pt", "--sparsity", "0.5", "-q", *common]) == 0
     captured = capsys.readouterr()
@@ -350,9 +347,10 @@ def test_resume_continues_an_interrupted_cascade(env, capsys, monkeypatch):
     assert main(["prune", "mlp.pt", "--out", "whole.pt", *common]) == 0
     assert calls == ["0", "2", "4"]
     calls.clear()
-    stop_at = 3
-    assert main(["prune", "mlp.pt", "--out", "r.pt", "--resume", *common]) == 130
+    stop_at = 3   # a first run without --resume keeps its state too
+    assert main(["prune", "mlp.pt", "--out", "r.pt", *common]) == 130
     assert not (root / "r.pt").exists() and (root / "r.pt.resume").is_file()
+    assert "r.pt.resume: run the same command with --resume" in capsys.readouterr().err
     calls.clear()
     stop_at = None
     assert main(["prune", "mlp.pt", "--out", "r.pt", "--resume", *common]) == 0
@@ -371,6 +369,11 @@ def test_resume_continues_an_interrupted_cascade(env, capsys, monkeypatch):
     other = [a if a != "0.6" else "0.5" for a in common]
     assert main(["prune", "mlp.pt", "--out", "s.pt", "--resume", *other]) == 2
     assert "another model, other data or other options" in capsys.readouterr().err
+    # without --resume the state is replaced (with a warning) and the run starts afresh
+    calls.clear()
+    assert main(["prune", "mlp.pt", "--out", "s.pt", *other]) == 0
+    assert calls == ["0", "2", "4"] and not (root / "s.pt.resume").exists()
+    assert "is replaced by this run's" in capsys.readouterr().err
 
 
 # ---- 14: latency measurements bounded in time ---------------------------------------------------

@@ -37,8 +37,9 @@ def test_committed_notebook_matches_generator_and_has_no_outputs(name):
     committed = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
     nbformat.validate(committed)
     generated = GENERATOR.build(name)
-    assert [c.source for c in committed.cells] == [c.source for c in generated.cells], (
-        f"{name} is stale: run python notebooks/make_notebooks.py")
+    assert [(c.id, c.source) for c in committed.cells] == \
+        [(c.id, c.source) for c in generated.cells], (
+            f"{name} is stale: run python notebooks/make_notebooks.py")
     for cell in committed.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None

@@ -118,8 +118,17 @@ def _run(args) -> int:
         if isinstance(err, PruningError):
             _error(f"pruning failed: {cli_hint(str(err))}")
             return EXIT_FAILURE
-        _error(str(err))
+        _error(str(err) + _state_kept(args))
         return EXIT_FAILURE if isinstance(err, OutputError) else EXIT_USAGE
+
+
+def _state_kept(args) -> str:
+    """The words that say where a stopped prune run's finished layers are kept ("" if none)."""
+    state = getattr(args, "resume_state", None)
+    if state is None or not state.is_file():
+        return ""
+    return (f" (the finished layers are kept in {state}: run the same command with --resume "
+            "to continue after them)")
 
 
 def _status_after(err: BaseException, args) -> Optional[int]:
@@ -137,8 +146,11 @@ def _status_after(err: BaseException, args) -> Optional[int]:
     if args.outputs.committed:
         written = ", ".join(str(p) for p in args.outputs.destinations)
         _note(f"{what} after every output was written ({written}); the run completed")
+        state = getattr(args, "resume_state", None)
+        if state is not None:   # the outputs are in place: the run state has served
+            state.unlink(missing_ok=True)
         return EXIT_OK
-    return _stopped(what, code)
+    return _stopped(what + _state_kept(args), code)
 
 
 def _import_heavy(args) -> None:

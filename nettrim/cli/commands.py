@@ -196,7 +196,15 @@ def cmd_prune(args) -> int:
         check_writable(pathlib.Path(args.plot), "--plot", is_dir=True)
     if args.resume and args.global_budget:
         raise UsageError("--resume keeps the state of per-layer runs: not with --global")
-    resume_file = out.with_name(out.name + ".resume") if args.resume else None
+    # every per-layer run keeps its state after each finished layer, so that an interrupted
+    # run can continue with --resume; without --resume an earlier state is replaced
+    resume_file = None if args.global_budget else out.with_name(out.name + ".resume")
+    if resume_file is not None and not args.resume and resume_file.exists():
+        print(f"nettrim: warning: {resume_file} (an interrupted run's state) is replaced by "
+              "this run's; rerun with --resume to continue from it instead", file=sys.stderr,
+              flush=True)
+        resume_file.unlink()
+    args.resume_state = resume_file
     if (args.global_budget or args.min_per_unit is not None) and args.sparsity is None:
         raise UsageError("--global and --min-per-unit need --sparsity (the model-wide fraction)")
     if args.min_per_unit is not None and not args.global_budget:

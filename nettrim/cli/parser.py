@@ -246,18 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "host:6379 or ray://host:10001); prints the cluster size it got; needs "
                         "pip install 'nettrim[ray]'")
     p.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress bars, no table; a long run prints a finished layer's line "
-                        "on stderr about once a minute")
+                   help="no progress bars, no table; one line per finished layer on stderr "
+                        "(--silent: none)")
     p.add_argument("--recipe", metavar="FILE",
                    help="read the pruning options (sparsity or epsilon, per layer as "
                         "{layer: value}; layers, ignore, mode, program, ...) from a JSON file, "
                         "YAML when PyYAML is installed, or a run's report (every report records "
                         "its run's recipe); flags given here win")
     p.add_argument("--resume", action="store_true",
-                   help="keep the run's state after each finished layer in OUT.resume (written "
-                        "atomically, removed once the outputs are written); rerun the same "
-                        "command after an interruption and it continues after the last "
-                        "finished layer (per-layer runs, not --global)")
+                   help="continue an interrupted run after its last finished layer: every "
+                        "per-layer run keeps its state in OUT.resume (written atomically after "
+                        "each finished layer, removed once the outputs are written); rerun the "
+                        "same command with --resume (without it, the state is replaced)")
     p.add_argument("--silent", action="store_true",
                    help="print nothing but warnings and errors (implies -q)")
     _add_normalize(p)
