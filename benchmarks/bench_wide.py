@@ -76,8 +76,10 @@ def trained_model(data_root, epochs, images):
 
 
 def statuses(result):
-    """{layer: status} of a PruneResult's report."""
-    return {row.name: str(row.status) for row in result.report}
+    """{layer: "status, seconds, program"} of a PruneResult's report."""
+    return {row.name: f"{row.status} {row.seconds:.1f} s" + (f" {row.program}" if row.program
+                                                            else "")
+            for row in result.report}
 
 
 def weight_sparsity(model):

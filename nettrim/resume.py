@@ -22,7 +22,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .io.files import atomic_write
+from .io.files import atomic_write, read_state_file
 from .results import LayerReport
 
 __all__ = ["RESUME_VERSION", "ResumeState", "load_state", "run_fingerprint", "save_state"]
@@ -77,14 +77,8 @@ def load_state(path: str | os.PathLike, fingerprint: str) -> Optional[ResumeStat
     path = pathlib.Path(path)
     if not path.exists():
         return None
-    try:
-        doc = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same error to the user
-        msg = f"resume: {path} is not a run state readable with weights_only=True ({err})"
-        raise ValueError(msg) from err
-    if not isinstance(doc, dict) or doc.get("version") != RESUME_VERSION:
-        msg = f"resume: {path} is not a nettrim run state (version {RESUME_VERSION})"
-        raise ValueError(msg)
+    doc = read_state_file(path, "a nettrim run state (resume=)",
+                          "version", RESUME_VERSION)
     if doc["fingerprint"] != fingerprint:
         msg = (f"resume: {path} holds the state of a run with another model, other data or "
                "other options; delete it to start afresh, or run with those it was written for")

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .checks import check_model
 from .inputs import model_device
-from .io.files import atomic_write
+from .io.files import atomic_write, read_state_file
 from .iterative import DEFAULT_ROUNDS as NETTRIM_ROUNDS
 from .iterative import NetTrimPruner, calibration_subset
 from .model.capture import prunable_layers
@@ -401,14 +401,7 @@ def _save_checkpoint(path: pathlib.Path, state: dict) -> None:
 
 
 def _load_checkpoint(path: pathlib.Path, record: dict) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure: the file is not ours or is damaged
-        msg = f"checkpoint {path} cannot be read ({type(err).__name__}: {err})"
-        raise ValueError(msg) from err
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        msg = f"checkpoint {path} is not a train_prune checkpoint ({CHECKPOINT_FORMAT})"
-        raise ValueError(msg)
+    state = read_state_file(path, "a train_prune checkpoint", "format", CHECKPOINT_FORMAT)
     if state["options"] != record:
         differ = sorted(k for k in set(record) | set(state["options"])
                         if record.get(k) != state["options"].get(k))

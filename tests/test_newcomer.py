@@ -467,3 +467,17 @@ def test_structured_search_is_bounded_and_returns_a_model(monkeypatch):
     assert len(solves) <= 3   # not MAX_SOLVES = 12: stopped by the time bound
     assert result.model(x).shape == (100, 3)   # a model came back
     assert torch.allclose(result.model(x), model(x), atol=1e-5)   # the layer as it was
+
+
+def test_resume_state_that_is_not_one_is_refused_by_name(tmp_path):
+    from nettrim.resume import load_state
+
+    garbage = tmp_path / "g.resume"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="g.resume cannot be read as a nettrim run state"):
+        load_state(garbage, "f")
+    other = tmp_path / "o.resume"
+    torch.save({"format": "something else"}, other)
+    with pytest.raises(ValueError, match="o.resume is not a nettrim run state"):
+        load_state(other, "f")
+    assert load_state(tmp_path / "missing.resume", "f") is None

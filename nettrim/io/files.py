@@ -22,7 +22,8 @@ import tempfile
 from collections.abc import Callable
 from typing import Optional
 
-__all__ = ["CheckpointError", "OutputError", "StagedFiles", "atomic_write", "one_line"]
+__all__ = ["CheckpointError", "OutputError", "StagedFiles", "atomic_write", "one_line",
+           "read_state_file"]
 
 
 class CheckpointError(ValueError):
@@ -245,6 +246,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> pat
     with StagedFiles() as staged:
         staged.write(path, write)
         return staged.commit()[0]
+
+
+def read_state_file(path: str | os.PathLike, what: str, key: str, value: object) -> dict:
+    """A run's state file (a ``torch.save`` of plain tensors, strings and numbers), read with
+    ``weights_only=True``. Raises ValueError naming ``path`` and ``what`` it should be when it
+    cannot be read or its ``key`` entry is not ``value`` (another file, another version)."""
+    import torch
+
+    try:
+        doc = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure: the file is not ours or is damaged
+        msg = f"{path} cannot be read as {what} ({type(err).__name__}: {one_line(str(err))})"
+        raise ValueError(msg) from err
+    if not isinstance(doc, dict) or doc.get(key) != value:
+        msg = f"{path} is not {what} ({key} {value})"
+        raise ValueError(msg)
+    return doc
 
 
 def one_line(text: str, limit: int = 400) -> str:
