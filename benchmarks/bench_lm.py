@@ -61,13 +61,17 @@ def block_layers(model) -> list[str]:
 
 
 def run_method(model, method, sparsity, calib, layers):
-    """(pruned model, seconds, fc1 programs) of one cell."""
+    """(pruned model, seconds, fc1 programs, achieved sparsity, per-layer rows) of one cell;
+    the rows (Net-Trim only) give each layer's seconds, program and status."""
     nm = ":" in sparsity
     t0 = time.perf_counter()
+    rows = []
     if method == "nettrim":
         result = nettrim.prune(model, calib, sparsity=sparsity if nm else float(sparsity),
                                mode="cascade", layers=layers)
         programs = [r.program for r in result.report if r.name.endswith(".fc1")]
+        rows = [dict(name=r.name, seconds=r.seconds, program=r.program, status=str(r.status),
+                     iterations=r.iterations) for r in result.report]
     else:
         options = {"nm": sparsity} if nm else {}
         result = prune_baseline(model, calib, method, None if nm else float(sparsity),
@@ -76,7 +80,7 @@ def run_method(model, method, sparsity, calib, layers):
     seconds = time.perf_counter() - t0
     zeros = sum(int((result.model.get_submodule(n).weight == 0).sum()) for n in layers)
     total = sum(result.model.get_submodule(n).weight.numel() for n in layers)
-    return result.model, seconds, programs, zeros / total
+    return result.model, seconds, programs, zeros / total, rows
 
 
 def main(argv=None):
@@ -94,13 +98,14 @@ def main(argv=None):
     cells = {}
     for sparsity in args.sparsities:
         for method in args.methods:
-            pruned, seconds, programs, achieved = run_method(model, method, sparsity, calib,
-                                                             layers)
+            pruned, seconds, programs, achieved, rows = run_method(model, method, sparsity,
+                                                                   calib, layers)
             ppl = lm_model.perplexity(pruned, held)
             relu = sum("linear" not in p for p in programs)
             cells[f"{method}@{sparsity}"] = dict(
                 method=method, sparsity=sparsity, perplexity=ppl, seconds=seconds,
-                achieved_sparsity=achieved, fc1_programs=programs, fc1_relu_kept=relu)
+                achieved_sparsity=achieved, fc1_programs=programs, fc1_relu_kept=relu,
+                layers=rows)
             log(f"{sparsity:>4} {method:>9}: perplexity {ppl:.4f}, {seconds:.1f} s, "
                 f"sparsity {achieved:.4f}" + (f", fc1 ReLU program kept {relu}/{len(programs)}"
                                               if programs else ""))
@@ -135,6 +140,14 @@ def report_lines(args, dense, cells, train_log):
                   ", ".join(f"{s}: {cells[f'nettrim@{s}']['fc1_relu_kept']}/"
                             f"{len(cells[f'nettrim@{s}']['fc1_programs'])}"
                             for s in sparsities)]
+        for s in sparsities:   # where Net-Trim's time goes: seconds per kind of layer
+            by_kind: dict = {}
+            for row in cells[f"nettrim@{s}"].get("layers", []):
+                kind = row["name"].rsplit(".", 1)[-1]
+                by_kind[kind] = by_kind.get(kind, 0.0) + row["seconds"]
+            if by_kind:
+                lines.append(f"Net-Trim seconds per layer kind at {s} (all blocks): " + ", ".join(
+                    f"{k} {v:.0f}" for k, v in by_kind.items()))
     lines += [""] + targets(methods, sparsities, dense, cells)
     return lines
 
