@@ -593,3 +593,24 @@ def test_soft_refit_checks_its_options():
         refit_soft(problem, support, tol=-1.0)
     with pytest.raises(TypeError, match="problem"):
         refit_soft("not a problem", support)
+
+
+def test_soft_refit_stops_at_its_work_cap_with_a_lower_objective(monkeypatch):
+    """Past SOFT_MAX_WORK the Newton steps stop (MAX_ITER): the weights reached are kept, with
+    an objective below the start's (each step descends) that still bounds the error."""
+    refit_module = importlib.import_module("solvers.refit")
+    problem, support, W_l1 = relu_layer(400, 30, 8, seed=3)
+    full = refit_soft(problem, support, W0=W_l1)
+    assert full.status == OPTIMAL and full.iterations > 1
+    monkeypatch.setattr(refit_module, "SOFT_MAX_WORK", 0.0)
+    monkeypatch.setattr(refit_module, "SOFT_MIN_STEPS", 1)
+    capped = refit_soft(problem, support, W0=W_l1)
+    assert capped.status == MAX_ITER and capped.iterations == 1
+
+    def objective(W):
+        Z = problem.X @ np.asarray(W).T
+        return np.sqrt(np.sum(np.where(problem.Y > 0, Z - problem.Y, np.maximum(Z, 0)) ** 2))
+    assert objective(capped.W) == pytest.approx(capped.residual, rel=1e-6)
+    assert full.residual <= capped.residual * (1 + 1e-9) < objective(W_l1 * support)
+    post = np.linalg.norm(np.maximum(problem.X @ np.asarray(capped.W).T, 0) - problem.Y)
+    assert post <= capped.residual * (1 + 1e-9)

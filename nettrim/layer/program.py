@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import torch
 
-from solvers import SUCCESS, NetTrimProblem, compress_problem
+from solvers import MAX_ITER, SUCCESS, NetTrimProblem, compress_problem
 from solvers.problem import as_tensor, check_finite, safe_norm
 from ..results import LayerPruneResult
 from . import tasks
@@ -157,7 +157,10 @@ def _soft_refit(base: LayerPruneResult, Xa, Y, offset, bias,
     problem = NetTrimProblem(Xa, Y, 0.0, S=offset)
     refitted = tasks.solve(executor, "refit_soft", problem, support=support, W0=Wa)
     W = torch.as_tensor(refitted.W, device=Xa.device, dtype=Xa.dtype)
-    if refitted.status not in SUCCESS or not bool(torch.isfinite(W).all()):
+    # a refit stopped at its step cap (MAX_ITER, reported as refit_status) is kept as a
+    # candidate too: its steps only lowered the objective, and the candidate is judged by its
+    # measured error
+    if refitted.status not in SUCCESS + (MAX_ITER,) or not bool(torch.isfinite(W).all()):
         return None
     weight, b = _split(W, bias)
     # the square root of twice the objective bounds the post-ReLU error (parallel and cascade:
