@@ -72,6 +72,16 @@ def run_cli(args, *, cwd, paths=(), timeout=120, **kwargs):
                           **kwargs)
 
 
+STATE_WARNING = "nettrim: warning: resume: could not write the run state"
+
+
+def without_state_warning(stderr: str) -> str:
+    """stderr without the warning that the run state (OUT.resume) did not fit: on a full disk
+    or under a file size limit the run goes on without it and says so."""
+    assert STATE_WARNING in stderr, stderr
+    return "\n".join(ln for ln in stderr.splitlines() if not ln.startswith(STATE_WARNING))
+
+
 def stderr_lines(text: str) -> list:
     """stderr's lines but -q's progress lines (one per finished layer)."""
     return [line for line in text.splitlines() if line.strip() and not line.startswith("Net-Trim (")]
@@ -331,7 +341,7 @@ def test_file_size_limit_is_one_line_exit_1_and_no_file(env, tmp_path, out_name)
                     "--arch", "tinyarch:mlp", "--sparsity", "0.5", "-q"], cwd=root,
                    paths=[root], preexec_fn=limit)
     assert proc.returncode == 1, proc.stderr
-    line = one_error_line(proc.stderr)
+    line = one_error_line(without_state_warning(proc.stderr))
     assert out_name in line and "nothing was written" in line, line
     assert list(out_dir.iterdir()) == []
 
@@ -363,10 +373,7 @@ def test_full_tmpfs_leaves_neither_checkpoint_nor_report(env, tmp_path):
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()[:200]}")
     assert "rc=1" in proc.stdout, (proc.stdout, proc.stderr)
     # the run state does not fit either: a warning, and the run goes on without it
-    state_warning = "nettrim: warning: resume: could not write the run state"
-    assert state_warning in proc.stderr, proc.stderr
-    line = one_error_line("\n".join(ln for ln in proc.stderr.splitlines()
-                                     if not ln.startswith(state_warning)))
+    line = one_error_line(without_state_warning(proc.stderr))
     assert "p.report.json" in line and "No space left on device" in line, line
     assert "files: . ./filler\n" in proc.stdout, proc.stdout   # no output, no directory
 
