@@ -136,7 +136,7 @@ EXACT_ROUNDS = 8
 #: The ADMM that takes the neurons the exact solve leaves (CPU) stops after at most this many
 #: multiply-adds of its GEMMs (``iterations * P * N * neurons``), returning ``MAX_ITER``: on a
 #: conv layer of 100,352 rows x 289 inputs one such neuron ran 5,000 iterations in 160 s and
-#: did not converge. LeNet's layers (P N <= 4e6) keep the full ``max_iter`` for a few neurons.
+#: did not converge. On LeNet's layers (P N <= 4e6) one neuron keeps the full ``max_iter``.
 FALLBACK_MAX_WORK = 3e10
 #: Exact solve: at most this many proximal solves per neuron and round (the first included),
 #: stopped once the objective falls by less than EXACT_KKT_TOL of its size.
@@ -153,7 +153,7 @@ SOFT_TOL = 1e-6
 SOFT_RIDGE = 1e-12
 #: :func:`refit_soft`: the Newton steps of a chunk of ``m`` neurons stop (``MAX_ITER``) once
 #: ``steps * P * N * m`` passes this, and at :data:`SOFT_MIN_STEPS` at the least. LeNet's
-#: layers certify in 3-7 steps well inside it; a conv layer of 100,352 rows x 289 inputs took
+#: first layer certified in 5 steps, inside it; a conv layer of 100,352 rows x 289 inputs took
 #: the full 200 steps (~2 s each) without a certificate. Every step lowers the objective, so
 #: the iterate where it stops is still a refit (its objective bounds its post-ReLU error).
 SOFT_MAX_WORK = 3e10
