@@ -390,11 +390,12 @@ def solve_admm(problem: NetTrimProblem, *, W0: Any = None, penalty: Any = None,
 def l1_result(problem: NetTrimProblem, ball: "_Ball", W2: torch.Tensor,
               weight: Optional[torch.Tensor], *, status: str, iterations: int,
               residuals: tuple[float, float], t0: float, solver: str, rho: float,
-              lam: float = math.nan, reached: bool = False) -> NetTrimResult:
+              lam: float = math.nan, reached: bool = False,
+              working_rows: Optional[int] = None) -> NetTrimResult:
     """The result of an l1 ADMM from its sparse iterate ``W2 (N, M)`` (scaled data): residual
     and violation measured, SOLVER_ERROR in place of a success with anything non-finite,
     ``objective = sum weight |W|``; ``reached``: epsilon is the residual reached (the
-    Lagrangian), else the problem's."""
+    Lagrangian), else the problem's; ``working_rows`` as in :class:`NetTrimResult`."""
     res, viol = _feasibility(ball.X @ W2, ball.Y, ball.active, ball.bound, problem.relu,
                              ball.floor)
     s = ball.s
@@ -409,7 +410,8 @@ def l1_result(problem: NetTrimProblem, ball: "_Ball", W2: torch.Tensor,
         W=W, status=status, iterations=iterations, objective=objective, residual=res * s,
         violation=viol * s, epsilon=res * s if reached else problem.epsilon,
         primal_residual=residuals[0] * s, dual_residual=residuals[1] * s,
-        solve_time=time.perf_counter() - t0, solver=solver, rho=rho, lam=lam)
+        solve_time=time.perf_counter() - t0, solver=solver, rho=rho, lam=lam,
+        working_rows=working_rows)
 
 
 class _Ball:

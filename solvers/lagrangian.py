@@ -56,12 +56,15 @@ from .admm import (RHO_ADAPT, RHO_RANGE, RHO_START, TINY, ADMMSettings, Callback
 from .problem import NetTrimProblem, as_tensor
 from .result import NetTrimResult
 from .status import MAX_ITER, OPTIMAL, OPTIMAL_INACCURATE, SETTLED
+from .working_set import GROW_EVERY, WorkingSetRows, use_working_set
 
 __all__ = ["solve_lagrangian", "ADAPT_EVERY", "SETTLE_WINDOW", "SETTLE_TOL", "NNZ_TOL",
            "NNZ_SETTLE"]
 
 #: The data term's treatment of the inequalities (see ``loss`` of :func:`solve_lagrangian`).
 LOSSES = ("hard", "soft")
+#: Which rows the iterations touch (see ``rows`` of :func:`solve_lagrangian`).
+ROWS = ("auto", "all", "working-set")
 #: Period (iterations) of the residual balancing and of the lam update.
 ADAPT_EVERY = 5
 #: Exponent of the count controller ``lam *= (nnz / k) ** NNZ_GAIN``.
@@ -118,7 +121,7 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
                      eps_abs: float = ADMMSettings.eps_abs, eps_rel: float = ADMMSettings.eps_rel,
                      feas_tol: float = ADMMSettings.feas_tol,
                      max_iter: int = ADMMSettings.max_iter, callback: Callback = None,
-                     loss: str = "hard") -> NetTrimResult:
+                     loss: str = "hard", rows: str = "auto") -> NetTrimResult:
     """Solve the Net-Trim program through its Lagrangian (see the module docstring).
 
     Parameters
@@ -152,6 +155,13 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
         Omega||^2`` of :func:`solvers.refit.refit_soft` (the prox off Omega is then ``Z`` below
         V and ``(V + rho Z) / (1 + rho)`` above it), an upper bound on the post-ReLU error of
         a parallel layer; the result then solves that penalized program, not the hard one.
+    rows : {"auto", "all", "working-set"}, default "auto"
+        ``"all"``: every iteration touches all P rows. ``"working-set"`` (ReLU programs): the
+        active rows through per-neuron Gram matrices and the inequalities on a working set of
+        rows grown by constraint generation (:mod:`solvers.working_set`); the answer is
+        checked on all rows before any stop, so the statuses mean what they mean with
+        ``"all"``. ``"auto"``: the working set where :func:`solvers.working_set.use_working_set`
+        says it is cheaper (many rows per input).
     eps_abs, eps_rel, feas_tol, max_iter, callback
         As in :func:`solvers.solve_admm`.
 
@@ -167,6 +177,12 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
         msg = f"loss must be one of {LOSSES}, got {loss!r}"
         raise ValueError(msg)
     soft = loss == "soft" and problem.relu
+    if rows not in ROWS:
+        msg = f"rows must be one of {ROWS}, got {rows!r}"
+        raise ValueError(msg)
+    if rows == "working-set" and not problem.relu:
+        msg = "rows='working-set' is for ReLU programs (a linear program has no inequalities)"
+        raise ValueError(msg)
     if settle_tol is not None and not (isinstance(settle_tol, (int, float)) and settle_tol >= 0):
         msg = f"settle_tol must be a number >= 0, got {settle_tol!r}"
         raise ValueError(msg)
@@ -194,10 +210,13 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
         raise ValueError(msg)
     viol_tol = settings.feas_tol * float(Y.abs().max())
     W3_start = None if W0 is None else _check_warm_start(problem, W0, X)
-    factor = _Factor(X)
+    working = problem.relu and (rows == "working-set" or (
+        rows == "auto" and use_working_set(P, N, M)))
+    data = (WorkingSetRows(X, Y, active, bound) if working
+            else _AllRows(X, Y, active, bound, problem.relu, floor))
     W3 = W3_start if W3_start is not None else torch.zeros(N, M, device=X.device, dtype=X.dtype)
-    XW = X @ W3
-    U1 = torch.zeros_like(Y)
+    XW = data.mul(W3)
+    U1 = torch.zeros_like(data.Y)
     U2 = torch.zeros_like(W3)
     rho_0 = RHO_START if rho is None else float(rho)
     rho_m = torch.full((M,), rho_0, device=X.device, dtype=X.dtype)
@@ -207,7 +226,6 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
     nonzeros = min(nonzeros, int((corr > 0).sum()))
     lam_k = float(lam) if lam is not None else _initial_lam(corr, nonzeros)
     del corr
-    abs_tol = math.sqrt(P + N) * settings.eps_abs
     pen_mask = None if weight is None else weight > 0
     max_changes = None if settle_tol is None else settle_tol * N * M
     # the count moves in steps of one weight: small layers get a band of a few weights
@@ -225,11 +243,12 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
     for it in range(1, settings.max_iter + 1):
         # W1 = prox of f / rho at Z = X W3 - U1, per neuron
         Z = XW - U1
-        W1 = (Y + rho_m * Z) / (1.0 + rho_m)
+        W1 = (data.Y + rho_m * Z) / (1.0 + rho_m)
         if bound is not None:
             # hard: min(Z, V) off Omega; soft: the prox of 1/2 max(0, z - V)^2 there
-            W1 = torch.where(active, W1, torch.minimum(Z, bound) if not soft else torch.where(
-                Z <= bound, Z, (bound + rho_m * Z) / (1.0 + rho_m)))
+            W1 = torch.where(data.active, W1, torch.minimum(Z, data.bound) if not soft else
+                             torch.where(Z <= data.bound, Z,
+                                         (data.bound + rho_m * Z) / (1.0 + rho_m)))
         del Z
         # W2 = S_{lam penalty / rho}(W3 - U2)
         thr = lam_k / rho_m if weight is None else weight * (lam_k / rho_m)
@@ -242,7 +261,7 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
             calm = calm + 1 if changes <= max_changes else 0
         del now
         # over-relaxation, W3 = (X^T X + I)^{-1} (X^T (W1 + U1) + W2 + U2)
-        W3_new, XW_new, W2h = factor.step(W1, W2, W3, XW, U1, U2)
+        W3_new, XW_new, W2h = data.step(W1, W2, W3, XW, U1, U2)
         r1 = W1.sub_(XW_new)           # W1's storage now holds the primal residual
         U1.add_(r1)
         r2 = W2h.sub_(W3_new)
@@ -265,6 +284,7 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
             continue
         converged = False
         if check:
+            abs_tol = math.sqrt(data.rows + N) * settings.eps_abs
             pri = torch.maximum(torch.sqrt(_col_sq(XW) + _col_sq(W3)),
                                 torch.sqrt(_col_sq(r1.add_(XW)) + _col_sq(W2)))
             dual = rho_m * torch.sqrt(_col_sq(U1) + _col_sq(U2))
@@ -272,7 +292,13 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
                                             & (s_m <= abs_tol + settings.eps_rel * dual)).all())
         if converged or settled:
             W2 = soft_threshold(W3 - U2, thr)
-            res, viol = _feasibility(X @ W2, Y, active, bound, problem.relu, floor)
+            res, viol_in, viol_out = data.check(W2)
+            viol = max(viol_in, viol_out)
+            # not a solution while a row outside the working set is violated: the rows that
+            # are (more than the set's own rows, as the iterate may not be feasible yet) join
+            if data.grow(viol_tol if soft else max(viol_tol, viol_in)):
+                U1, XW = data.extend(U1), data.mul(W3)
+                continue
             if viol <= viol_tol or soft:   # soft: the inequalities are a penalty
                 status = OPTIMAL if converged else OPTIMAL_INACCURATE
                 break
@@ -308,13 +334,47 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
                     # the inequalities alone keep more weights than asked (a cascade bound V
                     # below 0 with no bias to absorb it): the count is out of reach
                     break
+        if working and it % GROW_EVERY == 0:
+            _, viol_in, _ = data.check(W2)
+            if data.grow(max(viol_tol, viol_in)):
+                # rows outside the working set violated: they join it (their duals start at 0)
+                U1, XW = data.extend(U1), data.mul(W3)
 
     if status == MAX_ITER:
         W2 = soft_threshold(W3 - U2, lam_k / rho_m if weight is None else
                             weight * (lam_k / rho_m))
     return l1_result(problem, ball, W2, weight, status=status, iterations=it,
                      residuals=(r_norm, s_norm), t0=t0, solver="admm-lagrangian",
-                     rho=float(rho_m.median()), lam=lam_k, reached=True)
+                     rho=float(rho_m.median()), lam=lam_k, reached=True,
+                     working_rows=data.working_rows)
+
+
+class _AllRows:
+    """Every row of the program's scaled data, with the interface of
+    :class:`solvers.working_set.WorkingSetRows` (nothing to grow)."""
+
+    def __init__(self, X: torch.Tensor, Y: torch.Tensor, active: torch.Tensor,
+                 bound: Optional[torch.Tensor], relu: bool, floor: float):
+        self.X, self.Y, self.active, self.bound = X, Y, active, bound
+        self.relu, self.floor = relu, floor
+        self.rows = X.shape[0]
+        self.working_rows = None
+        self.factor = _Factor(X)
+        self.step = self.factor.step
+
+    def mul(self, W3: torch.Tensor) -> torch.Tensor:
+        return self.X @ W3
+
+    def check(self, W: torch.Tensor) -> tuple[float, float, float]:
+        res, viol = _feasibility(self.X @ W, self.Y, self.active, self.bound, self.relu,
+                                 self.floor)
+        return res, viol, 0.0
+
+    def grow(self, viol_tol: float) -> bool:
+        return False
+
+    def extend(self, U1: torch.Tensor) -> torch.Tensor:
+        return U1
 
 
 def _col_sq(A: torch.Tensor) -> torch.Tensor:

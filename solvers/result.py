@@ -40,6 +40,10 @@ class NetTrimResult:
     lam : float
         Final Lagrangian weight of :func:`solvers.lagrangian.solve_lagrangian` (scaled data;
         pass it back to warm-start a related solve); NaN for the other solvers.
+    working_rows : int or None
+        Rows of the working set the iterations ran on (``rows="working-set"`` of
+        :func:`solvers.lagrangian.solve_lagrangian`; the answer is still checked on every
+        row); None when every iteration touched every row.
     """
 
     W: Any
@@ -55,6 +59,7 @@ class NetTrimResult:
     solver: str
     rho: float = float("nan")
     lam: float = float("nan")
+    working_rows: Any = None
 
     @property
     def nonzeros(self) -> int:
