@@ -614,3 +614,24 @@ def test_soft_refit_stops_at_its_work_cap_with_a_lower_objective(monkeypatch):
     assert full.residual <= capped.residual * (1 + 1e-9) < objective(W_l1 * support)
     post = np.linalg.norm(np.maximum(problem.X @ np.asarray(capped.W).T, 0) - problem.Y)
     assert post <= capped.residual * (1 + 1e-9)
+
+
+def test_exact_solve_with_few_rows_at_a_time(monkeypatch):
+    """The exact solve's rows enter a few at a time, the most violated first (EXACT_ADD of
+    them, then doubling): the same certified optimum as with every violated row at once, and
+    the random layers of the property test above still pass."""
+    rng = np.random.default_rng(3)
+    X = np.hstack([np.maximum(rng.standard_normal((400, 10)), 0), np.ones((400, 1))])
+    W_true = rng.standard_normal((5, 11))
+    Y = np.maximum(X @ W_true.T + 0.3 * rng.standard_normal((400, 5)), 0)
+    support = rng.random((5, 11)) < 0.5
+    problem = NetTrimProblem(X, Y, 1.0)
+    whole = refit(problem, support)
+    monkeypatch.setattr(refit_module, "EXACT_ADD", 2)
+    few = refit(problem, support)
+    assert whole.status == OPTIMAL and few.status == OPTIMAL
+    np.testing.assert_allclose(as_np(few.W), as_np(whole.W), rtol=1e-6, atol=1e-8)
+    inner = test_exact_solve_is_feasible_and_optimal.hypothesis.inner_test
+    for seed in range(5):
+        inner(P=60, N=8, M=3, seed=seed, with_V=seed % 2 == 1, bias=seed % 3 > 0,
+              blank=seed % 4 == 0, dtype="float64" if seed < 3 else "float32")
