@@ -859,9 +859,9 @@ def _exact(ch: _Chunk, viol_tol: float) -> torch.Tensor:
     X = ch.X
     XW = X @ ch.dense(ch.C).T
     # the start's tight rows, the most violated first
-    rows_R = _most_violated((XW - ch.bound).masked_fill_(~ch.reach, -math.inf), 0.0,
-                            EXACT_ADD)
-    del XW
+    over = (XW - ch.bound).masked_fill_(~ch.reach, -math.inf)
+    rows_R = _most_violated(over, over >= 0, EXACT_ADD)
+    del XW, over
     C = ch.C.clone()
     # 1/2 ||y on Omega||^2 per neuron: the objective's constant, its scale (w = 0 gives it)
     y_sq = (0.5 * torch.linalg.vector_norm(ch.Y.masked_fill(~ch.active, 0.0), dim=0,
@@ -890,8 +890,7 @@ def _exact(ch: _Chunk, viol_tol: float) -> torch.Tensor:
         # three neurons read 1e-3 - 1e-2 viol_tol on rows of R, above POLISH_ADD viol_tol,
         # and were left to ADMM at 2 s per iteration)
         cap = max(EXACT_ADD, int(rows_R[:, todo].sum(0).max()))
-        new = _most_violated(over.masked_fill(rows_R[:, todo], -math.inf),
-                             POLISH_ADD * viol_tol, cap)
+        new = _most_violated(over, (over > POLISH_ADD * viol_tol) & ~rows_R[:, todo], cap)
         grows = new.any(0)
         feasible = ~grows & (over.amax(0) <= viol_tol)
         solved[todo[feasible]] = True
@@ -903,14 +902,12 @@ def _exact(ch: _Chunk, viol_tol: float) -> torch.Tensor:
     return solved
 
 
-def _most_violated(over: torch.Tensor, above: float, cap: int) -> torch.Tensor:
-    """Mask of the entries of each column of ``over (P, m)`` at or above ``above`` (strictly
-    above when ``above > 0``), at most ``cap`` per column, the largest first."""
-    keep = over > above if above > 0 else over >= above
-    if over.shape[0] > cap:
-        top = torch.topk(over, cap, dim=0).indices
-        keep &= torch.zeros_like(keep).scatter_(0, top, True)
-    return keep
+def _most_violated(over: torch.Tensor, keep: torch.Tensor, cap: int) -> torch.Tensor:
+    """The entries of ``keep (P, m)`` with the largest ``over``, at most ``cap`` per column."""
+    if over.shape[0] <= cap:
+        return keep
+    top = torch.topk(over.masked_fill(~keep, -math.inf), cap, dim=0).indices
+    return keep & torch.zeros_like(keep).scatter_(0, top, True)
 
 
 def _factor(ch: _Chunk, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,8 +35,8 @@ import torch
 
 from .admm import RELAX
 
-__all__ = ["WorkingSetRows", "distinct_rows", "use_working_set", "GROW_EVERY", "GROW_FRACTION", "MIN_ROWS_PER_INPUT",
-           "MAX_GRAM_ENTRIES"]
+__all__ = ["WorkingSetRows", "distinct_rows", "use_working_set", "GROW_EVERY", "GROW_FRACTION",
+           "MIN_ROWS_PER_INPUT", "MAX_GRAM_ENTRIES"]
 
 #: Iterations between two checks of the rows outside the working set (one ``P x N x M`` GEMM).
 GROW_EVERY = 10
@@ -148,7 +148,8 @@ class WorkingSetRows:
         ones = torch.ones(N, M, dtype=torch.bool, device=X.device)
         self.Y = torch.cat([self.q, self.Y_all[self.S]])
         self.active = torch.cat([ones, torch.zeros_like(self.active_all[self.S])])
-        self.bound = torch.cat([torch.full_like(self.q, math.inf), self.bound_all[self.S] * weight])
+        self.bound = torch.cat([torch.full_like(self.q, math.inf),
+                                self.bound_all[self.S] * weight])
         H = (self.XS.T @ self.XS).double()
         H.diagonal().add_(1.0)
         self.K_inv = torch.empty_like(self.R)
@@ -178,8 +179,9 @@ class WorkingSetRows:
         return W3_new, self.mul(W3_new), W2h
 
     def check(self, W: torch.Tensor) -> tuple[float, float, float]:
-        """``W (N, M)`` on all P rows (each distinct row once, weighted by its copies): ``(active-set residual, largest violation on the rows of
-        S, largest violation on the other rows)``; :meth:`grow` then adds the violated ones."""
+        """``W (N, M)`` on all P rows (each distinct row once, weighted by its copies):
+        ``(active-set residual, largest violation on the rows of S, largest violation on the
+        other rows)``; :meth:`grow` then adds the violated ones."""
         XW = self.X_all @ W
         D = (XW - self.Y_all).masked_fill_(~self.active_all, 0.0)
         res = math.sqrt(float(((D * D).sum(dim=1) * self.count).sum()))

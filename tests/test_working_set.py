@@ -121,3 +121,24 @@ def test_auto_chooses_by_shape_and_bad_rows():
     linear = NetTrimProblem(small.X, small.Y, 1.0, relu=False)
     with pytest.raises(ValueError, match="rows='working-set'"):
         solve_lagrangian(linear, nonzeros=9, rows="working-set")
+
+
+def test_repeated_rows_enter_once_and_weigh_as_copies():
+    """Rows that repeat (a convolution's blank patches) are one row of the working set with
+    their count: distinct_rows finds them, and the program with repeats is still solved as
+    cvxpy solves it with every copy (the residual counts each copy)."""
+    from solvers.working_set import distinct_rows
+
+    base, penalty = activation_layer(400, 8, 4, seed=21)
+    copies = np.repeat(np.arange(400), np.arange(400) % 5 + 1)   # 1 to 5 copies of each row
+    X, Y = base.X[copies], base.Y[copies]
+    rows, counts = distinct_rows(torch.from_numpy(X), torch.from_numpy(Y),
+                                 torch.zeros(len(X), 4, dtype=torch.float64))
+    assert len(rows) == 400 and sorted(counts.tolist()) == sorted((np.arange(400) % 5 + 1).tolist())
+    problem = NetTrimProblem(X, Y, 1.0)
+    res = solve_lagrangian(problem, nonzeros=12, penalty=penalty, rows="working-set")
+    assert res.status in SUCCESS and res.working_rows < 400
+    at_eps = NetTrimProblem(X, Y, res.epsilon)
+    assert_feasible(at_eps, res.W)
+    assert res.objective == pytest.approx(solve_cvxpy(at_eps, penalty=penalty).objective,
+                                          rel=1e-2)
