@@ -16,7 +16,13 @@ of the working set; (b) ``nettrim.prune_layer`` end to end: seconds, the program
 post-ReLU error. The working set is switched off for the row ADMM's runs by raising
 ``solvers.working_set.MIN_ROWS_PER_INPUT``.
 
-    python benchmarks/bench_rows.py [--out PREFIX]
+``--sweep`` measures where the working set starts to pay (the rule of
+:func:`solvers.working_set.use_working_set`): the count-steered Lagrangian at 70% with
+``rows="all"`` and ``rows="working-set"`` on the two layers' rows subsampled to 3,000 -
+100,000, and on synthetic ReLU layers (correlated inputs) shaped like a MobileNet's pointwise
+and depthwise convolutions; seconds, iterations and the cost of one iteration.
+
+    python benchmarks/bench_rows.py [--sweep] [--out PREFIX]
 """
 
 from __future__ import annotations
@@ -83,9 +89,13 @@ def with_mode(mode, call):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--layers", nargs="+", default=["lenet5 conv1", "rescnn conv1"])
+    p.add_argument("--sweep", action="store_true",
+                   help="where the working set pays: rows per input and work per iteration")
     add_data_and_out(p, "bench_rows")
     args = p.parse_args(argv)
     quiet_single_thread()
+    if args.sweep:
+        return sweep(args)
     from nettrim.layer.target_count import SETTLE_MAX_ITER, SETTLE_TOL
 
     cells, lines = [], [f"bench_rows: torch {torch.__version__}, 1 thread; the ReLU program on "
@@ -126,6 +136,66 @@ def main(argv=None):
                 f"error {b['error'] / a['error']:.3f}x"]
             cells.append(row)
         lines.append("")
+    print("\n".join(lines))
+    save_results(args.out, dict(cells=cells), lines)
+
+
+#: (inputs, neurons, rows) of the synthetic layers of the sweep: pointwise and depthwise shapes.
+SYNTHETIC = ((16, 32, 3000), (64, 96, 3000), (64, 96, 10000), (64, 96, 30000), (9, 1, 3000),
+             (9, 1, 30000))
+
+
+def synthetic_layer(N, M, P, gen):
+    """A ReLU layer on correlated nonnegative inputs (rank 8 plus noise, through a ReLU)."""
+    X = torch.relu(torch.randn(P, 8, generator=gen) @ torch.randn(8, N, generator=gen)
+                   + 0.3 * torch.randn(P, N, generator=gen))
+    W = torch.randn(M, N, generator=gen) / N ** 0.5
+    return X, torch.relu(X @ W.T + 0.1 * torch.randn(M, generator=gen))
+
+
+def sweep(args):
+    """The Lagrangian on all rows and on the working set across shapes (module docstring)."""
+    from nettrim.layer.target_count import SETTLE_MAX_ITER, SETTLE_TOL
+
+    gen = torch.Generator().manual_seed(0)
+    layers = []
+    for name in args.layers:
+        X, Y, _, _ = conv_layer(name, args.data_root)
+        for P in (3000, 10000, 30000, 100000):
+            pick = torch.randperm(X.shape[0], generator=gen)[:P]
+            layers.append((name, X[pick], Y[pick]))
+    layers += [("synthetic", *synthetic_layer(N, M, P, gen)) for N, M, P in SYNTHETIC]
+    cells = []
+    lines = [f"bench_rows --sweep: torch {torch.__version__}, 1 thread; the count-steered "
+             "Lagrangian at 70% on all rows vs on the working set", "",
+             f"{'layer':14s} {'P':>6s} {'N':>4s} {'M':>3s} {'P/N':>6s} {'P N M':>8s} "
+             f"{'all rows':>17s} {'working set':>17s} {'|S|':>5s} {'per it.':>7s} {'total':>6s}"]
+    for name, X, Y in layers:
+        P, N = X.shape
+        M = Y.shape[1]
+        problem = NetTrimProblem(torch.cat([X, torch.ones(P, 1)], 1), Y, 0.0)
+        penalty = torch.ones(M, N + 1)
+        penalty[:, -1] = 0.0
+        keep = round(0.3 * N * M)
+        row = dict(layer=name, rows=P, inputs=N + 1, neurons=M)
+        for rows in ("all", "working-set"):
+            log(f"{name} P={P} N={N} M={M} {rows}")
+            t0 = time.perf_counter()
+            res = solve_lagrangian(problem, nonzeros=keep, penalty=penalty, settle_tol=SETTLE_TOL,
+                                   max_iter=SETTLE_MAX_ITER, rows=rows)
+            row[rows] = dict(seconds=time.perf_counter() - t0, iterations=res.iterations,
+                             status=res.status, working_rows=res.working_rows)
+        a, b = row["all"], row["working-set"]
+        row["per_iteration"] = (a["seconds"] / a["iterations"]) / (b["seconds"] / b["iterations"])
+        row["total"] = a["seconds"] / b["seconds"]
+        cells.append(row)
+        lines.append(f"{name:14s} {P:6d} {N + 1:4d} {M:3d} {P / (N + 1):6.0f} "
+                     f"{P * (N + 1) * M:8.1e} {a['seconds']:6.2f} s {a['iterations']:5d} it. "
+                     f"{b['seconds']:6.2f} s {b['iterations']:5d} it. {b['working_rows']:5d} "
+                     f"{row['per_iteration']:6.2f}x {row['total']:5.2f}x")
+    lines += ["", "per it.: seconds per iteration on all rows / on the working set (above 1: "
+              "the working set's iterations are cheaper); total: the same for the whole solve "
+              "(the iteration counts differ)."]
     print("\n".join(lines))
     save_results(args.out, dict(cells=cells), lines)
 

@@ -36,7 +36,7 @@ import torch
 from .admm import RELAX
 
 __all__ = ["WorkingSetRows", "distinct_rows", "use_working_set", "GROW_EVERY", "GROW_FRACTION",
-           "MIN_ROWS_PER_INPUT", "MAX_GRAM_ENTRIES"]
+           "MIN_ROWS_PER_INPUT", "MIN_ROW_WORK", "MAX_GRAM_ENTRIES"]
 
 #: Iterations between two checks of the rows outside the working set (one ``P x N x M`` GEMM).
 GROW_EVERY = 10
@@ -44,10 +44,16 @@ GROW_EVERY = 10
 #: many again as the working set has (it doubles): the early iterates violate most rows, few
 #: of which bind at the end.
 GROW_FRACTION = 1 / 32
-#: The working set is used where the rows are at least this many times the inputs (below
+#: The working set is used where the rows are at least this many times the inputs: below
 #: it the row ADMM's GEMMs are cheaper than the per-neuron matrix products, which run at
-#: memory speed) ...
-MIN_ROWS_PER_INPUT = 32
+#: memory speed (``bench_rows.py --sweep``: an iteration on the working set cost 1.1x less
+#: than on all rows at 115 rows per input, 1.3x more at 46) ...
+MIN_ROWS_PER_INPUT = 100
+#: ... where an iteration on all rows is work enough (``P N M`` at least this; below it the
+#: working set's bookkeeping costs more than it saves: 2.5x slower per iteration on a
+#: depthwise convolution's one-channel programs, ``N = 10, M = 1``, whose iterations on all
+#: rows take 0.1-1 ms) ...
+MIN_ROW_WORK = 5e5
 #: ... and the per-neuron matrices (``M N^2`` entries, two of them) fit in this many entries.
 MAX_GRAM_ENTRIES = 1.5e8
 #: Neurons per batch of the Gram pass and eigendecompositions (float64 temporaries).
@@ -79,7 +85,8 @@ def distinct_rows(X: torch.Tensor, Y: torch.Tensor, bound: torch.Tensor
 
 def use_working_set(P: int, N: int, M: int) -> bool:
     """Whether the working set is the cheaper way to solve a ReLU program of this shape."""
-    return P >= MIN_ROWS_PER_INPUT * N and M * N * N <= MAX_GRAM_ENTRIES
+    return (P >= MIN_ROWS_PER_INPUT * N and P * N * M >= MIN_ROW_WORK
+            and M * N * N <= MAX_GRAM_ENTRIES)
 
 
 class WorkingSetRows:

@@ -2,12 +2,14 @@
 set of rows grown by constraint generation, checked against cvxpy and against the row ADMM,
 with every answer certified on all rows."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from solvers import SETTLED, SUCCESS, NetTrimProblem, solve_cvxpy, solve_lagrangian
-from solvers.working_set import MIN_ROWS_PER_INPUT, use_working_set
+from solvers.working_set import MIN_ROW_WORK, MIN_ROWS_PER_INPUT, use_working_set
 from test_solvers import assert_feasible
 
 
@@ -109,11 +111,17 @@ def test_float32_torch_and_settled_stop_are_certified_on_every_row():
 def test_auto_chooses_by_shape_and_bad_rows():
     """rows="auto" takes the working set where the rows are many next to the inputs, and only
     for a ReLU program."""
-    assert use_working_set(MIN_ROWS_PER_INPUT * 10, 10, 5)
-    assert not use_working_set(MIN_ROWS_PER_INPUT * 10 - 1, 10, 5)
+    assert use_working_set(MIN_ROWS_PER_INPUT * 10, 10, 100)
+    assert not use_working_set(MIN_ROWS_PER_INPUT * 10 - 1, 10, 100)
     assert not use_working_set(10 ** 7, 4000, 4000)   # the per-neuron matrices are too big
-    problem, penalty = activation_layer(MIN_ROWS_PER_INPUT * 9, 8, 3, seed=1)
-    assert solve_lagrangian(problem, nonzeros=9, penalty=penalty).working_rows is not None
+    # many rows per input, but so little work per iteration (a depthwise convolution's
+    # one-channel program) that the row ADMM is cheaper
+    assert not use_working_set(MIN_ROWS_PER_INPUT * 10, 10, 1)
+    assert use_working_set(MIN_ROWS_PER_INPUT * 10, 10, math.ceil(MIN_ROW_WORK / 10 ** 4))
+    rows = math.ceil(MIN_ROW_WORK / (9 * 40))
+    problem, penalty = activation_layer(rows, 8, 40, seed=1)
+    assert use_working_set(rows, 9, 40)
+    assert solve_lagrangian(problem, nonzeros=120, penalty=penalty).working_rows is not None
     small, penalty = activation_layer(100, 8, 3, seed=1)
     assert solve_lagrangian(small, nonzeros=9, penalty=penalty).working_rows is None
     with pytest.raises(ValueError, match="rows"):
