@@ -673,6 +673,8 @@ def _soft(ch: "_Chunk", max_iter: int, tol: float) -> tuple[bool, int]:
     # a column's norm at that scale: the certificate's absolute floor (an objective that can
     # reach 0 falls geometrically and is certified once below (tol * col_scale)^2)
     col_scale = y_scale * math.sqrt(X.shape[0])
+    # the rows in float64 for the gradient, converted once (a no-op on float64 data)
+    X64_T = X.T.to(torch.float64)
     its = 0
     for its in range(1, max_iter + 1):
         idx, valid = ch.idx[live], ch.valid[live]
@@ -683,7 +685,7 @@ def _soft(ch: "_Chunk", max_iter: int, tol: float) -> tuple[bool, int]:
         f = 0.5 * torch.linalg.vector_norm(resid, dim=0, dtype=torch.float64) ** 2
         # gradient X_S^T (active residual + excess) over all rows, in float64 (its rounding
         # in float32 is above what the certificate asks)
-        G = X.T.to(torch.float64) @ resid.to(torch.float64)
+        G = X64_T @ resid.to(torch.float64)
         grad = torch.gather(G.T, 1, idx).masked_fill_(~valid, 0.0)
         # Newton systems: H + B_J^T B_J on the support (B_J: the rows over their bound), plus a
         # ridge of SOFT_RIDGE of the largest diagonal entry (raised where Cholesky still

@@ -18,9 +18,10 @@ The row ADMM touches all P rows at every iteration (two ``P x N x M`` GEMMs). He
   violated: a stop is only accepted then, and the answer is certified on every row.
 
 An iteration then costs ``O(N^2 M + |S| N M)`` instead of ``O(P N M)``; the one-time cost is
-the Gram pass (``sum_m |Omega_m| N^2``) and the eigendecompositions (``O(N^3 M)``). It pays
-where P is large next to N (:func:`use_working_set`): a convolution's patches, a layer
-calibrated on many tokens.
+the Gram pass (``sum_m min(|Omega_m|, P' - |Omega_m|) N^2`` on the P' distinct rows: a
+neuron active on most rows takes the full Gram matrix less its inactive rows') and the
+eigendecompositions (``O(N^3 M)``). It pays where P is large next to N
+(:func:`use_working_set`): a convolution's patches, a layer calibrated on many tokens.
 
 The stacked rows of neuron m are ``[R_m; X_S]``: the ADMM of :mod:`solvers.lagrangian` runs on
 them unchanged (the R rows are active with targets q; a row of S is an inequality where it is
@@ -112,16 +113,23 @@ class WorkingSetRows:
         M = Y.shape[1]
         self.R = torch.empty(M, N, N, dtype=X.dtype, device=X.device)
         q = torch.empty(M, N, dtype=X.dtype, device=X.device)
-        Ya = Y.masked_fill(~active, 0.0)
-        B = (X.T @ Ya).T.double()                     # (M, N): X_Om^T y_Om
+        # the Gram pass on the distinct rows, each weighted by its copies; a neuron active on
+        # more than half of them from the other side, G_m = G - X_off^T X_off
+        Xd, c, on = self.X_all, self.count.unsqueeze(1), self.active_all
+        B = (Xd.T @ self.Y_all.masked_fill(~on, 0.0).mul_(c)).T.double()   # X_Om^T y_Om (M, N)
+        G_all = (Xd.T @ (Xd * c)).double()
+        half = on.sum(dim=0) * 2 > on.shape[0]
         cut = torch.finfo(X.dtype).eps * N            # eigenvalues below cut * largest: noise
         chunk = max(1, int(CHUNK_ENTRIES // max(N * N, 1)))
         for m0 in range(0, M, chunk):
             m1 = min(M, m0 + chunk)
             G = torch.empty(m1 - m0, N, N, dtype=torch.float64, device=X.device)
             for j, m in enumerate(range(m0, m1)):
-                Xm = X[active[:, m]]
-                G[j] = (Xm.T @ Xm).double()
+                side = ~on[:, m] if half[m] else on[:, m]
+                Xs = Xd[side]
+                G[j] = (Xs.T @ (Xs * c[side])).double()
+                if half[m]:
+                    torch.sub(G_all, G[j], out=G[j])
             lam, V = torch.linalg.eigh(G)             # ascending; V's columns
             del G
             lam = lam.clamp(min=0.0)

@@ -150,3 +150,27 @@ def test_repeated_rows_enter_once_and_weigh_as_copies():
     assert_feasible(at_eps, res.W)
     assert res.objective == pytest.approx(solve_cvxpy(at_eps, penalty=penalty).objective,
                                           rel=1e-2)
+
+
+def test_gram_pass_from_either_side_with_copies():
+    """Each neuron's compressed rows reproduce the Gram matrix of its active rows (copies
+    included), whether it is active on fewer or on more than half the distinct rows (the
+    latter from the full Gram matrix less the inactive rows') and in float32."""
+    from solvers.working_set import WorkingSetRows
+
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((300, 6))
+    X = np.concatenate([X, X[:120], np.zeros((50, 6))])      # copies and a blank block
+    Y = np.maximum(X @ rng.standard_normal((6, 4)) + np.array([-1.5, -0.2, 0.4, 2.0]), 0.0)
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+        Xt, Yt = torch.from_numpy(X).to(dtype), torch.from_numpy(Y).to(dtype)
+        active = Yt > 0
+        bound = torch.where(active, torch.tensor(math.inf, dtype=dtype), torch.zeros_like(Yt))
+        rows = WorkingSetRows(Xt, Yt, active, bound)
+        shares = active.double().mean(0)
+        assert bool((shares < 0.5).any()) and bool((shares > 0.5).any())
+        for m in range(Y.shape[1]):
+            Xm = Xt[active[:, m]].double()
+            G = Xm.T @ Xm
+            RtR = rows.R[m].double().T @ rows.R[m].double()
+            assert float((RtR - G).abs().max()) <= tol * float(G.abs().max())
