@@ -174,3 +174,35 @@ def test_gram_pass_from_either_side_with_copies():
             G = Xm.T @ Xm
             RtR = rows.R[m].double().T @ rows.R[m].double()
             assert float((RtR - G).abs().max()) <= tol * float(G.abs().max())
+
+
+def test_a_second_solve_of_the_program_reuses_its_rows():
+    """The pipeline's reweighted rounds solve one program several times: the second solve
+    reuses the first one's rows (no second Gram pass) with an empty working set, and gives
+    what a fresh solve gives; a program whose data changed in place gets new rows."""
+    import solvers.working_set as working_set
+    from solvers.admm import _Ball
+
+    problem, penalty = activation_layer(1500, 8, 5, seed=3)
+    first = solve_lagrangian(problem, nonzeros=20, penalty=penalty, rows="working-set")
+    ball = _Ball(problem, 1e-4)
+    kept = working_set._LAST[problem][1]
+    assert kept.working_rows == first.working_rows > 0
+    second = solve_lagrangian(problem, nonzeros=16, penalty=penalty, W0=first.W,
+                              rows="working-set")
+    assert working_set._LAST[problem][1] is kept              # the same rows, reused
+    copy = NetTrimProblem(problem.X, problem.Y, 0.0)          # another program: fresh rows
+    fresh = solve_lagrangian(copy, nonzeros=16, penalty=penalty, W0=first.W,
+                             rows="working-set")
+    assert working_set._LAST[copy][1] is not kept
+    assert second.status in SUCCESS and second.status == fresh.status
+    np.testing.assert_array_equal(second.W, fresh.W)
+    assert second.working_rows == fresh.working_rows
+    at_eps = NetTrimProblem(problem.X, problem.Y, second.epsilon)
+    assert_feasible(at_eps, second.W)
+    again = working_set.working_rows_for(problem, ball.X, ball.Y, ball.active, ball.bound)
+    assert again is kept and again.working_rows == 0
+    problem.X[:10] *= 2.0                                      # the data changed in place
+    ball = _Ball(problem, 1e-4)
+    fresh = working_set.working_rows_for(problem, ball.X, ball.Y, ball.active, ball.bound)
+    assert fresh is not kept and fresh.working_rows == 0
