@@ -99,10 +99,9 @@ def working_rows_for(problem, X: torch.Tensor, Y: torch.Tensor, active: torch.Te
                      bound: torch.Tensor) -> "WorkingSetRows":
     """:class:`WorkingSetRows` of ``problem``'s scaled data, with an empty working set; the next
     solve of the same program (the pruning pipeline's reweighted rounds) reuses them, so that
-    the Gram pass and the eigendecompositions run once. (Starting it from the last solve's
-    working set was tried: on bench_rows' residual CNN conv1 at 90% the second round then did
-    not settle and the layer fell back to the epsilon search.) The data are matched by shape
-    and sums, so a program whose arrays were changed in place gets new rows."""
+    the Gram pass and the eigendecompositions run once; each solve starts from an empty set,
+    so that it gives what a fresh solve gives. The data are matched by shape and sums, so a
+    program whose arrays were changed in place gets new rows."""
     finite = torch.where(torch.isfinite(bound), bound, torch.zeros_like(bound))
     key = (tuple(X.shape), tuple(Y.shape), float(X.sum()), float(Y.sum()), float(finite.sum()),
            int(active.sum()))
