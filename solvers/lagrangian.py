@@ -56,7 +56,7 @@ from .admm import (RHO_ADAPT, RHO_RANGE, RHO_START, TINY, ADMMSettings, Callback
 from .problem import NetTrimProblem, as_tensor
 from .result import NetTrimResult
 from .status import MAX_ITER, OPTIMAL, OPTIMAL_INACCURATE, SETTLED
-from .working_set import GROW_EVERY, use_working_set, working_rows_for
+from .working_set import GROW_EVERY, iterates_on_working_set, working_rows_for
 
 __all__ = ["solve_lagrangian", "ADAPT_EVERY", "SETTLE_WINDOW", "SETTLE_TOL", "NNZ_TOL",
            "NNZ_SETTLE"]
@@ -210,8 +210,7 @@ def solve_lagrangian(problem: NetTrimProblem, *, nonzeros: int, W0: Any = None,
         raise ValueError(msg)
     viol_tol = settings.feas_tol * float(Y.abs().max())
     W3_start = None if W0 is None else _check_warm_start(problem, W0, X)
-    working = problem.relu and (rows == "working-set" or (
-        rows == "auto" and use_working_set(P, N, M)))
+    working = iterates_on_working_set(problem, rows)
     data = (working_rows_for(problem, X, Y, active, bound) if working
             else _AllRows(X, Y, active, bound, problem.relu, floor))
     W3 = W3_start if W3_start is not None else torch.zeros(N, M, device=X.device, dtype=X.dtype)

@@ -37,7 +37,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .admm import RELAX
 
-__all__ = ["WorkingSetRows", "distinct_rows", "use_working_set", "working_rows_for", "GROW_EVERY", "GROW_FRACTION",
+__all__ = ["WorkingSetRows", "distinct_rows", "iterates_on_working_set", "use_working_set",
+           "working_rows_for", "GROW_EVERY", "GROW_FRACTION",
            "MIN_ROWS_PER_INPUT", "MIN_ROW_WORK", "MAX_GRAM_ENTRIES"]
 
 #: Iterations between two checks of the rows outside the working set (one ``P x N x M`` GEMM).
@@ -91,6 +92,13 @@ def use_working_set(P: int, N: int, M: int) -> bool:
             and M * N * N <= MAX_GRAM_ENTRIES)
 
 
+def iterates_on_working_set(problem, rows: str = "auto") -> bool:
+    """Whether :func:`solvers.solve_lagrangian` with this ``rows`` runs ``problem`` on a
+    working set: a ReLU program, asked for one or ``"auto"`` where :func:`use_working_set`."""
+    return problem.relu and (rows == "working-set" or (
+        rows == "auto" and use_working_set(*problem.shape)))
+
+
 #: Each program's rows from its last working-set solve (freed with the program).
 _LAST: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
@@ -141,8 +149,8 @@ class WorkingSetRows:
         # more than half of them from the other side, G_m = G - X_off^T X_off
         Xd, c, on = self.X_all, self.count.unsqueeze(1), self.active_all
         B = (Xd.T @ self.Y_all.masked_fill(~on, 0.0).mul_(c)).T.double()   # X_Om^T y_Om (M, N)
-        G_all = (Xd.T @ (Xd * c)).double()
         half = on.sum(dim=0) * 2 > on.shape[0]
+        G_all = (Xd.T @ (Xd * c)).double() if bool(half.any()) else None
         cut = torch.finfo(X.dtype).eps * N            # eigenvalues below cut * largest: noise
         chunk = max(1, int(CHUNK_ENTRIES // max(N * N, 1)))
         for m0 in range(0, M, chunk):

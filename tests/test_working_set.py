@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from solvers import SETTLED, SUCCESS, NetTrimProblem, solve_cvxpy, solve_lagrangian
-from solvers.working_set import MIN_ROW_WORK, MIN_ROWS_PER_INPUT, use_working_set
+from solvers.working_set import (MIN_ROW_WORK, MIN_ROWS_PER_INPUT, iterates_on_working_set,
+                                 use_working_set)
 from test_solvers import assert_feasible
 
 
@@ -121,6 +122,8 @@ def test_auto_chooses_by_shape_and_bad_rows():
     rows = math.ceil(MIN_ROW_WORK / (9 * 40))
     problem, penalty = activation_layer(rows, 8, 40, seed=1)
     assert use_working_set(rows, 9, 40)
+    assert iterates_on_working_set(problem) and not iterates_on_working_set(problem, "all")
+    assert not iterates_on_working_set(NetTrimProblem(problem.X, problem.Y, 1.0, relu=False))
     assert solve_lagrangian(problem, nonzeros=120, penalty=penalty).working_rows is not None
     small, penalty = activation_layer(100, 8, 3, seed=1)
     assert solve_lagrangian(small, nonzeros=9, penalty=penalty).working_rows is None

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from solvers import INFEASIBLE, MAX_ITER, OPTIMAL_INACCURATE, SETTLED, SUCCESS, ADMMSettings
 from solvers.lagrangian import NNZ_SETTLE, SETTLE_TOL
 from solvers.refit import reweighted_penalty
-from solvers.working_set import use_working_set
+from solvers.working_set import iterates_on_working_set
 
 from . import tasks
 
@@ -78,8 +78,7 @@ def settled_pipeline(problem_for, keep, N, penalty, reweight, opts, progress, re
     kwargs = dict(opts)
     kwargs.setdefault("settle_tol", SETTLE_TOL)
     problem = problem_for(0.0)   # epsilon is what the solve reaches
-    working = problem.relu and kwargs.get("rows", "auto") != "all" and (
-        kwargs.get("rows") == "working-set" or use_working_set(*problem.shape))
+    working = iterates_on_working_set(problem, kwargs.get("rows", "auto"))
     kwargs.setdefault("max_iter", SETTLE_MAX_ITER_WORKING if working else SETTLE_MAX_ITER)
     bar = None
     if progress:
