@@ -10,7 +10,8 @@ Arrays only (numpy or torch tensors); nothing here knows about models.
 from .admm import ADMMSettings, project_ball, project_constraints, soft_threshold, solve_admm
 from .problem import NetTrimProblem
 from .reference import MAX_REFERENCE_SIZE, solve_cvxpy
-from .refit import refit, refit_soft, reweighted_penalty
+from .refit import refit, reweighted_penalty
+from .soft import refit_soft
 from .gram import GramStats, compress, compress_problem
 from .result import NetTrimResult
 from .lagrangian import solve_lagrangian

@@ -96,7 +96,7 @@ from .problem import NetTrimProblem, as_tensor
 from .result import NetTrimResult
 from .status import INFEASIBLE, MAX_ITER, OPTIMAL, SOLVER_ERROR
 
-__all__ = ["refit", "refit_soft", "reweighted_penalty", "FACTOR_BYTES", "PROX_REL", "DELTA_REL"]
+__all__ = ["refit", "reweighted_penalty", "FACTOR_BYTES", "PROX_REL", "DELTA_REL"]
 
 #: Memory allowed for one chunk's per-neuron float64 matrices (Cholesky factors and polish
 #: Hessians, 16 k^2 bytes per neuron).
@@ -152,20 +152,6 @@ EXACT_KKT_TOL = 1e-10
 #: is not convex in floating point (their lengths never grow on a convex one); the neuron is
 #: then left to ADMM.
 PROX_GROWTH = 1.5
-#: :func:`refit_soft`: Newton steps at most, the relative tolerance of its certificate and
-#: the ridge added to each Newton system (relative to the largest diagonal entry).
-SOFT_MAX_ITER = 200
-SOFT_TOL = 1e-6
-SOFT_RIDGE = 1e-12
-#: :func:`refit_soft`: the Newton steps of a chunk of ``m`` neurons stop (``MAX_ITER``) once
-#: ``steps * P * N * m`` passes this, and at :data:`SOFT_MIN_STEPS` at the least. LeNet's
-#: first layer certified in 5 steps, inside it; a conv layer of 100,352 rows x 289 inputs took
-#: the full 200 steps (~2 s each) without a certificate. Every step lowers the objective, so
-#: the iterate where it stops is still a refit (its objective bounds its post-ReLU error).
-SOFT_MAX_WORK = 3e10
-SOFT_MIN_STEPS = 10
-#: A row off Omega within this fraction of max(|Y|, |V|) below its bound counts as binding.
-SOFT_KINK = 1e-9
 #: Default delta of :func:`reweighted_penalty`, relative to max|W|.
 DELTA_REL = 1e-3
 
@@ -359,11 +345,9 @@ class _Chunk:
         half = torch.linalg.solve_triangular(self.L, rhs, upper=False)
         return torch.linalg.solve_triangular(self.L.transpose(1, 2), half, upper=True)
 
-    def build_hessians(self, rows: torch.Tensor, exact: bool = True) -> None:
+    def build_hessians(self, rows: torch.Tensor) -> None:
         """Fill H and g of the working rows ``rows`` not built yet (one small GEMM each, over
-        the neuron's active rows and support columns only), in float64; ``exact=False``: the
-        products in the data's dtype (a float32 GEMM is 2-3x faster), for a solver that only
-        needs a good Newton matrix (:func:`refit_soft`: its gradient comes from the rows).
+        the neuron's active rows and support columns only), in float64.
 
         float64 whatever the data's dtype: a float32 ``X_OS^T X_OS`` of a rank-deficient
         ``X_OS`` (fewer active rows than support entries) is indefinite at float32's rounding
@@ -380,9 +364,7 @@ class _Chunk:
             sup = self.idx[j][self.valid[j]]
             om = torch.nonzero(self.active[:, j]).flatten()
             # 20-40% faster than X[:, sup][om] here
-            Xo = self.Xt[sup][:, om]   # (k, |Omega|)
-            if exact:
-                Xo = Xo.to(torch.float64)
+            Xo = self.Xt[sup][:, om].to(torch.float64)   # (k, |Omega|)
             n = len(sup)
             self.H[j, :n, :n] = Xo @ Xo.T
             self.g[j, :n] = Xo @ self.Y[om, j].to(Xo.dtype)
@@ -545,259 +527,6 @@ def refit(problem: NetTrimProblem, support: Any, *, W0: Any = None, eps_abs: flo
         primal_residual=float(torch.linalg.vector_norm(r_all)) * s,
         dual_residual=float(torch.linalg.vector_norm(s_all)) * s,
         solve_time=time.perf_counter() - t0, solver="refit", rho=rho)
-
-
-def refit_soft(problem: NetTrimProblem, support: Any, *, W0: Any = None,
-               max_iter: int = SOFT_MAX_ITER, tol: float = SOFT_TOL) -> NetTrimResult:
-    """The ReLU-aware least squares on a fixed support: the inequalities made a penalty.
-
-    Solves, for every neuron at once::
-
-        minimize    1/2 || (X W^T - Y) on Omega ||_F^2  +  1/2 || max(0, X W^T - V) off Omega ||_F^2
-        subject to  W = 0 off support
-
-    (V = 0 when None). For a parallel ReLU layer (V = 0) the objective is an upper bound on
-    the squared post-ReLU error ``||relu(X W^T) - Y||_F^2`` (the ReLU is 1-Lipschitz and
-    fixes Y on Omega), tight where the signs of the outputs are right, and it is never above
-    the linear refit's ``||X W^T - pre||_F^2`` when ``pre <= 0`` off Omega: where
-    :func:`refit` makes the ReLU's zeros hard constraints, which cost active-set accuracy,
-    this charges a pre-activation only for crossing its bound, and by how far. A linear layer
-    (no inequalities) gets :func:`refit`'s least squares.
-
-    Each neuron's problem is a convex piecewise quadratic, solved by Newton's method on the
-    pieces (finite termination, as for a QP's active set): with ``J`` the rows off Omega above
-    their bound at the iterate, the step solves ``(H + B_J^T B_J) d = -grad`` (``H = X_OS^T
-    X_OS``, ``B = X_S`` off Omega; plus ``SOFT_RIDGE`` of H's diagonal), then an exact line
-    search (:func:`_line_search`; a backtracking search zigzagged across the kinks: a LeNet
-    neuron was not certified in 50 steps). A neuron is certified (OPTIMAL) when its Newton decrement
-    ``-grad . d`` (twice the decrease its quadratic model predicts; the gradient from the rows
-    in float64) is within ``tol`` of its objective, plus ``(tol s)^2`` for an objective near 0
-    (``s`` the largest of ``||r||``, ``||X w||``, ``||y||`` and ``sqrt(P) max(|Y|, |V|)``). A small gradient alone does not certify: where the problem is
-    flat along some direction (fewer active rows than inputs) it can be small far from the
-    optimum.
-
-    Parameters
-    ----------
-    problem : NetTrimProblem
-    support : bool array or tensor of shape (M, N)
-    W0 : array or tensor of shape (M, N), optional
-        Starting point (weights off the support are dropped); default: W = 0 on the support.
-    max_iter : int
-        Newton steps at most (fewer where their GEMMs would pass :data:`SOFT_MAX_WORK`
-        multiply-adds); a neuron not certified by then gives ``MAX_ITER``, with the weights
-        reached (each step lowers the objective).
-    tol : float
-        Relative tolerance of the certificate (the Newton decrement over the objective).
-
-    Returns
-    -------
-    NetTrimResult
-        ``solver="refit-soft"``; ``residual`` the square root of twice the objective (the
-        bound on the post-ReLU error of a parallel layer), ``violation`` the largest excess
-        over V off Omega (now penalized, not forbidden), ``iterations`` the Newton steps.
-
-    Notes
-    -----
-    Cost: the Hessians on the active rows (``|Omega_m| k_m^2`` per neuron, float64, as
-    :func:`refit`'s exact solve) once; per Newton step one GEMM ``X W^T`` and one ``X^T R``
-    over all rows (P N M) and, per neuron, ``|J_m| k_m^2`` for the rows over their bound.
-    Measured on a 256 -> 256 ReLU layer (4,096 correlated rows, 70%, on the linear program's
-    support): 3.3 Newton steps on average, 7 at most.
-    """
-    checked_settings(problem)
-    if not problem.relu:
-        return refit(problem, support, W0=W0)
-    if not (isinstance(max_iter, int) and max_iter >= 1):
-        msg = f"max_iter must be an integer >= 1, got {max_iter!r}"
-        raise ValueError(msg)
-    if not (isinstance(tol, (int, float)) and tol > 0):
-        msg = f"tol must be a positive number, got {tol!r}"
-        raise ValueError(msg)
-    t0 = time.perf_counter()
-    X, Y, V = problem.program_tensors()
-    P, N, M = problem.shape
-    dev, dt = X.device, X.dtype
-    S = _support_tensor(support, M, N, dev)
-    W_start = None if W0 is None else problem._weight(W0).masked_fill(~S, 0.0)
-    X, Y, s, active, bound = scaled_data(problem, X, Y, V)
-    zero = torch.zeros(N, dtype=torch.bool, device=dev)
-    W = torch.zeros(M, N, dtype=dt, device=dev)
-    status, iterations = OPTIMAL, 0
-    sizes = S.sum(1)
-    nonempty = torch.nonzero(sizes > 0).flatten()
-    for cols in _chunks(sizes[nonempty].cpu(), FACTOR_BYTES):
-        cols = nonempty[cols.to(dev)]
-        ch = _Chunk(X, None, Y, active, bound, S, cols, W_start, 0.0, zero,
-                    start_zero=W_start is None, reach=False)
-        steps = max(SOFT_MIN_STEPS, int(SOFT_MAX_WORK / max(P * N * len(cols), 1)))
-        done, its = _soft(ch, min(max_iter, steps), tol)
-        W[cols] = ch.dense(ch.C)
-        iterations = max(iterations, its)
-        if not done:
-            status = MAX_ITER
-    XW = X @ W.T
-    D = (XW - Y).masked_fill_(~active, 0.0)
-    over = (XW - bound).clamp_(min=0.0)            # 0 on Omega (bound = +inf there)
-    objective_sq = float(torch.linalg.vector_norm(D, dtype=torch.float64)) ** 2 + float(
-        torch.linalg.vector_norm(over, dtype=torch.float64)) ** 2
-    if not (math.isfinite(objective_sq) and bool(torch.isfinite(W).all())):
-        status = SOLVER_ERROR
-    W_out = W.cpu().numpy() if problem.is_numpy else W
-    return NetTrimResult(
-        W=W_out, status=status, iterations=iterations, objective=float(W.abs().sum()),
-        residual=math.sqrt(objective_sq) * s, violation=float(over.max()) * s if M else 0.0,
-        epsilon=problem.epsilon, primal_residual=float("nan"), dual_residual=float("nan"),
-        solve_time=time.perf_counter() - t0, solver="refit-soft")
-
-
-def _soft(ch: "_Chunk", max_iter: int, tol: float) -> tuple[bool, int]:
-    """Newton's method on the pieces for the neurons of ``ch`` (:func:`refit_soft`); updates
-    ``ch.C``. Certified neurons leave the working set. Returns (all certified, steps)."""
-    X = ch.X
-    m, k = ch.C.shape
-    dev = X.device
-    # the Newton matrices need not be exact (the gradient and the certificate come from the
-    # rows in float64; a rounding-level indefinite H is met by the ridge's rises): the float32
-    # products halve the Hessians' time on float32 data
-    ch.build_hessians(torch.arange(m, device=dev), exact=False)
-    eye = torch.eye(k, dtype=torch.float64, device=dev)
-    # H + B_J^T B_J of each neuron, updated by the rows that enter or leave J (few, after the
-    # first step); the identity on the padding
-    K_all = ch.H + torch.diag_embed((~ch.valid).to(torch.float64))
-    J_all = torch.zeros(X.shape[0], m, dtype=torch.bool, device=dev)
-    C = ch.C.clone()
-    live = torch.arange(m, device=dev)                 # neurons not yet certified
-    finite = ch.bound.masked_fill(~torch.isfinite(ch.bound), 0.0)
-    y_scale = max(float(ch.Y.abs().max()), float(finite.abs().max()), TINY)
-    kink = SOFT_KINK * y_scale
-    # a column's norm at that scale: the certificate's absolute floor (an objective that can
-    # reach 0 falls geometrically and is certified once below (tol * col_scale)^2)
-    col_scale = y_scale * math.sqrt(X.shape[0])
-    # the rows in float64 for the gradient, converted once (a no-op on float64 data)
-    X64_T = X.T.to(torch.float64)
-    its = 0
-    for its in range(1, max_iter + 1):
-        idx, valid = ch.idx[live], ch.valid[live]
-        Y, bound, off = ch.Y[:, live], ch.bound[:, live], ~ch.active[:, live]
-        XW = X @ ch.dense(C[live], live).T              # (P, m') data dtype
-        over = (XW - bound).clamp_(min=0.0)            # excess over the bound (P, m')
-        resid = (XW - Y).masked_fill_(off, 0.0).add_(over)
-        f = 0.5 * torch.linalg.vector_norm(resid, dim=0, dtype=torch.float64) ** 2
-        # gradient X_S^T (active residual + excess) over all rows, in float64 (its rounding
-        # in float32 is above what the certificate asks)
-        G = X64_T @ resid.to(torch.float64)
-        grad = torch.gather(G.T, 1, idx).masked_fill_(~valid, 0.0)
-        # Newton systems: H + B_J^T B_J on the support (B_J: the rows over their bound), plus a
-        # ridge of SOFT_RIDGE of the largest diagonal entry (raised where Cholesky still
-        # fails): where the system is singular (fewer binding rows than inputs) the gradient
-        # lies in its range and the step is the least-norm one. Rows at their bound (within
-        # SOFT_KINK of the scale of Y and the bound) count in J: an exact line search stops on
-        # such a kink, and leaving the row out there gave the same flat direction again (the
-        # step's slope 1 is one element of the generalized Hessian at the kink)
-        J = (XW - bound) > -kink
-        J &= off
-        changed = J ^ J_all[:, live]
-        sizes = valid.sum(1).tolist()
-        for i in torch.nonzero(changed.any(0)).flatten().tolist():
-            j = int(live[i])
-            rows = torch.nonzero(changed[:, i]).flatten()
-            n = sizes[i]
-            B = X[rows[:, None], idx[i, :n][None, :]].to(torch.float64)
-            sign = torch.where(J[rows, i], 1.0, -1.0).to(torch.float64)   # enter +, leave -
-            K_all[j, :n, :n] += (B.T * sign) @ B
-        J_all[:, live] = J
-        K = K_all[live]
-        ridge = SOFT_RIDGE * K.diagonal(dim1=1, dim2=2).amax(1).clamp(min=TINY)
-        L, info = torch.linalg.cholesky_ex(K + ridge[:, None, None] * eye)
-        for _ in range(6):
-            if not bool((info > 0).any()):
-                break
-            ridge = torch.where(info > 0, ridge * 1e3, ridge)
-            L, info = torch.linalg.cholesky_ex(K + ridge[:, None, None] * eye)
-        ok = info == 0
-        d = torch.zeros_like(grad)
-        Lk = L[ok]   # two triangular solves: 5x faster than cholesky_solve here (one RHS)
-        half = torch.linalg.solve_triangular(Lk, grad[ok][..., None], upper=False)
-        d[ok] = -torch.linalg.solve_triangular(Lk.transpose(1, 2), half, upper=True)[..., 0]
-        d.masked_fill_(~valid, 0.0)
-        # certificate: the Newton decrement -grad.d (twice the decrease the step predicts)
-        # within tol of the objective, plus (tol * size)^2 where the objective is ~0 (an exact
-        # fit); size: the largest of ||residual||, ||X w||, ||y|| (X w's rounding scales with
-        # ||X w||)
-        slope = (grad * d).sum(1)                       # = -decrement, < 0 for descent
-        size = torch.stack([torch.linalg.vector_norm(a, dim=0, dtype=torch.float64)
-                            for a in (resid, XW, Y)]).amax(0).clamp(min=col_scale)
-        done = ok & (-slope <= tol * f + (tol * size) ** 2)
-        if bool(done.all()):
-            live = live[:0]
-            break
-        # the full Newton step where it decreases f enough (Armijo; it may cross many kinks
-        # at once), else the exact line search (phi(t) = f(w + t d) is a convex piecewise
-        # quadratic: :func:`_line_search`); measured on LeNet's 784 -> 300 layer, exact
-        # searches alone stop on one kink per step and a neuron took over 50 steps
-        keep = ~done
-        live, d, slope, f = live[keep], d[keep], slope[keep], f[keep]
-        XW, Y, bound, off = XW[:, keep], Y[:, keep], bound[:, keep], off[:, keep]
-        XD = X @ ch.dense(d, live).T
-        Z = XW + XD
-        f1 = 0.5 * (torch.linalg.vector_norm((Z - Y).masked_fill_(off, 0.0), dim=0,
-                                             dtype=torch.float64) ** 2
-                    + torch.linalg.vector_norm((Z - bound).clamp_(min=0.0), dim=0,
-                                               dtype=torch.float64) ** 2)
-        full = f1 <= f + 1e-4 * slope
-        t = torch.ones_like(slope)
-        if not bool(full.all()):
-            t = torch.where(full, t, _line_search(XW, XD, Y, bound, off, slope))
-        if not bool((t > 0).any()):   # stuck at rounding level: no step decreases f
-            break
-        C[live] += t[:, None] * d
-    ch.C = C
-    return len(live) == 0, its
-
-
-def _line_search(XW: torch.Tensor, XD: torch.Tensor, Y: torch.Tensor, bound: torch.Tensor,
-                 off: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
-    """Per column, the exact step ``t >= 0`` minimizing ``phi(t) = 1/2 ||(XW + t XD - Y) on
-    Omega||^2 + 1/2 ||max(0, XW + t XD - bound) off Omega||^2`` (:func:`refit_soft`); 0 where
-    the direction does not descend (``slope = phi'(0) >= 0``).
-
-    ``phi'`` is nondecreasing and piecewise linear, ``c0 + c1 t`` between the times at which
-    a row off Omega crosses its bound. The crossings are sorted per column, the
-    coefficients of each segment are running sums over them, and the root is found on the
-    first segment whose end has ``phi' >= 0``: exact, in one sort of the (P, m) crossing times.
-    (A regula falsi on ``phi'`` crawled where a kink's row has a large slope: ``phi'`` jumped
-    from -0.004 to 1e5 across it.)"""
-    A = XW.to(torch.float64)
-    B = XD.to(torch.float64)
-    gap = A - bound                                     # -inf on Omega: never crosses
-    act = ~off
-    on = off & (gap > 0)
-    both = act | on
-    c0 = (B * torch.where(act, A - Y, gap)).masked_fill_(~both, 0.0).sum(0)
-    c1 = (B * B).masked_fill_(~both, 0.0).sum(0)
-    # crossings at tau = -gap / B > 0: entering where B > 0 (gap < 0), leaving where B < 0
-    # (gap > 0); each adds or removes (B gap, B^2)
-    tau = -gap / B
-    event = off & (B != 0) & (tau > 0) & torch.isfinite(tau)
-    tau = tau.masked_fill_(~event, math.inf)
-    sign = torch.where(B > 0, 1.0, -1.0).to(torch.float64)
-    tau, order = torch.sort(tau, dim=0)
-    d0 = torch.gather((sign * B * gap).masked_fill_(~event, 0.0), 0, order)
-    d1 = torch.gather((sign * B * B).masked_fill_(~event, 0.0), 0, order)
-    # segment k runs from tau[k-1] (0 for k = 0) to tau[k] (inf after the last event)
-    c0s = torch.cat([c0[None], c0[None] + d0.cumsum(0)])          # (P + 1, m)
-    c1s = torch.cat([c1[None], c1[None] + d1.cumsum(0)])
-    ends = torch.cat([tau, torch.full_like(tau[:1], math.inf)])   # (P + 1, m)
-    at_end = torch.where(torch.isfinite(ends), c0s + c1s * ends, torch.full_like(ends, math.inf))
-    first = torch.argmax((at_end >= 0).to(torch.int8), dim=0)     # first segment with a root
-    c0k = torch.gather(c0s, 0, first[None])[0]
-    c1k = torch.gather(c1s, 0, first[None])[0]
-    start = torch.where(first > 0, torch.gather(ends, 0, (first - 1).clamp(min=0)[None])[0],
-                        torch.zeros_like(c0k))
-    t = torch.where(c1k > 0, -c0k / c1k.clamp(min=TINY), start)
-    t = torch.maximum(t, start)
-    descend = slope < 0
-    return torch.where(descend & torch.isfinite(t), t, torch.zeros_like(t))
 
 
 def _measure(XW: torch.Tensor, Y: torch.Tensor, active: torch.Tensor,

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 import solvers
 from solvers import INFEASIBLE, MAX_ITER, OPTIMAL, NetTrimProblem, solve_admm
-from solvers.refit import refit, refit_soft, reweighted_penalty
+from solvers.refit import refit, reweighted_penalty
+from solvers.soft import refit_soft
 
 # the module itself (``solvers.refit`` the attribute is the function, re-exported by solvers)
 refit_module = importlib.import_module("solvers.refit")
@@ -598,12 +599,12 @@ def test_soft_refit_checks_its_options():
 def test_soft_refit_stops_at_its_work_cap_with_a_lower_objective(monkeypatch):
     """Past SOFT_MAX_WORK the Newton steps stop (MAX_ITER): the weights reached are kept, with
     an objective below the start's (each step descends) that still bounds the error."""
-    refit_module = importlib.import_module("solvers.refit")
+    soft_module = importlib.import_module("solvers.soft")
     problem, support, W_l1 = relu_layer(400, 30, 8, seed=3)
     full = refit_soft(problem, support, W0=W_l1)
     assert full.status == OPTIMAL and full.iterations > 1
-    monkeypatch.setattr(refit_module, "SOFT_MAX_WORK", 0.0)
-    monkeypatch.setattr(refit_module, "SOFT_MIN_STEPS", 1)
+    monkeypatch.setattr(soft_module, "SOFT_MAX_WORK", 0.0)
+    monkeypatch.setattr(soft_module, "SOFT_MIN_STEPS", 1)
     capped = refit_soft(problem, support, W0=W_l1)
     assert capped.status == MAX_ITER and capped.iterations == 1
 
@@ -614,6 +615,22 @@ def test_soft_refit_stops_at_its_work_cap_with_a_lower_objective(monkeypatch):
     assert full.residual <= capped.residual * (1 + 1e-9) < objective(W_l1 * support)
     post = np.linalg.norm(np.maximum(problem.X @ np.asarray(capped.W).T, 0) - problem.Y)
     assert post <= capped.residual * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("with_V", [False, True])
+def test_soft_refit_rows_in_groups_and_updated_products(monkeypatch, with_V):
+    """The rows over their bound gathered one neuron at a time (the memory cap), and X W^T
+    recomputed at every step instead of updated by the steps, give the same refit."""
+    soft_module = importlib.import_module("solvers.soft")
+    problem, support, W_l1 = relu_layer(400, 30, 8, seed=11, with_V=with_V)
+    ref = refit_soft(problem, support, W0=W_l1)
+    assert ref.status == OPTIMAL and ref.iterations > 2
+    monkeypatch.setattr(soft_module, "SOFT_ROWS_BYTES", 1)
+    monkeypatch.setattr(soft_module, "SOFT_FRESH", 1)
+    other = refit_soft(problem, support, W0=W_l1)
+    assert other.status == OPTIMAL
+    assert other.residual == pytest.approx(ref.residual, rel=1e-9)
+    np.testing.assert_allclose(other.W, ref.W, atol=1e-6 * np.abs(ref.W).max())
 
 
 def test_exact_solve_with_few_rows_at_a_time(monkeypatch):
