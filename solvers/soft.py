@@ -219,8 +219,8 @@ def _soft(ch: _Chunk, max_iter: int, tol: float, X64_T) -> tuple[bool, int]:
         gap = XW - bound                               # -inf on Omega
         # rows at or over their bound (within SOFT_KINK of the scale of Y and the bound): J of
         # the Newton systems (an exact line search stops on such a kink, and leaving the row
-        # out there gave the same flat direction again); those over it make the penalty, in
-        # float64 on their own gathered rows
+        # out there gave the same flat direction again); those over it make the penalty
+        # (:func:`_penalty`)
         J = gap > -kink
         Hw = torch.bmm(ch.H[live], w[..., None])[..., 0]
         wHw = (w * Hw).sum(1)
