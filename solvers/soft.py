@@ -213,7 +213,7 @@ def _soft(ch: _Chunk, max_iter: int, tol: float, X64_T) -> tuple[bool, int]:
     for its in range(1, max_iter + 1):
         idx, valid = ch.idx[live], ch.valid[live]
         bound = ch.bound[:, live]
-        w = C[live]
+        w, H, g = C[live], ch.H[live], ch.g[live]
         if XW is None or its % SOFT_FRESH == 0:   # else updated by the steps (rounding drifts)
             XW = X @ ch.dense(w, live).T               # (P, m') data dtype
         gap = XW - bound                               # -inf on Omega
@@ -222,11 +222,11 @@ def _soft(ch: _Chunk, max_iter: int, tol: float, X64_T) -> tuple[bool, int]:
         # out there gave the same flat direction again); those over it make the penalty
         # (:func:`_penalty`)
         J = gap > -kink
-        Hw = torch.bmm(ch.H[live], w[..., None])[..., 0]
+        Hw = torch.bmm(H, w[..., None])[..., 0]
         wHw = (w * Hw).sum(1)
         pen, grad_pen = _penalty(X, gap, idx, valid, bound, w, X64_T)
-        f = 0.5 * wHw - (ch.g[live] * w).sum(1) + 0.5 * y_sq[live] + 0.5 * pen
-        grad = (Hw - ch.g[live] + grad_pen).masked_fill_(~valid, 0.0)
+        f = 0.5 * wHw - (g * w).sum(1) + 0.5 * y_sq[live] + 0.5 * pen
+        grad = (Hw - g + grad_pen).masked_fill_(~valid, 0.0)
         # Newton systems: H + B_J^T B_J on the support, plus a ridge of ridge_rel of the
         # largest diagonal entry (raised where Cholesky still fails): where the system is
         # singular (fewer binding rows than inputs) the gradient lies in its range and the
@@ -275,7 +275,7 @@ def _soft(ch: _Chunk, max_iter: int, tol: float, X64_T) -> tuple[bool, int]:
         if not bool(keep.all()):
             live, d, slope, f, Hw = live[keep], d[keep], slope[keep], f[keep], Hw[keep]
             XW, gap, bound = XW[:, keep], gap[:, keep], bound[:, keep]
-            idx, valid, w = idx[keep], valid[keep], w[keep]
+            idx, valid, w, H, g = idx[keep], valid[keep], w[keep], H[keep], g[keep]
         # the full Newton step where it decreases f enough (Armijo; it may cross many kinks
         # at once), else the exact line search on [0, 1] (phi(t) = f(w + t d) is a convex
         # piecewise quadratic: :func:`_line_search`); measured on LeNet's 784 -> 300 layer,
@@ -283,8 +283,7 @@ def _soft(ch: _Chunk, max_iter: int, tol: float, X64_T) -> tuple[bool, int]:
         # Both on the rows over their bound somewhere on the segment (at one of its ends: the
         # pre-activation is linear in t), in float64
         XD = X @ ch.dense(d, live).T
-        H = ch.H[live]
-        a0 = (d * (Hw - ch.g[live])).sum(1)             # the active part along d:
+        a0 = (d * (Hw - g)).sum(1)             # the active part along d:
         a1 = (d * torch.bmm(H, d[..., None])[..., 0]).sum(1)   # q'(t) = a0 + a1 t
         A, D, v = _segment_values((gap > 0) | (gap + XD > 0), XW, XD, bound)
         del gap

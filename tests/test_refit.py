@@ -1,6 +1,7 @@
 """solvers.refit: the support-restricted least-squares refit against cvxpy, and reweighted l1."""
 
 import importlib
+import math
 
 import numpy as np
 import pytest
@@ -618,19 +619,26 @@ def test_soft_refit_stops_at_its_work_cap_with_a_lower_objective(monkeypatch):
 
 
 @pytest.mark.parametrize("with_V", [False, True])
-def test_soft_refit_rows_in_groups_and_updated_products(monkeypatch, with_V):
-    """The rows over their bound gathered one neuron at a time (the memory cap), and X W^T
-    recomputed at every step instead of updated by the steps, give the same refit."""
+def test_soft_refit_penalty_gathered_or_dense_and_updated_products(monkeypatch, with_V):
+    """The penalty from its rows gathered one neuron at a time (GATHER_COST 0, the memory cap
+    at its least), from one GEMM over all rows (GATHER_COST inf), and with X W^T recomputed
+    at every step instead of updated by the steps: the same refit, certified."""
     soft_module = importlib.import_module("solvers.soft")
     problem, support, W_l1 = relu_layer(400, 30, 8, seed=11, with_V=with_V)
-    ref = refit_soft(problem, support, W0=W_l1)
+    runs = {}
+    for name, settings in (("dense", dict(GATHER_COST=math.inf)),
+                           ("gathered", dict(GATHER_COST=0, SOFT_ROWS_BYTES=1)),
+                           ("fresh", dict(GATHER_COST=math.inf, SOFT_FRESH=1))):
+        with monkeypatch.context() as mp:
+            for key, value in settings.items():
+                mp.setattr(soft_module, key, value)
+            runs[name] = refit_soft(problem, support, W0=W_l1)
+    ref = runs["dense"]
     assert ref.status == OPTIMAL and ref.iterations > 2
-    monkeypatch.setattr(soft_module, "SOFT_ROWS_BYTES", 1)
-    monkeypatch.setattr(soft_module, "SOFT_FRESH", 1)
-    other = refit_soft(problem, support, W0=W_l1)
-    assert other.status == OPTIMAL
-    assert other.residual == pytest.approx(ref.residual, rel=1e-9)
-    np.testing.assert_allclose(other.W, ref.W, atol=1e-6 * np.abs(ref.W).max())
+    for name in ("gathered", "fresh"):
+        assert runs[name].status == OPTIMAL
+        assert runs[name].residual == pytest.approx(ref.residual, rel=1e-9)
+        np.testing.assert_allclose(runs[name].W, ref.W, atol=1e-6 * np.abs(ref.W).max())
 
 
 def test_exact_solve_with_few_rows_at_a_time(monkeypatch):
