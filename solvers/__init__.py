@@ -12,6 +12,7 @@ from .problem import NetTrimProblem
 from .reference import MAX_REFERENCE_SIZE, solve_cvxpy
 from .refit import refit, reweighted_penalty
 from .soft import refit_soft
+from .htp import hard_threshold_pursuit
 from .gram import GramStats, compress, compress_problem
 from .result import NetTrimResult
 from .lagrangian import solve_lagrangian
@@ -23,4 +24,5 @@ __all__ = [
     "soft_threshold", "project_ball", "project_constraints", "MAX_REFERENCE_SIZE",
     "OPTIMAL", "OPTIMAL_INACCURATE", "INFEASIBLE", "MAX_ITER", "SOLVER_ERROR", "STATUSES",
     "SUCCESS", "refit", "refit_soft", "reweighted_penalty", "GramStats", "compress", "compress_problem",
+    "hard_threshold_pursuit",
 ]

@@ -24,6 +24,7 @@ from solvers import (INFEASIBLE, MAX_ITER, OPTIMAL, SUCCESS, ADMMSettings, GramS
                      NetTrimProblem, NetTrimResult)
 from solvers.refit import refit as refit_support
 from solvers.refit import reweighted_penalty
+from solvers.htp import hard_threshold_pursuit
 
 from ..checks import check_fraction
 from ..executors import TaskRunner
@@ -114,7 +115,11 @@ def prune_layer(X: Any, Y: Any, *, epsilon: Optional[float] = None,
         Warm start (the original weights): shapes (M, N) and (M,), finite.
     refit : bool, default True
         After the l1 solve fixes the support, re-solve on it for the least active-set
-        residual under the same inequalities (undoes l1 shrinkage).
+        residual under the same inequalities (undoes l1 shrinkage). A program without
+        inequalities (a linear layer, the linear candidate of a ReLU layer) at a target
+        ``sparsity`` then improves its support at the same count by hard-thresholding pursuit
+        (:mod:`solvers.htp`: swaps that lower the residual, each refit; the report's
+        ``pursuit`` says how many rounds ran and what they gained).
     reweight : int, default 1
         Rounds of reweighted l1 before the refit: after each l1 solve, its support is refit
         and the program is solved again at the same epsilon with the penalty
@@ -300,6 +305,7 @@ def _prune(data, *, epsilon, sparsity, bias, absolute, penalize_bias, solver, W0
             check_fraction(epsilon, "epsilon", upper_open=False) * y_norm
     # sparsity mode, ADMM, refit (the defaults): the settled pipeline; otherwise the search
     pipeline = solver == "admm" and refit and target is not None and target != 0.0
+    pursue = refit and target is not None and target != 0.0 and not data.relu
     keep = None if target is None else round((1.0 - target) * M * N)   # weights to keep
     if target == 0.0:
         # no pruning: the original weights, measured against the program they satisfy
@@ -355,6 +361,9 @@ def _prune(data, *, epsilon, sparsity, bias, absolute, penalize_bias, solver, W0
         report["refit_status"] = refitted.status
         if usable:  # the status stays the l1 program's: the refit W is feasible for it
             result = with_objective(replace(refitted, status=result.status), penalty)
+    if pursue and result.status in SUCCESS:
+        result, eps_value = _pursue(problem_for, result, eps_value, N, penalty, report,
+                                    reached=pipeline)
     if l1_notes:
         report["note"] = "; ".join([n for n in [report.get("note")] if n]
                                    + sorted(set(l1_notes)))
@@ -369,6 +378,29 @@ def _prune(data, *, epsilon, sparsity, bias, absolute, penalize_bias, solver, W0
         solver=result.solver, objective=result.objective, residual=result.residual,
         violation=result.violation)
     return LayerPruneResult(weight=weight, bias=b, report=report)
+
+
+def _pursue(problem_for, result, eps_value, N, penalty, report, *,
+            reached: bool) -> tuple[NetTrimResult, float]:
+    """A linear program's refit weights at their count, support improved by hard-thresholding
+    pursuit (:mod:`solvers.htp`; the bias column stays as it is). Each kept round lowered the
+    residual, so the weights stay feasible at ``eps_value``; where the epsilon is the one the
+    weights reach (``reached``: the settled pipeline's), it is their new residual. Returns
+    ``(result, epsilon)`` and puts the pursuit's figures in ``report["pursuit"]``."""
+    problem = problem_for(eps_value)
+    W = torch.as_tensor(result.W)
+    counted = torch.zeros(W.shape, dtype=torch.bool, device=W.device)
+    counted[:, :N] = True
+    found = hard_threshold_pursuit(problem, W, counted=counted)
+    report["pursuit"] = dict(rounds=found.rounds, kept=found.kept, moved=found.moved,
+                             residual_before=found.residual_before,
+                             residual=found.residual, stopped=found.stopped)
+    if not found.kept:
+        return result, eps_value
+    result = with_objective(replace(result, W=found.W), penalty)
+    if reached:
+        return at_reached_epsilon(problem_for, result, result.status)
+    return replace(result, residual=problem.residual(found.W)), eps_value
 
 
 def _unpruned(problem_for, W: torch.Tensor, penalty) -> tuple[NetTrimResult, float]:
