@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 
 from solvers import (INFEASIBLE, MAX_ITER, OPTIMAL, SUCCESS, ADMMSettings, GramStats,
                      NetTrimProblem, NetTrimResult)
+from solvers.htp import hard_threshold_pursuit
 from solvers.refit import refit as refit_support
 from solvers.refit import reweighted_penalty
-from solvers.htp import hard_threshold_pursuit
 
 from ..checks import check_fraction
 from ..executors import TaskRunner
