@@ -138,13 +138,18 @@ def hard_threshold_pursuit(problem: NetTrimProblem, W: Any, *, counted: Any = No
         torch.as_tensor(counted, device=X.device).bool()
     if tuple(free.shape) != (M, N):
         raise ValueError(f"counted must have shape {(M, N)}, got {tuple(free.shape)}")
+    work = 2.0 * P * N * (N + M)
+    if rounds <= 0 or work + M * N * N > max_work:   # not even one round: no Gram pass
+        residual = problem.residual(W)
+        return PursuitResult(W=W, rounds=0, kept=0, residual_before=residual,
+                             residual=residual, moved=0, work=0.0,
+                             stopped="rounds" if rounds <= 0 else "work")
     X64, Y64 = X.to(torch.float64), Y.to(torch.float64)
     G = X64.T @ X64
     C = (X64.T @ Y64).T.contiguous()                       # (M, N)
     y_sq = (Y64 * Y64).sum(0)                              # (M,)
     total_sq = float(y_sq.sum())
     W64 = W.to(torch.float64)
-    work = 2.0 * P * N * (N + M)
 
     def residual_sq(Wm: torch.Tensor, C_rows: torch.Tensor, y_rows: torch.Tensor):
         return ((Wm @ G) * Wm).sum(1) - 2.0 * (Wm * C_rows).sum(1) + y_rows
