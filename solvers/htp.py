@@ -35,10 +35,10 @@ support is the current one.
 
 Measured on bench_scale's 512 -> 512 ReLU layer (16,384 correlated rows, 70%, the linear
 program's support from the pipeline, one thread): the held-out post-ReLU error fell from
-0.2288 to 0.2224 in 3 rounds, 0.2219 in 5 (the default, about 1.2 s; the whole layer took
-3.4 s without it), 0.2212 in 8 and 0.2211 in 16 (SparseGPT: 0.2788). Starting at ``eta = 1``
-stopped at 0.2239; growing the step by 1.5 and shrinking it by 4 gave 0.2225 in 8 rounds. A
-variant with each neuron's count fixed (each neuron accepting on its own) stalled at 0.2233:
+0.2288 to 0.2224 in 3 rounds, 0.2219 in 5 (the default: 1.9 s more than the layer's 3.3 s
+without it) and 0.2212 in 8 (SparseGPT: 0.2788). Starting at ``eta = 1`` stopped at 0.2239
+(16 rounds); growing the step by 1.5 and shrinking it by 4 gave 0.2219 in 8 rounds (0.2225
+from a first step of 1000). A variant with each neuron's count fixed (each neuron accepting on its own) stalled at 0.2233:
 moving weights between neurons is where much of the gain is. Rounds are capped by
 :data:`HTP_ROUNDS` and by work (:data:`HTP_MAX_WORK` multiply-adds), so on a wide layer the
 pursuit stops early, or does not start, rather than cost more than the solve (bench_scale's

@@ -77,7 +77,7 @@ def test_pursuit_keeps_the_count_and_the_uncounted_entries_and_never_raises_the_
     assert torch.allclose(W, _start(problem, W != 0).to(W), rtol=1e-3, atol=1e-4)
 
 
-def test_pursuit_lowers_the_residual_of_an_l1_support_on_correlated_inputs():
+def test_pursuit_lowers_the_residual_of_a_magnitude_support_on_correlated_inputs():
     X, W0 = _correlated(400, 30, 8, seed=3)
     problem = NetTrimProblem(X, X @ W0.T, 0.0, relu=False)
     # magnitude's support at 70%: a correlated layer's weights are a poor guide
